@@ -1,0 +1,73 @@
+"""The run spec: what the server decides for the whole federation and sends to every site.
+
+A spec is a plain dict (JSON-able, safe in FLARE message meta) holding the algorithm, the model
+architecture and the algorithm's hyper-parameters, so that the server's job config is the one
+place where they are set.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from omnifm.algorithms.registry import get_algorithm
+from omnifm.models import OmniFM, build_seg_model
+
+SPEC_KEYS = ("algorithm", "model", "omnifm", "top_k", "align_weight", "num_prototypes", "seed")
+
+
+def make_run_spec(
+    algorithm: str = "omnifm",
+    model: dict[str, Any] | None = None,
+    omnifm: dict[str, Any] | None = None,
+    top_k: int = 2,
+    align_weight: float = 0.1,
+    num_prototypes: int = 4,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Validate and assemble a run spec.
+
+    Args:
+        algorithm: registry name (``omnifm``, ``fedavg``, ...).
+        model: UNet arguments, see :func:`omnifm.models.build_seg_model`.
+        omnifm: :class:`~omnifm.models.OmniFMConfig` sizes; the algorithm's module switches win.
+        top_k: prototypes retrieved per image (paper default 2).
+        align_weight: lambda of the spectral-proximal alignment term.
+        num_prototypes: k-means centroids a site uploads per round (at most).
+        seed: seed of the initial weights.
+    """
+    get_algorithm(algorithm)
+    if not isinstance(top_k, int) or top_k < 1:
+        raise ValueError(f"top_k must be an int >= 1, got {top_k!r}")
+    if align_weight < 0:
+        raise ValueError(f"align_weight must be >= 0, got {align_weight!r}")
+    if not isinstance(num_prototypes, int) or num_prototypes < 1:
+        raise ValueError(f"num_prototypes must be an int >= 1, got {num_prototypes!r}")
+    return {
+        "algorithm": algorithm,
+        "model": dict(model or {}),
+        "omnifm": dict(omnifm or {}),
+        "top_k": top_k,
+        "align_weight": float(align_weight),
+        "num_prototypes": num_prototypes,
+        "seed": int(seed),
+    }
+
+
+def check_run_spec(spec: Any) -> dict[str, Any]:
+    """Re-validate a spec received over the wire; the error names what is missing."""
+    if not isinstance(spec, dict):
+        raise ValueError(f"run spec must be a dict, got {type(spec).__name__}")
+    missing = [k for k in SPEC_KEYS if k not in spec]
+    if missing:
+        raise ValueError(f"run spec lacks {missing}; is the server running an OmniFM persistor?")
+    return make_run_spec(**{k: spec[k] for k in SPEC_KEYS})
+
+
+def build_model(spec: dict[str, Any]) -> OmniFM:
+    """The model a spec describes, with the spec's seeded initial weights."""
+    algo = get_algorithm(spec["algorithm"])
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(spec["seed"])
+        return build_seg_model(spec["model"], {**spec["omnifm"], **algo.modules})

@@ -1,0 +1,80 @@
+"""Framework-free local training: one pass over a site's loader with the OmniFM objective."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from omnifm.engine.retrieval import Retriever
+from omnifm.losses import local_objective, spectral_proximal_alignment
+
+
+@dataclass
+class EpochStats:
+    """Running sums over one epoch; ``tokens`` are the detached spectral tokens seen."""
+
+    loss: float = 0.0
+    task_loss: float = 0.0
+    align_loss: float = 0.0
+    steps: int = 0
+    samples: int = 0
+    tokens: list[torch.Tensor] = field(default_factory=list)
+
+    def means(self) -> dict[str, float]:
+        n = max(self.steps, 1)
+        return {"loss": self.loss / n, "task_loss": self.task_loss / n, "align_loss": self.align_loss / n}
+
+
+def train_epoch(
+    model: nn.Module,
+    loader: torch.utils.data.DataLoader,
+    optimizer: torch.optim.Optimizer,
+    loss_fn: nn.Module,
+    device: torch.device,
+    retriever: Retriever | None,
+    align_weight: float,
+    logger: logging.Logger | None = None,
+    log_every: int = 0,
+) -> EpochStats:
+    """Train ``model`` for one epoch on ``loader`` with ``L_task + align_weight * L_align``."""
+    model.train()
+    stats = EpochStats()
+    for batch in loader:
+        image, label = batch["image"].to(device), batch["label"].to(device)
+        task, align, token = _step(model, image, label, optimizer, loss_fn, retriever, align_weight)
+        stats.loss += task + align_weight * align
+        stats.task_loss += task
+        stats.align_loss += align
+        stats.steps += 1
+        stats.samples += image.shape[0]
+        if token is not None:
+            stats.tokens.append(token)
+        if logger and log_every and stats.steps % log_every == 0:
+            logger.info("step %d/%d loss %.4f", stats.steps, len(loader), stats.loss / stats.steps)
+    return stats
+
+
+def _step(
+    model: nn.Module,
+    image: torch.Tensor,
+    label: torch.Tensor,
+    optimizer: torch.optim.Optimizer,
+    loss_fn: nn.Module,
+    retriever: Retriever | None,
+    align_weight: float,
+) -> tuple[float, float, torch.Tensor | None]:
+    optimizer.zero_grad(set_to_none=True)
+    token = model.spectral_token(image)
+    retrieved = retriever(token) if retriever is not None else None
+    prototypes = retrieved.prototypes if retrieved is not None else None
+    out = model(image, prototypes=prototypes, spectral_token=token)
+    task = loss_fn(out.logits, label)
+    align = spectral_proximal_alignment(token, prototypes) if prototypes is not None else task.new_zeros(())
+    local_objective(task, align, align_weight).backward()
+    optimizer.step()
+    if retrieved is not None:
+        retriever.record(retrieved)
+    return float(task.detach()), float(align.detach()), None if token is None else token.detach().cpu()

@@ -1,0 +1,165 @@
+"""Client executor: trains site-locally and returns shared weights + spectral aggregates."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from nvflare.apis.dxo import DXO, DataKind, MetaKey, from_shareable
+from nvflare.apis.event_type import EventType
+from nvflare.apis.executor import Executor
+from nvflare.apis.fl_constant import ReturnCode
+from nvflare.apis.fl_context import FLContext
+from nvflare.apis.shareable import Shareable, make_reply
+from nvflare.apis.signal import Signal
+from nvflare.app_common.app_constant import AppConstants
+
+from omnifm.algorithms import check_run_spec
+from omnifm.data.site import phantom_site_data
+from omnifm.engine import SiteTrainer, TrainConfig
+from omnifm.fl import wire
+from omnifm.knowledge import KnowledgeBank
+
+
+class OmniFMExecutor(Executor):
+    """Runs one round of local training per ``train`` task; evaluates a global model per ``validate`` task.
+
+    The algorithm, model and its hyper-parameters come from the server with every task (the run
+    spec); the arguments here are the site's own training settings. The personal parameters
+    (task head, suffix prompts) are saved in the site's workspace after every round and restored
+    when the site restarts.
+
+    Args:
+        local_epochs: epochs per round.
+        batch_size: slices per step.
+        learning_rate: Adam learning rate.
+        keep_empty_fraction: fraction of tumour-free training slices kept.
+        min_prototype_count: smallest spectral-token cluster uploaded as a prototype.
+        log_every: log the running loss every N steps (0: per epoch only).
+        seed: data order and split seed.
+        phantom_cases: cases of the built-in phantom (used when the site has no data configured).
+        phantom_shape: phantom volume size (H, W, D).
+        val_fraction: share of cases held out for validation.
+        train_task_name: the training task.
+        validate_task_name: the task that evaluates a global model (final evaluation).
+        analytic_sender_id: id of the client's TBWriter/AnalyticsSender component ("" to disable).
+    """
+
+    def __init__(
+        self,
+        local_epochs: int = 2,
+        batch_size: int = 16,
+        learning_rate: float = 1e-3,
+        keep_empty_fraction: float = 0.3,
+        min_prototype_count: int = 8,
+        log_every: int = 0,
+        seed: int = 0,
+        phantom_cases: int = 20,
+        phantom_shape: list[int] | None = None,
+        val_fraction: float = 0.25,
+        train_task_name: str = AppConstants.TASK_TRAIN,
+        validate_task_name: str = AppConstants.TASK_VALIDATION,
+        analytic_sender_id: str = "analytic_sender",
+    ) -> None:
+        super().__init__()
+        self.train_config = TrainConfig(
+            local_epochs, batch_size, learning_rate, keep_empty_fraction, min_prototype_count, log_every, seed
+        )
+        self.phantom_cases = phantom_cases
+        self.phantom_shape = tuple(phantom_shape or (64, 64, 24))
+        self.val_fraction = val_fraction
+        self.train_task_name = train_task_name
+        self.validate_task_name = validate_task_name
+        self.analytic_sender_id = analytic_sender_id
+        self._trainer: SiteTrainer | None = None
+        self._writer = None
+
+    def handle_event(self, event_type: str, fl_ctx: FLContext) -> None:
+        if event_type == EventType.START_RUN and self.analytic_sender_id:
+            self._writer = fl_ctx.get_engine().get_component(self.analytic_sender_id)
+            if self._writer is None:
+                self.log_warning(fl_ctx, f"no component '{self.analytic_sender_id}': metrics are not streamed")
+
+    def execute(self, task_name: str, shareable: Shareable, fl_ctx: FLContext, abort_signal: Signal) -> Shareable:
+        if task_name not in (self.train_task_name, self.validate_task_name):
+            self.log_error(fl_ctx, f"unknown task '{task_name}'; this executor handles {self.train_task_name}, "
+                           f"{self.validate_task_name}")
+            return make_reply(ReturnCode.TASK_UNKNOWN)
+        try:
+            dxo = from_shareable(shareable)
+            spec = check_run_spec(dxo.get_meta_prop(wire.SPEC))
+            trainer = self._get_trainer(spec, fl_ctx)
+            trainer.load_global(wire.to_torch(dxo.data))
+        except ValueError as err:
+            self.log_error(fl_ctx, f"cannot run '{task_name}': {err}")
+            return make_reply(ReturnCode.BAD_TASK_DATA)
+        if abort_signal.triggered:
+            return make_reply(ReturnCode.TASK_ABORTED)
+        bank_state = dxo.get_meta_prop(wire.BANK)
+        bank = KnowledgeBank.from_plain(bank_state) if bank_state else None
+        if task_name == self.validate_task_name:
+            return self._validate(trainer, bank, fl_ctx)
+        return self._run_round(trainer, bank, shareable.get_header(AppConstants.CURRENT_ROUND), fl_ctx, abort_signal)
+
+    def _validate(self, trainer: SiteTrainer, bank: KnowledgeBank | None, fl_ctx: FLContext) -> Shareable:
+        scores = trainer.evaluate(bank)
+        self.log_info(
+            fl_ctx, f"{fl_ctx.get_identity_name()}: Dice of the final global model {scores['dice']:.4f} "
+            f"({scores['cases']} val cases)"
+        )
+        return DXO(data_kind=DataKind.METRICS, data={"dice": scores["dice"], "cases": scores["cases"]}).to_shareable()
+
+    def _run_round(
+        self, trainer: SiteTrainer, bank: KnowledgeBank | None, current: int, fl_ctx: FLContext, abort_signal: Signal
+    ) -> Shareable:
+        site = fl_ctx.get_identity_name()
+        before = trainer.evaluate(bank)
+        self.log_info(fl_ctx, f"round {current}: training on {site} (bank size {0 if bank is None else len(bank)})")
+        result = trainer.train_round(bank)
+        if abort_signal.triggered:
+            return make_reply(ReturnCode.TASK_ABORTED)
+        after = trainer.evaluate(bank)
+        trainer.save_personal(self._personal_path(trainer.spec, fl_ctx), current)
+        result.metrics.update({"dice_global": before["dice"], "dice_local": after["dice"]})
+        self.log_info(
+            fl_ctx,
+            f"round {current} {site}: Dice of the received model {before['dice']:.4f}, after local training "
+            f"{after['dice']:.4f} ({after['cases']} val cases), loss {result.metrics['loss']:.4f}",
+        )
+        self._stream(result.metrics, current)
+        out = DXO(data_kind=DataKind.WEIGHTS, data=wire.to_numpy(result.weights), meta=wire.result_meta(result))
+        out.set_meta_prop(MetaKey.NUM_STEPS_CURRENT_ROUND, result.n_samples)
+        return out.to_shareable()
+
+    def _get_trainer(self, spec: dict, fl_ctx: FLContext) -> SiteTrainer:
+        if self._trainer is not None:
+            if self._trainer.spec != spec:
+                raise ValueError("the server changed the run spec in the middle of a job")
+            return self._trainer
+        root = Path(fl_ctx.get_engine().get_workspace().get_root_dir())
+        site = fl_ctx.get_identity_name()
+        data = phantom_site_data(
+            root / "omnifm_phantom", site, self.phantom_cases, self.phantom_shape, self.val_fraction, self.train_config.seed
+        )
+        self.log_warning(fl_ctx, f"{site} has no site data configured: using the built-in {data.description}")
+        trainer = SiteTrainer(spec, self.train_config, data.train, data.val, logger=self.logger)
+        self.log_info(fl_ctx, f"{site}: algorithm {spec['algorithm']} on {trainer.device}")
+        restored = trainer.load_personal(self._personal_path(spec, fl_ctx))
+        if restored is not None:
+            self.log_info(fl_ctx, f"{site}: restored personal parameters saved after round {restored}")
+        self._trainer = trainer
+        return trainer
+
+    @staticmethod
+    def _personal_path(spec: dict, fl_ctx: FLContext) -> Path:
+        """``<site workspace>/omnifm_personal/<algorithm>-<spec hash>.pt``: one file per model spec."""
+        digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:10]
+        root = Path(fl_ctx.get_engine().get_workspace().get_root_dir())
+        return root / "omnifm_personal" / f"{spec['algorithm']}-{digest}.pt"
+
+    def _stream(self, metrics: dict[str, float], current: int) -> None:
+        if self._writer is None:
+            return
+        for key, value in metrics.items():
+            self._writer.add_scalar(key, value, global_step=current)

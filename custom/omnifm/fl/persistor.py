@@ -1,0 +1,130 @@
+"""Server persistor: the global model and the spectral knowledge bank, saved every round.
+
+Two files in the server's app folder (``FL_global_model.pt``, ``knowledge_bank.pt``), each a
+dict of tensors, ints and strings written atomically, so both load with
+``torch.load(weights_only=True)``. The bank is never put into the model checkpoint's meta.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from nvflare.apis.fl_constant import FLContextKey
+from nvflare.apis.fl_context import FLContext
+from nvflare.app_common.abstract.model import ModelLearnable, ModelLearnableKey, make_model_learnable
+from nvflare.app_common.abstract.model_persistor import ModelPersistor
+from nvflare.app_common.app_constant import AppConstants
+
+from omnifm.algorithms import build_model, get_algorithm, make_run_spec
+from omnifm.fl import wire
+from omnifm.knowledge import KnowledgeBank
+
+MODEL_FILE = "FL_global_model.pt"
+BANK_FILE = "knowledge_bank.pt"
+
+
+def atomic_torch_save(payload: dict[str, Any], path: Path) -> None:
+    """Write to a temporary file in the same folder, then rename: a crash never leaves half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    os.close(fd)
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(folder: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict | None]:
+    """Read a saved global model (+ bank if present) from ``folder``: (weights, spec, bank state)."""
+    folder = Path(folder)
+    model_path = folder / MODEL_FILE
+    if not model_path.is_file():
+        raise ValueError(f"no {MODEL_FILE} in {folder}; point source_dir at a finished job's app_server folder")
+    ckpt = torch.load(model_path, map_location="cpu", weights_only=True)
+    bank_path = folder / BANK_FILE
+    bank = torch.load(bank_path, map_location="cpu", weights_only=True)["bank"] if bank_path.is_file() else None
+    return ckpt["model"], json.loads(ckpt["spec"]), bank
+
+
+class OmniFMPersistor(ModelPersistor):
+    """Creates the initial global model and bank from the run spec, and saves both every round.
+
+    Args:
+        algorithm: ``omnifm`` or ``fedavg`` (see :data:`omnifm.algorithms.ALGORITHMS`).
+        model: UNet arguments.
+        omnifm: OmniFM module sizes.
+        top_k: prototypes retrieved per image.
+        align_weight: lambda of the alignment loss.
+        num_prototypes: centroids a site uploads per round.
+        seed: seed of the initial weights.
+        bank: :class:`~omnifm.knowledge.KnowledgeBank` arguments (``rho``, ``delta``, ``prune_window``, ``max_size``).
+        source_dir: start from a previous job's saved model and bank (folder holding ``FL_global_model.pt``);
+            a relative path is taken from the server's workspace root.
+    """
+
+    def __init__(
+        self,
+        algorithm: str = "omnifm",
+        model: dict | None = None,
+        omnifm: dict | None = None,
+        top_k: int = 2,
+        align_weight: float = 0.1,
+        num_prototypes: int = 4,
+        seed: int = 0,
+        bank: dict | None = None,
+        source_dir: str = "",
+    ) -> None:
+        super().__init__()
+        self.spec = make_run_spec(algorithm, model, omnifm, top_k, align_weight, num_prototypes, seed)
+        self.bank_args = dict(bank or {})
+        try:
+            KnowledgeBank(dim=1, **self.bank_args)  # validate the bank arguments when the job is configured
+        except TypeError as err:
+            raise ValueError(f"bad bank arguments {self.bank_args}: {err}") from None
+        self.source_dir = source_dir
+
+    def load_model(self, fl_ctx: FLContext) -> ModelLearnable:
+        model = build_model(self.spec)
+        algo = get_algorithm(self.spec["algorithm"])
+        params = dict(model.named_parameters())
+        weights = {n: params[n].detach() for n in algo.shared_parameter_names(model)}
+        bank = KnowledgeBank(dim=model.config.spectral_dim, **self.bank_args) if algo.uses_bank else None
+        if self.source_dir:
+            weights, bank = self._load_source(fl_ctx, weights, bank)
+        self.log_info(
+            fl_ctx,
+            f"global model for {self.spec['algorithm']}: {len(weights)} shared tensors, "
+            f"{sum(v.numel() for v in weights.values())} values; bank: {'off' if bank is None else len(bank)}",
+        )
+        meta = {wire.SPEC: self.spec, wire.BANK: None if bank is None else bank.to_plain()}
+        return make_model_learnable(wire.to_numpy(weights), meta)
+
+    def _load_source(
+        self, fl_ctx: FLContext, fresh: dict[str, torch.Tensor], bank: KnowledgeBank | None
+    ) -> tuple[dict[str, torch.Tensor], KnowledgeBank | None]:
+        folder = Path(self.source_dir)
+        if not folder.is_absolute():
+            folder = Path(fl_ctx.get_engine().get_workspace().get_root_dir()) / folder
+        weights, spec, bank_state = load_checkpoint(folder)
+        reason = wire.check_weights(wire.to_numpy(weights), {k: tuple(v.shape) for k, v in fresh.items()})
+        if reason:
+            raise ValueError(f"model in {folder} does not fit this job's spec ({reason}); saved spec was {spec}")
+        if bank is not None and bank_state is not None:
+            bank = KnowledgeBank.from_state_dict(bank_state)
+        self.log_info(fl_ctx, f"starting from the saved model and bank in {folder}")
+        return weights, bank
+
+    def save_model(self, model_learnable: ModelLearnable, fl_ctx: FLContext) -> None:
+        folder = Path(fl_ctx.get_prop(FLContextKey.APP_ROOT))
+        current = int(fl_ctx.get_prop(AppConstants.CURRENT_ROUND) or 0)
+        meta = model_learnable.get(ModelLearnableKey.META) or {}
+        weights = wire.to_torch(model_learnable[ModelLearnableKey.WEIGHTS])
+        spec = json.dumps(meta.get(wire.SPEC, self.spec), sort_keys=True)
+        atomic_torch_save({"model": weights, "spec": spec, "round": current}, folder / MODEL_FILE)
+        if meta.get(wire.BANK):
+            bank = KnowledgeBank.from_plain(meta[wire.BANK])
+            atomic_torch_save({"bank": bank.state_dict(), "round": current}, folder / BANK_FILE)
+        self.log_info(fl_ctx, f"saved global model (round {current}) to {folder}")

@@ -1,0 +1,48 @@
+"""Build task models from a plain-dict model spec (the spec travels from the server to the sites)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from monai.networks.nets import UNet
+
+from omnifm.models.omnifm import OmniFM, OmniFMConfig
+
+DEFAULT_SEG_MODEL: dict[str, Any] = {
+    "spatial_dims": 2,
+    "in_channels": 1,
+    "out_channels": 2,
+    "channels": [16, 32, 64, 64],
+    "strides": [2, 2, 2],
+    "num_res_units": 1,
+}
+
+
+def build_seg_model(model: dict[str, Any] | None = None, omnifm: dict[str, Any] | None = None) -> OmniFM:
+    """A MONAI UNet for segmentation wrapped as :class:`OmniFM`.
+
+    Args:
+        model: UNet arguments (``spatial_dims``, ``in_channels``, ``out_channels``, ``channels``,
+            ``strides``, ``num_res_units``); missing keys take :data:`DEFAULT_SEG_MODEL`.
+        omnifm: :class:`OmniFMConfig` fields.
+
+    Raises:
+        ValueError: unknown keys, naming them.
+    """
+    cfg = {**DEFAULT_SEG_MODEL, **(model or {})}
+    unknown = set(cfg) - set(DEFAULT_SEG_MODEL)
+    if unknown:
+        raise ValueError(f"unknown model keys {sorted(unknown)}; allowed: {sorted(DEFAULT_SEG_MODEL)}")
+    try:
+        omni_cfg = OmniFMConfig(**(omnifm or {}))
+    except TypeError as err:
+        raise ValueError(f"bad omnifm config {omnifm}: {err}") from None
+    unet = UNet(
+        spatial_dims=cfg["spatial_dims"],
+        in_channels=cfg["in_channels"],
+        out_channels=cfg["out_channels"],
+        channels=tuple(cfg["channels"]),
+        strides=tuple(cfg["strides"]),
+        num_res_units=cfg["num_res_units"],
+    )
+    return OmniFM(unet, cfg["spatial_dims"], cfg["in_channels"], cfg["channels"][-1], omni_cfg)

@@ -1,0 +1,177 @@
+"""The OmniFM model: a task network (backbone ``g_phi`` + head ``h_psi``) with the spectral modules.
+
+Per input ``x`` the model computes the unit-norm spectral token ``s`` (spectral encoder), fuses
+the retrieved global prototypes ``S_g`` into the bottleneck tokens ``r`` with embedding-wise
+cross-attention (``Z``), builds the prompted sequence ``r' = [Z | r | c]`` (prefix-suffix spectral
+prompting, ``c`` = client-specific suffix tokens), mixes it with one transformer layer and folds
+the ``r`` positions back into the bottleneck feature map before the decoder. Every component can
+be switched off by :class:`OmniFMConfig` (the paper's ablations); with all of them off the model
+is exactly the wrapped network.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from omnifm.models.unet_adapter import decoder_modules, install_bottleneck_tap
+from omnifm.modules import EmbeddingCrossAttention, PrefixSuffixPrompt, SpectralEncoder
+
+
+@dataclass(frozen=True)
+class OmniFMConfig:
+    """Switches and sizes of the OmniFM modules.
+
+    Args:
+        spectral: compute the spectral token ``s`` (needed by every other module).
+        eca: embedding-wise cross-attention of bottleneck tokens onto ``[s; S_g]``.
+        prompting: prefix-suffix spectral prompting with client-specific suffix tokens.
+        spectral_dim: dimension ``d_s`` of ``s`` and of the bank prototypes.
+        spectral_hidden: width of the spectral tokenizer.
+        low_pass_fraction: fraction of each spectral axis kept by the low-pass crop.
+        head_dim: ECA head dimension ``d_h``.
+        num_heads: ECA heads.
+        num_suffix_tokens: number of client-specific suffix tokens ``c``.
+        fusion_heads: heads of the transformer layer that mixes ``r'``.
+    """
+
+    spectral: bool = True
+    eca: bool = True
+    prompting: bool = True
+    spectral_dim: int = 32
+    spectral_hidden: int = 32
+    low_pass_fraction: float = 0.25
+    head_dim: int = 32
+    num_heads: int = 1
+    num_suffix_tokens: int = 4
+    fusion_heads: int = 4
+
+    def __post_init__(self) -> None:
+        if self.eca and not self.spectral:
+            raise ValueError("eca=True needs spectral=True (ECA attends to spectral tokens)")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class OmniFMOutput(NamedTuple):
+    """``logits``: (B, out_channels, *spatial); ``spectral_token``: (B, d_s) or None."""
+
+    logits: torch.Tensor
+    spectral_token: torch.Tensor | None
+
+
+class OmniFM(nn.Module):
+    """OmniFM around a MONAI UNet.
+
+    Args:
+        network: a MONAI ``UNet``; its bottom block is tapped, its up-sampling blocks are the head.
+        spatial_dims: 2 (slices) or 3 (volumes).
+        in_channels: image channels.
+        token_dim: channels of the UNet bottleneck (``channels[-1]``).
+        config: module switches and sizes.
+
+    Examples::
+
+        >>> from monai.networks.nets import UNet
+        >>> net = UNet(2, 1, 2, channels=(8, 16, 32), strides=(2, 2))
+        >>> model = OmniFM(net, spatial_dims=2, in_channels=1, token_dim=32)
+        >>> x = torch.randn(2, 1, 32, 32)
+        >>> s = model.spectral_token(x)
+        >>> out = model(x, prototypes=torch.randn(2, 2, 32), spectral_token=s)
+        >>> out.logits.shape
+        torch.Size([2, 2, 32, 32])
+    """
+
+    def __init__(
+        self, network: nn.Module, spatial_dims: int, in_channels: int, token_dim: int, config: OmniFMConfig | None = None
+    ) -> None:
+        super().__init__()
+        self.config = config or OmniFMConfig()
+        self.network = network
+        self._tap = install_bottleneck_tap(network)
+        cfg = self.config
+        self.spectral_encoder = (
+            SpectralEncoder(spatial_dims, in_channels, cfg.spectral_dim, cfg.spectral_hidden, cfg.low_pass_fraction)
+            if cfg.spectral
+            else None
+        )
+        self.eca = (
+            EmbeddingCrossAttention(token_dim, cfg.spectral_dim, cfg.head_dim, cfg.num_heads) if cfg.eca else None
+        )
+        self.prompt = PrefixSuffixPrompt(token_dim, cfg.num_suffix_tokens) if cfg.prompting else None
+        self.fusion = (
+            nn.TransformerEncoderLayer(
+                token_dim, cfg.fusion_heads, dim_feedforward=2 * token_dim, dropout=0.0, batch_first=True, norm_first=True
+            )
+            if (cfg.eca or cfg.prompting)
+            else None
+        )
+
+    def spectral_token(self, x: torch.Tensor) -> torch.Tensor | None:
+        """Unit-norm spectral token ``s`` (B, d_s), or None when the spectral encoder is off."""
+        return None if self.spectral_encoder is None else self.spectral_encoder(x)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        prototypes: torch.Tensor | None = None,
+        prototype_mask: torch.Tensor | None = None,
+        spectral_token: torch.Tensor | None = None,
+    ) -> OmniFMOutput:
+        """Run the conditioned network.
+
+        Args:
+            x: images (B, C, *spatial).
+            prototypes: retrieved global prototypes ``S_g`` (B, k, d_s); None or k = 0 means none.
+            prototype_mask: (B, k) bool, True where a prototype slot is empty.
+            spectral_token: ``s`` if already computed (saves a second FFT pass); else computed here.
+        """
+        s = spectral_token if spectral_token is not None else self.spectral_token(x)
+        if self.fusion is None:
+            return OmniFMOutput(self.network(x), s)
+        self._tap.conditioner = lambda feats: self._condition(feats, s, prototypes, prototype_mask)
+        try:
+            logits = self.network(x)
+        finally:
+            self._tap.conditioner = None
+        return OmniFMOutput(logits, s)
+
+    def _condition(
+        self,
+        features: torch.Tensor,
+        s: torch.Tensor | None,
+        prototypes: torch.Tensor | None,
+        mask: torch.Tensor | None,
+    ) -> torch.Tensor:
+        tokens = features.flatten(2).transpose(1, 2)  # (B, L, d)
+        prefix = self._cross_attend(tokens, s, prototypes, mask) if self.eca is not None else None
+        if self.prompt is not None:
+            sequence = self.prompt(tokens, prefix)
+        else:
+            sequence = torch.cat([prefix, tokens], dim=1)
+        start = 0 if prefix is None else prefix.shape[1]
+        mixed = self.fusion(sequence)[:, start : start + tokens.shape[1]]
+        return mixed.transpose(1, 2).reshape(features.shape)
+
+    def _cross_attend(
+        self, tokens: torch.Tensor, s: torch.Tensor, prototypes: torch.Tensor | None, mask: torch.Tensor | None
+    ) -> torch.Tensor:
+        """``Z`` = ECA of the tokens onto ``[s; S_g]``: the local token keeps the encoder in the task loss."""
+        keys = s.unsqueeze(1)
+        key_mask = torch.zeros(s.shape[0], 1, dtype=torch.bool, device=s.device)
+        if prototypes is not None and prototypes.shape[1] > 0:
+            keys = torch.cat([keys, prototypes.to(s.dtype)], dim=1)
+            extra = mask if mask is not None else torch.zeros(prototypes.shape[:2], dtype=torch.bool, device=s.device)
+            key_mask = torch.cat([key_mask, extra], dim=1)
+        return self.eca(tokens, keys, key_mask)
+
+    def personal_parameter_names(self) -> set[str]:
+        """Names of the head ``h_psi`` (decoder) and the client suffix prompts ``c``."""
+        personal = {id(p) for m in decoder_modules(self.network) for p in m.parameters()}
+        if self.prompt is not None:
+            personal.add(id(self.prompt.suffix))
+        return {name for name, p in self.named_parameters() if id(p) in personal}

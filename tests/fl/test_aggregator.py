@@ -1,0 +1,129 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from nvflare.apis.dxo import DXO, DataKind, MetaKey, from_shareable
+from nvflare.apis.fl_constant import ReservedKey, ReturnCode
+from nvflare.apis.fl_context import FLContext
+from nvflare.apis.shareable import make_reply
+from nvflare.app_common.abstract.model import make_model_learnable
+from nvflare.app_common.app_constant import AppConstants
+
+from omnifm.fl import wire
+from omnifm.fl.aggregator import OmniFMAggregator
+from omnifm.knowledge import KnowledgeBank
+
+SHAPES = {"a": (2, 3), "b": (4,)}
+
+
+def _ctx(bank: KnowledgeBank | None = None, current: int = 0) -> FLContext:
+    ctx = FLContext()
+    weights = {k: np.zeros(s, np.float32) for k, s in SHAPES.items()}
+    meta = {wire.SPEC: {"algorithm": "omnifm"}, wire.BANK: None if bank is None else bank.to_plain()}
+    ctx.set_prop(AppConstants.GLOBAL_MODEL, make_model_learnable(weights, meta), private=True, sticky=False)
+    ctx.set_prop(AppConstants.CURRENT_ROUND, current, private=True, sticky=False)
+    return ctx
+
+
+def _result(site: str, value: float, n: int = 10, round_of: int = 0, meta: dict | None = None, **overrides):
+    weights = {k: np.full(s, value, np.float32) for k, s in SHAPES.items()}
+    weights.update(overrides)
+    dxo = DXO(DataKind.WEIGHTS, data=weights, meta=dict(meta or {}))
+    dxo.set_meta_prop(MetaKey.NUM_STEPS_CURRENT_ROUND, n)
+    shareable = dxo.to_shareable()
+    shareable.set_peer_props({ReservedKey.IDENTITY_NAME: site})
+    shareable.add_cookie(AppConstants.CONTRIBUTION_ROUND, round_of)
+    return shareable
+
+
+def test_sample_weighted_average():
+    agg, ctx = OmniFMAggregator(), _ctx()
+    assert agg.accept(_result("site-1", 1.0, n=10), ctx)
+    assert agg.accept(_result("site-2", 4.0, n=30), ctx)
+    out = from_shareable(agg.aggregate(ctx))
+    np.testing.assert_allclose(out.data["a"], np.full((2, 3), 3.25), rtol=1e-6)
+    assert out.data["a"].dtype == np.float32
+
+
+@pytest.mark.parametrize(
+    "make, reason",
+    [
+        (lambda: _result("site-1", np.nan), "NaN"),
+        (lambda: _result("site-1", 1.0, a=np.full((2, 3), np.inf, np.float32)), "NaN or Inf"),
+        (lambda: _result("site-1", 1.0, a=np.zeros((3, 2), np.float32)), "shape"),
+        (lambda: _result("site-1", 1.0, c=np.zeros(1, np.float32)), "names differ"),
+        (lambda: _result("site-1", 1.0, a=torch.zeros(2, 3)), "numpy"),
+        (lambda: _result("site-1", 1.0, n=0), "n_samples"),
+        (lambda: _result("site-1", 1.0, round_of=3), "round 3"),
+        (lambda: make_reply(ReturnCode.EXECUTION_EXCEPTION), "returned"),
+    ],
+)
+def test_bad_contribution_is_rejected_with_a_reason(make, reason, caplog):
+    agg, ctx = OmniFMAggregator(), _ctx()
+    assert not agg.accept(make(), ctx)
+    assert reason in caplog.text
+    assert agg.accept(_result("site-2", 2.0), ctx), "the round continues with the others"
+    np.testing.assert_allclose(from_shareable(agg.aggregate(ctx)).data["b"], 2.0)
+
+
+def test_second_result_from_the_same_site_is_rejected():
+    agg, ctx = OmniFMAggregator(), _ctx()
+    assert agg.accept(_result("site-1", 1.0), ctx)
+    assert not agg.accept(_result("site-1", 9.0), ctx)
+
+
+def test_nothing_accepted_fails_loudly():
+    agg, ctx = OmniFMAggregator(), _ctx(current=4)
+    assert not agg.accept(_result("site-1", np.nan), ctx)
+    panics = []
+    agg.system_panic = lambda reason, fl_ctx: panics.append(reason)
+    with pytest.raises(RuntimeError, match="round 4: no site contribution was accepted"):
+        agg.aggregate(ctx)
+    assert panics and "nothing to aggregate" in panics[0]
+
+
+def test_reset_forgets_the_round():
+    agg, ctx = OmniFMAggregator(), _ctx()
+    agg.accept(_result("site-1", 1.0), ctx)
+    agg.reset(ctx)
+    agg.system_panic = lambda reason, fl_ctx: None
+    with pytest.raises(RuntimeError):
+        agg.aggregate(ctx)
+
+
+def test_bank_is_updated_from_uploaded_prototypes_and_retrievals():
+    bank = KnowledgeBank(dim=4, delta=0.5, prune_window=1)
+    bank.insert(torch.eye(4)[:2])
+    agg, ctx = OmniFMAggregator(), _ctx(bank)
+    uploads = {wire.PROTOTYPES: [[0.0, 0.0, 3.0, 0.0]], wire.PROTOTYPE_COUNTS: [12],
+               wire.RETRIEVAL_IDS: [0], wire.RETRIEVAL_COUNTS: [20]}
+    assert agg.accept(_result("site-1", 1.0, meta=uploads), ctx)
+    meta = from_shareable(agg.aggregate(ctx)).meta
+    new_bank = KnowledgeBank.from_plain(meta[wire.BANK])
+    assert new_bank.version == 1
+    assert new_bank.ids.tolist() == [0, 2], "id 1 was never retrieved and is pruned; the upload is inserted"
+    assert new_bank.prototypes.norm(dim=1).max() <= 1.0, "the upload is projected onto the ball"
+    assert meta[wire.SPEC] == {"algorithm": "omnifm"}, "the run spec is carried forward"
+
+
+def test_malformed_prototypes_reject_the_contribution(caplog):
+    agg, ctx = OmniFMAggregator(), _ctx(KnowledgeBank(dim=4))
+    assert not agg.accept(_result("site-1", 1.0, meta={wire.PROTOTYPES: [[np.nan] * 4]}), ctx)
+    assert not agg.accept(_result("site-2", 1.0, meta={wire.PROTOTYPES: [[1.0, 2.0, 3.0]]}), ctx)
+    assert "NaN" in caplog.text and "4-vectors" in caplog.text
+
+
+def test_accepted_aggregate_has_no_numpy_or_tensor_in_meta():
+    agg, ctx = OmniFMAggregator(), _ctx(KnowledgeBank(dim=4))
+    agg.accept(_result("site-1", 1.0, meta={wire.PROTOTYPES: [[1.0, 0.0, 0.0, 0.0]]}), ctx)
+    meta = from_shareable(agg.aggregate(ctx)).meta
+    assert _plain(meta)
+
+
+def _plain(node) -> bool:
+    if isinstance(node, dict):
+        return all(_plain(v) for v in node.values())
+    if isinstance(node, (list, tuple)):
+        return all(_plain(v) for v in node)
+    return node is None or isinstance(node, (str, int, float, bool))

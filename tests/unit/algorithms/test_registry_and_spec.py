@@ -1,0 +1,72 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from omnifm.algorithms import ALGORITHMS, build_model, check_run_spec, get_algorithm, make_run_spec, weighted_average
+
+SMALL = {"channels": [8, 16, 32], "strides": [2, 2]}
+
+
+def test_the_issue_algorithms_are_registered():
+    assert {"omnifm", "fedavg"} <= set(ALGORITHMS)
+
+
+def test_unknown_algorithm_lists_the_choices():
+    with pytest.raises(ValueError, match=r"unknown algorithm 'fedx'; choose one of \['fedavg', 'omnifm'"):
+        get_algorithm("fedx")
+
+
+def test_fedavg_is_the_plain_network_with_every_parameter_shared():
+    model = build_model(make_run_spec("fedavg", model=SMALL))
+    assert model.spectral_encoder is None and model.eca is None and model.prompt is None
+    assert get_algorithm("fedavg").shared_parameter_names(model) == [n for n, _ in model.named_parameters()]
+
+
+def test_omnifm_keeps_head_and_suffix_local():
+    model = build_model(make_run_spec("omnifm", model=SMALL))
+    shared = set(get_algorithm("omnifm").shared_parameter_names(model))
+    assert shared.isdisjoint(model.personal_parameter_names())
+    assert "prompt.suffix" not in shared and any(n.startswith("spectral_encoder") for n in shared)
+
+
+def test_same_spec_same_initial_weights_without_touching_global_rng():
+    spec = make_run_spec("omnifm", model=SMALL, seed=5)
+    state = torch.random.get_rng_state()
+    a, b = build_model(spec), build_model(spec)
+    assert torch.equal(state, torch.random.get_rng_state())
+    for (n, p), (_, q) in zip(a.named_parameters(), b.named_parameters()):
+        assert torch.equal(p, q), n
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"top_k": 0}, "top_k must be an int >= 1, got 0"),
+        ({"align_weight": -0.5}, "align_weight must be >= 0, got -0.5"),
+        ({"num_prototypes": 0}, "num_prototypes must be an int >= 1, got 0"),
+        ({"algorithm": "x"}, "unknown algorithm 'x'"),
+    ],
+)
+def test_bad_spec(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        make_run_spec(**kwargs)
+
+
+def test_spec_from_the_wire_is_revalidated():
+    spec = make_run_spec("omnifm")
+    assert check_run_spec(dict(spec)) == spec
+    with pytest.raises(ValueError, match="lacks"):
+        check_run_spec({"algorithm": "omnifm"})
+    with pytest.raises(ValueError, match="must be a dict"):
+        check_run_spec(None)
+
+
+def test_weighted_average_matches_hand_computation():
+    out = weighted_average([({"w": np.array([1.0, 2.0], np.float32)}, 1), ({"w": np.array([3.0, 6.0], np.float32)}, 3)])
+    np.testing.assert_allclose(out["w"], [2.5, 5.0])
+    with pytest.raises(ValueError, match="no contributions"):
+        weighted_average([])
+    with pytest.raises(ValueError, match="total sample weight"):
+        weighted_average([({"w": np.zeros(1, np.float32)}, 0)])
