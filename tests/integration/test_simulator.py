@@ -36,16 +36,19 @@ def _shrink(job: Path, algorithm: str) -> None:
     client_path.write_text(json.dumps(client))
 
 
+def _simulate(job: Path, workspace: Path) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "nvflare.cli", "simulator", str(job), "-w", str(workspace)]
+    return subprocess.run(cmd, cwd=job.parent, capture_output=True, text=True, timeout=900, env=dict(os.environ))
+
+
 def _run(tmp_path: Path, algorithm: str) -> tuple[Path, str]:
     job = tmp_path / "omnifm_seg"
     shutil.copytree(JOB, job)
     _shrink(job, algorithm)
-    workspace = tmp_path / "ws"
-    cmd = [sys.executable, "-m", "nvflare.cli", "simulator", str(job), "-w", str(workspace)]
-    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=900, env=dict(os.environ))
+    proc = _simulate(job, tmp_path / "ws")
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log[-4000:]
-    return workspace, log
+    return tmp_path / "ws", log
 
 
 @pytest.mark.slow
@@ -75,3 +78,39 @@ def test_fedavg_runs_with_the_same_components(tmp_path):
     assert not (app / "knowledge_bank.pt").exists(), "FedAvg keeps no bank"
     results = json.loads((workspace / "server/simulate_job/cross_site_val/cross_val_results.json").read_text())
     assert all(math.isfinite(results[s]["SRV_FL_global_model"]["dice"]) for s in SITES)
+
+
+NAN_FILTER = """
+import numpy as np
+from nvflare.apis.dxo import from_shareable
+from nvflare.apis.filter import Filter
+
+
+class PoisonWeights(Filter):
+    def process(self, shareable, fl_ctx):
+        dxo = from_shareable(shareable)
+        dxo.data = {k: np.full_like(v, np.nan) for k, v in dxo.data.items()}
+        return dxo.update_shareable(shareable)
+"""
+
+
+@pytest.mark.slow
+def test_a_round_with_no_acceptable_contribution_fails_the_job(tmp_path):
+    """Every site sends NaN weights: the aggregator must stop the job, not keep the old model quietly."""
+    job = tmp_path / "omnifm_seg"
+    shutil.copytree(JOB, job)
+    _shrink(job, "fedavg")
+    (job / "app/custom/poison.py").write_text(NAN_FILTER)
+    client_path = job / "app/config/config_fed_client.json"
+    client = json.loads(client_path.read_text())
+    client["task_result_filters"] = [{"tasks": ["train"], "filters": [{"path": "poison.PoisonWeights", "args": {}}]}]
+    client_path.write_text(json.dumps(client))
+    proc = _simulate(job, tmp_path / "ws")
+    log = proc.stdout + proc.stderr
+    assert "contains NaN or Inf" in log
+    assert "no site contribution was accepted" in log
+    assert "Aborting current RUN due to FATAL_SYSTEM_ERROR" in log
+    assert not (tmp_path / "ws/server/simulate_job/app_server/FL_global_model.pt").exists(), "no model was saved"
+    results = tmp_path / "ws/server/simulate_job/cross_site_val/cross_val_results.json"
+    assert not results.exists() or json.loads(results.read_text()) == {}, "no final evaluation ran"
+    assert proc.returncode != 0, "the simulator must report the aborted run"

@@ -13,6 +13,7 @@ import torch
 
 from omnifm.algorithms.registry import get_algorithm
 from omnifm.models import OmniFM, build_seg_model
+from omnifm.validation import check_int
 
 SPEC_KEYS = ("algorithm", "model", "omnifm", "top_k", "align_weight", "num_prototypes", "seed")
 
@@ -38,12 +39,10 @@ def make_run_spec(
         seed: seed of the initial weights.
     """
     get_algorithm(algorithm)
-    if not isinstance(top_k, int) or top_k < 1:
-        raise ValueError(f"top_k must be an int >= 1, got {top_k!r}")
+    top_k = check_int("top_k", top_k)
     if align_weight < 0:
         raise ValueError(f"align_weight must be >= 0, got {align_weight!r}")
-    if not isinstance(num_prototypes, int) or num_prototypes < 1:
-        raise ValueError(f"num_prototypes must be an int >= 1, got {num_prototypes!r}")
+    num_prototypes = check_int("num_prototypes", num_prototypes)
     return {
         "algorithm": algorithm,
         "model": dict(model or {}),

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
-from numbers import Real
 
 import numpy as np
 import torch
 from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged, NormalizeIntensityd, Orientationd
 from monai.utils import convert_to_numpy
 from torch.utils.data import Dataset
+
+from omnifm.validation import check_int, check_range
 
 __all__ = ["SliceDataset", "load_volumes", "split_cases", "volume_slices"]
 
@@ -40,16 +41,6 @@ def _transform(normalize: bool) -> Compose:
     if normalize:
         transforms.append(NormalizeIntensityd(keys="image", nonzero=True, channel_wise=True))
     return Compose(transforms)
-
-
-def _check_seed(seed: int) -> int:
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
-    return int(seed)
-
-
-def _is_real(value: object) -> bool:
-    return isinstance(value, Real) and not isinstance(value, bool)
 
 
 def _check_datalist(datalist: Sequence[dict[str, str]]) -> None:
@@ -108,11 +99,9 @@ def split_cases(n: int, val_fraction: float, seed: int) -> tuple[list[int], list
     Raises:
         ValueError: If ``n``, ``val_fraction`` or ``seed`` is out of range.
     """
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-        raise ValueError(f"n must be an integer >= 1, got {n!r}")
-    if not _is_real(val_fraction) or not 0 < val_fraction < 1:
-        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction!r}")
-    order = np.random.default_rng(_check_seed(seed)).permutation(int(n))
+    n = check_int("n", n)
+    check_range("val_fraction", val_fraction, 0, 1, low_open=True, high_open=True)
+    order = np.random.default_rng(check_int("seed", seed, 0)).permutation(n)
     n_val = min(max(round(n * val_fraction), 1), n - 1)
     return sorted(int(i) for i in order[n_val:]), sorted(int(i) for i in order[:n_val])
 
@@ -163,9 +152,8 @@ class SliceDataset(Dataset):
     ) -> None:
         if len(volumes) == 0:
             raise ValueError("volumes must not be empty, got 0 volumes")
-        if not _is_real(keep_empty_fraction) or not 0 <= keep_empty_fraction <= 1:
-            raise ValueError(f"keep_empty_fraction must be in [0, 1], got {keep_empty_fraction!r}")
-        seed = _check_seed(seed)
+        check_range("keep_empty_fraction", keep_empty_fraction, 0, 1)
+        seed = check_int("seed", seed, 0)
         for i, volume in enumerate(volumes):
             _check_volume(i, volume)
         self._images = [torch.as_tensor(np.asarray(v["image"], dtype=np.float32)) for v in volumes]

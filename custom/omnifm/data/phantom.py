@@ -28,11 +28,12 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import IntEnum
-from numbers import Real
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+
+from omnifm.validation import check_int, is_int, is_real
 
 __all__ = [
     "MODALITIES",
@@ -133,22 +134,16 @@ def _check_modality(modality: str) -> str:
     return modality
 
 
-def _check_int(name: str, value: int, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
-
-
 def _check_shape(shape: Sequence[int]) -> tuple[int, int, int]:
     ok = isinstance(shape, Sequence) and len(shape) == 3
-    if not ok or any(isinstance(s, bool) or not isinstance(s, (int, np.integer)) or s < _MIN_SIDE for s in shape):
+    if not ok or any(not is_int(s) or s < _MIN_SIDE for s in shape):
         raise ValueError(f"shape must be three integers >= {_MIN_SIDE}, got {shape!r}")
     return tuple(int(s) for s in shape)  # type: ignore[return-value]
 
 
 def _check_spacing(spacing: Sequence[float]) -> tuple[float, float, float]:
     ok = isinstance(spacing, Sequence) and len(spacing) == 3
-    if not ok or any(isinstance(s, bool) or not isinstance(s, Real) or not 0 < s < np.inf for s in spacing):
+    if not ok or any(not is_real(s) or not 0 < s < np.inf for s in spacing):
         raise ValueError(f"spacing must be three positive numbers, got {spacing!r}")
     return tuple(float(s) for s in spacing)  # type: ignore[return-value]
 
@@ -165,7 +160,7 @@ def modality_for_site(site_index: int) -> str:
     Raises:
         ValueError: If ``site_index`` is not a non-negative integer.
     """
-    return MODALITIES[_check_int("site_index", site_index, 0) % len(MODALITIES)]
+    return MODALITIES[check_int("site_index", site_index, 0) % len(MODALITIES)]
 
 
 # --------------------------------------------------------------------------- geometry
@@ -425,8 +420,8 @@ def write_phantom_site(
     manifest = {
         "version": _MANIFEST_VERSION,
         "modality": _check_modality(modality),
-        "num_cases": _check_int("num_cases", num_cases, 1),
-        "seed": _check_int("seed", seed, 0),
+        "num_cases": check_int("num_cases", num_cases),
+        "seed": check_int("seed", seed, 0),
         "shape": list(_check_shape(shape)),
         "spacing": list(_check_spacing(spacing)),
     }

@@ -8,8 +8,6 @@ what :meth:`SiteTrainer.train_round` returns.
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +17,7 @@ import torch
 from monai.losses import DiceCELoss
 
 from omnifm.algorithms import build_model, get_algorithm
+from omnifm.checkpoint import atomic_torch_save
 from omnifm.data import SliceDataset
 from omnifm.engine.evaluate import evaluate_volumes
 from omnifm.engine.retrieval import Retriever
@@ -131,18 +130,12 @@ class SiteTrainer:
                 params[name].copy_(value)
 
     def personal_state(self) -> dict[str, torch.Tensor]:
-        params = dict(self.model.named_parameters())
-        return {n: p.detach().cpu().clone() for n, p in params.items() if n not in set(self.shared_names)}
+        shared = set(self.shared_names)
+        return {n: p.detach().cpu().clone() for n, p in self.model.named_parameters() if n not in shared}
 
     def save_personal(self, path: str | Path, round_num: int) -> None:
         """Atomically write the personal parameters (tensors + ints only: loads with weights_only)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        payload = {"personal": self.personal_state(), "round": int(round_num)}
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        os.close(fd)
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
+        atomic_torch_save({"personal": self.personal_state(), "round": int(round_num)}, path)
 
     def load_personal(self, path: str | Path) -> int | None:
         """Restore personal parameters saved by :meth:`save_personal`; returns their round or None."""

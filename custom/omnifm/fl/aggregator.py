@@ -76,7 +76,7 @@ class OmniFMAggregator(Aggregator):
             return None, reason
         n_samples = dxo.get_meta_prop(MetaKey.NUM_STEPS_CURRENT_ROUND)
         if not isinstance(n_samples, int) or n_samples <= 0:
-            return None, f"n_samples must be a positive int, got {n_samples!r}"
+            return None, f"n_samples must be an int >= 1, got {n_samples!r}"
         return self._with_bank_data(dxo, n_samples, global_model[ModelLearnableKey.META])
 
     @staticmethod

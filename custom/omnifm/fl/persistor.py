@@ -8,8 +8,6 @@ dict of tensors, ints and strings written atomically, so both load with
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -21,20 +19,12 @@ from nvflare.app_common.abstract.model_persistor import ModelPersistor
 from nvflare.app_common.app_constant import AppConstants
 
 from omnifm.algorithms import build_model, get_algorithm, make_run_spec
+from omnifm.checkpoint import atomic_torch_save
 from omnifm.fl import wire
 from omnifm.knowledge import KnowledgeBank
 
 MODEL_FILE = "FL_global_model.pt"
 BANK_FILE = "knowledge_bank.pt"
-
-
-def atomic_torch_save(payload: dict[str, Any], path: Path) -> None:
-    """Write to a temporary file in the same folder, then rename: a crash never leaves half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
 
 
 def load_checkpoint(folder: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict | None]:

@@ -8,7 +8,6 @@ no tensors, numpy objects or custom classes (they would break checkpoint loading
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
@@ -81,6 +80,3 @@ def read_retrievals(meta: dict[str, Any]) -> dict[int, int]:
         return {}
     return {int(i): int(c) for i, c in zip(ids, counts) if int(c) > 0}
 
-
-def finite_metrics(metrics: dict[str, Any]) -> dict[str, float]:
-    return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(v)}

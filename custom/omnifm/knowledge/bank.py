@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from omnifm.validation import check_int, is_int
+
 _CONFIG_KEYS = ("dim", "rho", "delta", "prune_window", "max_size")
 _COUNTER_KEYS = ("next_id", "version")
 _ROW_DTYPES = {
@@ -42,26 +44,22 @@ _MAX_NUDGES = 16
 _NUDGE = 1.0 - 2.0**-20
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def _is_real(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _check_config(dim: Any, rho: Any, delta: Any, prune_window: Any, max_size: Any) -> None:
-    """Raise ``ValueError`` naming the first invalid constructor argument."""
-    if not _is_int(dim) or dim <= 0:
-        raise ValueError(f"dim must be a positive int, got {dim!r}")
+def _check_config(
+    dim: Any, rho: Any, delta: Any, prune_window: Any, max_size: Any
+) -> tuple[int, float, float, int, int]:
+    """Return the config as plain Python numbers; raise ``ValueError`` naming the first bad one."""
+    dim = check_int("dim", dim)
     if not _is_real(rho) or rho <= 0:
         raise ValueError(f"rho must be a finite number > 0, got {rho!r}")
     if not _is_real(delta) or not 0 <= delta < 1:
         raise ValueError(f"delta must satisfy 0 <= delta < 1, got {delta!r}")
-    if not _is_int(prune_window) or prune_window < 1:
-        raise ValueError(f"prune_window must be an int >= 1, got {prune_window!r}")
-    if not _is_int(max_size) or max_size < 1:
-        raise ValueError(f"max_size must be an int >= 1, got {max_size!r}")
+    prune_window = check_int("prune_window", prune_window)
+    max_size = check_int("max_size", max_size)
+    return dim, float(rho), float(delta), prune_window, max_size
 
 
 def _project_to_ball(rows: Tensor, rho: float) -> Tensor:
@@ -130,12 +128,11 @@ class KnowledgeBank:
         prune_window: int = 3,
         max_size: int = 64,
     ) -> None:
-        _check_config(dim, rho, delta, prune_window, max_size)
-        self._dim, self._rho, self._delta = dim, float(rho), float(delta)
-        self._prune_window, self._max_size = prune_window, max_size
+        config = _check_config(dim, rho, delta, prune_window, max_size)
+        self._dim, self._rho, self._delta, self._prune_window, self._max_size = config
         self._next_id = 0
         self._version = 0
-        self._prototypes = torch.empty(0, dim, dtype=torch.float32)
+        self._prototypes = torch.empty(0, self._dim, dtype=torch.float32)
         self._ids = torch.empty(0, dtype=torch.int64)
         self._streaks = torch.empty(0, dtype=torch.int64)
         self._freq_sum = torch.empty(0, dtype=torch.float64)
@@ -244,8 +241,7 @@ class KnowledgeBank:
         if queries.ndim != 2 or queries.shape[1] != self._dim:
             shape = tuple(queries.shape)
             raise ValueError(f"queries must have shape (B, {self._dim}), got {shape}")
-        if not _is_int(k) or k < 1:
-            raise ValueError(f"k must be an int >= 1, got {k!r}")
+        k = check_int("k", k)
         top = min(k, len(self))
         with torch.no_grad():
             q = F.normalize(queries.detach().to(device="cpu", dtype=torch.float32), dim=1)
@@ -494,11 +490,11 @@ class KnowledgeBank:
         _check_state_keys(state)
         if state["dim"] != self._dim:
             raise ValueError(f"state dim {state['dim']!r} does not match bank dim {self._dim}")
-        _check_config(*(state[key] for key in _CONFIG_KEYS))
+        _, rho, delta, prune_window, max_size = _check_config(*(state[key] for key in _CONFIG_KEYS))
         next_id, version = _check_counters(state)
         rows = _check_state_rows(state, self._dim, next_id)
-        self._rho, self._delta = float(state["rho"]), float(state["delta"])
-        self._prune_window, self._max_size = state["prune_window"], state["max_size"]
+        self._rho, self._delta = rho, delta
+        self._prune_window, self._max_size = prune_window, max_size
         self._next_id, self._version = next_id, version
         self._set_rows(rows)
 
@@ -550,7 +546,7 @@ class KnowledgeBank:
         state = dict(plain)
         for key, dtype in _ROW_DTYPES.items():
             state[key] = _plain_to_tensor(key, plain[key], dtype)
-        if state["prototypes"].numel() == 0 and _is_int(plain["dim"]) and plain["dim"] > 0:
+        if state["prototypes"].numel() == 0 and is_int(plain["dim"]) and plain["dim"] > 0:
             state["prototypes"] = state["prototypes"].reshape(0, plain["dim"])
         return cls.from_state_dict(state)
 
@@ -566,10 +562,8 @@ def _check_state_keys(state: Any) -> None:
 
 
 def _check_counters(state: Mapping[str, Any]) -> tuple[int, int]:
-    for key in _COUNTER_KEYS:
-        if not _is_int(state[key]) or state[key] < 0:
-            raise ValueError(f"state {key} must be an int >= 0, got {state[key]!r}")
-    return state["next_id"], state["version"]
+    next_id = check_int("state next_id", state["next_id"], 0)
+    return next_id, check_int("state version", state["version"], 0)
 
 
 def _plain_to_tensor(key: str, value: Any, dtype: torch.dtype) -> Tensor:

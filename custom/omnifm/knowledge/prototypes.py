@@ -12,27 +12,24 @@ from typing import Any
 import torch
 from torch import Tensor
 
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+from omnifm.validation import check_int
 
 
 def _check_summarize_args(
     tokens: Any, num_prototypes: Any, min_count: Any, iterations: Any, seed: Any
-) -> None:
+) -> tuple[int, int, int, int]:
+    """Return ``(num_prototypes, min_count, iterations, seed)`` as Python ints."""
     if not isinstance(tokens, Tensor) or not tokens.is_floating_point() or tokens.ndim != 2:
         got = getattr(tokens, "shape", type(tokens))
         raise ValueError(f"tokens must be a floating (N, d) Tensor, got {got}")
     if not bool(torch.isfinite(tokens).all()):
         raise ValueError("tokens must be finite (no NaN/Inf values)")
-    if not _is_int(num_prototypes) or num_prototypes < 1:
-        raise ValueError(f"num_prototypes must be an int >= 1, got {num_prototypes!r}")
-    if not _is_int(min_count) or min_count < 2:
-        raise ValueError(f"min_count must be an int >= 2, got {min_count!r}")
-    if not _is_int(iterations) or iterations < 1:
-        raise ValueError(f"iterations must be an int >= 1, got {iterations!r}")
-    if not _is_int(seed):
-        raise ValueError(f"seed must be an int, got {seed!r}")
+    return (
+        check_int("num_prototypes", num_prototypes),
+        check_int("min_count", min_count, 2),
+        check_int("iterations", iterations),
+        check_int("seed", seed, None),
+    )
 
 
 def _kmeans_pp_init(points: Tensor, clusters: int, generator: torch.Generator) -> Tensor:
@@ -96,7 +93,9 @@ def summarize_tokens(
         >>> sorted(counts.tolist()), sorted(centroids.sum(dim=1).tolist())
         ([5, 5], [0.0, 2.0])
     """
-    _check_summarize_args(tokens, num_prototypes, min_count, iterations, seed)
+    num_prototypes, min_count, iterations, seed = _check_summarize_args(
+        tokens, num_prototypes, min_count, iterations, seed
+    )
     clusters = min(num_prototypes, tokens.shape[0] // min_count)
     if clusters == 0:
         empty_counts = torch.zeros(0, dtype=torch.int64, device=tokens.device)

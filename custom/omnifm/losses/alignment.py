@@ -5,12 +5,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from omnifm.validation import check_range
+
 __all__ = ["spectral_proximal_alignment", "SpectralProximalAlignmentLoss", "local_objective"]
-
-
-def _check_non_negative(name: str, value: float) -> None:
-    if not value >= 0.0:  # also rejects NaN
-        raise ValueError(f"{name} must be >= 0, got {value}")
 
 
 def _check_shapes(s: Tensor, protos: Tensor, mask: Tensor | None) -> None:
@@ -78,7 +75,7 @@ class SpectralProximalAlignmentLoss(nn.Module):
 
     def __init__(self, weight: float = 0.1) -> None:
         super().__init__()
-        _check_non_negative("weight", weight)
+        check_range("weight", weight, 0, require_real=False)  # also rejects NaN
         self.weight = float(weight)
 
     def forward(
@@ -102,5 +99,5 @@ def local_objective(task_loss: Tensor, align_loss: Tensor, lam: float) -> Tensor
         >>> local_objective(torch.tensor(1.0), torch.tensor(2.0), lam=0.5)
         tensor(2.)
     """
-    _check_non_negative("lam", lam)
+    check_range("lam", lam, 0, require_real=False)  # also rejects NaN
     return task_loss + lam * align_loss

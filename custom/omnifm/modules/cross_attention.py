@@ -7,12 +7,9 @@ import math
 import torch
 from torch import Tensor, nn
 
+from omnifm.validation import check_int, check_range
+
 __all__ = ["EmbeddingCrossAttention"]
-
-
-def _check_positive_int(name: str, value: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"{name} must be a positive int, got {value}")
 
 
 class EmbeddingCrossAttention(nn.Module):
@@ -56,12 +53,11 @@ class EmbeddingCrossAttention(nn.Module):
         dropout: float = 0.0,
     ) -> None:
         super().__init__()
-        _check_positive_int("token_dim", token_dim)
-        _check_positive_int("prototype_dim", prototype_dim)
-        _check_positive_int("head_dim", head_dim)
-        _check_positive_int("num_heads", num_heads)
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        token_dim = check_int("token_dim", token_dim)
+        prototype_dim = check_int("prototype_dim", prototype_dim)
+        head_dim = check_int("head_dim", head_dim)
+        num_heads = check_int("num_heads", num_heads)
+        check_range("dropout", dropout, 0, 1, high_open=True, require_real=False)
         inner_dim = num_heads * head_dim
         self.token_dim = token_dim
         self.prototype_dim = prototype_dim

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from omnifm.validation import check_int, check_range
+
 __all__ = ["PrefixSuffixPrompt"]
 
 
@@ -36,11 +38,9 @@ class PrefixSuffixPrompt(nn.Module):
 
     def __init__(self, token_dim: int, num_suffix_tokens: int = 4, init_std: float = 0.02) -> None:
         super().__init__()
-        for name, value in (("token_dim", token_dim), ("num_suffix_tokens", num_suffix_tokens)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value}")
-        if not init_std >= 0.0:
-            raise ValueError(f"init_std must be >= 0, got {init_std}")
+        token_dim = check_int("token_dim", token_dim)
+        num_suffix_tokens = check_int("num_suffix_tokens", num_suffix_tokens)
+        check_range("init_std", init_std, 0, require_real=False)
         self.token_dim = token_dim
         self.num_suffix_tokens = num_suffix_tokens
         self.suffix = nn.Parameter(torch.randn(num_suffix_tokens, token_dim) * init_std)
@@ -76,9 +76,8 @@ class PrefixSuffixPrompt(nn.Module):
         Returns:
             ``slice(prefix_len, prefix_len + num_tokens)``, e.g. ``out[:, psp.token_slice(Lp, L)]``.
         """
-        for name, value in (("prefix_len", prefix_len), ("num_tokens", num_tokens)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f"{name} must be a non-negative int, got {value}")
+        prefix_len = check_int("prefix_len", prefix_len, 0)
+        num_tokens = check_int("num_tokens", num_tokens, 0)
         return slice(prefix_len, prefix_len + num_tokens)
 
     def suffix_slice(self, prefix_len: int, num_tokens: int) -> slice:

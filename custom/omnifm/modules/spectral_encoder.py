@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from omnifm.validation import check_int, check_range
+
 __all__ = ["fft_magnitude", "low_pass_crop", "SpectralEncoder"]
 
 _CONV: dict[int, type[nn.Module]] = {2: nn.Conv2d, 3: nn.Conv3d}
@@ -16,14 +18,8 @@ def _check_spatial_dims(spatial_dims: int) -> None:
         raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
 
 
-def _check_positive_int(name: str, value: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"{name} must be a positive int, got {value}")
-
-
 def _check_fraction(fraction: float) -> None:
-    if not 0.0 < fraction <= 1.0:
-        raise ValueError(f"low_pass_fraction must be in (0, 1], got {fraction}")
+    check_range("low_pass_fraction", fraction, 0, 1, low_open=True, require_real=False)
 
 
 def fft_magnitude(x: Tensor, spatial_dims: int, log_scale: bool = True) -> Tensor:
@@ -134,9 +130,9 @@ class SpectralEncoder(nn.Module):
     ) -> None:
         super().__init__()
         _check_spatial_dims(spatial_dims)
-        _check_positive_int("in_channels", in_channels)
-        _check_positive_int("embed_dim", embed_dim)
-        _check_positive_int("hidden_dim", hidden_dim)
+        in_channels = check_int("in_channels", in_channels)
+        embed_dim = check_int("embed_dim", embed_dim)
+        hidden_dim = check_int("hidden_dim", hidden_dim)
         _check_fraction(low_pass_fraction)
         conv = _CONV[spatial_dims]
         self.spatial_dims = spatial_dims

@@ -46,12 +46,20 @@ def test_same_spec_same_initial_weights_without_touching_global_rng():
         ({"top_k": 0}, "top_k must be an int >= 1, got 0"),
         ({"align_weight": -0.5}, "align_weight must be >= 0, got -0.5"),
         ({"num_prototypes": 0}, "num_prototypes must be an int >= 1, got 0"),
+        ({"top_k": True}, "top_k must be an int >= 1, got True"),
+        ({"num_prototypes": 2.0}, "num_prototypes must be an int >= 1, got 2.0"),
         ({"algorithm": "x"}, "unknown algorithm 'x'"),
     ],
 )
 def test_bad_spec(kwargs, match):
     with pytest.raises(ValueError, match=match):
         make_run_spec(**kwargs)
+
+
+def test_spec_stores_numpy_ints_as_python_ints():
+    spec = make_run_spec(top_k=np.int64(3), num_prototypes=np.int32(5))
+    assert (spec["top_k"], spec["num_prototypes"]) == (3, 5)
+    assert type(spec["top_k"]) is int and type(spec["num_prototypes"]) is int
 
 
 def test_spec_from_the_wire_is_revalidated():

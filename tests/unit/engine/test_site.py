@@ -116,3 +116,14 @@ def test_training_reduces_the_loss_and_is_deterministic():
 def test_bad_train_config(kwargs, match):
     with pytest.raises(ValueError, match=match):
         TrainConfig(**kwargs)
+
+
+@pytest.mark.gpu
+def test_a_round_runs_on_cuda():
+    spec = make_run_spec("omnifm", model=SMALL, num_prototypes=2)
+    trainer = SiteTrainer(spec, TrainConfig(local_epochs=1, batch_size=4, min_prototype_count=2),
+                          _volumes(4, 0), _volumes(2, 1))
+    assert trainer.device.type == "cuda"
+    result = trainer.train_round(KnowledgeBank(dim=32))
+    assert all(v.device.type == "cpu" for v in result.weights.values()), "results leave the GPU"
+    assert np.isfinite(trainer.evaluate(None)["dice"]) or trainer.evaluate(None)["cases"] == 0

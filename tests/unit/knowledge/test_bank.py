@@ -80,6 +80,13 @@ def test_constructor_rejects_bad_arguments(kwargs, match):
         KnowledgeBank(**args)
 
 
+def test_constructor_stores_numpy_ints_as_python_ints():
+    bank = KnowledgeBank(np.int64(DIM), prune_window=np.int32(2), max_size=np.int64(5))
+    state = bank.state_dict()
+    assert [type(state[key]) for key in ("dim", "prune_window", "max_size")] == [int, int, int]
+    assert (bank.dim, bank.prune_window, bank.max_size) == (DIM, 2, 5)
+
+
 # --------------------------------------------------------------------------- insert
 def test_insert_assigns_sequential_ids_and_float32_copies():
     bank = KnowledgeBank(DIM)

@@ -116,10 +116,10 @@ def test_fixed_seed_determinism():
 @pytest.mark.parametrize(
     "kwargs,match",
     [
-        ({"token_dim": 0}, "token_dim must be a positive int, got 0"),
-        ({"prototype_dim": -1}, "prototype_dim must be a positive int, got -1"),
-        ({"head_dim": 0}, "head_dim must be a positive int, got 0"),
-        ({"num_heads": 1.5}, "num_heads must be a positive int, got 1.5"),
+        ({"token_dim": 0}, "token_dim must be an int >= 1, got 0"),
+        ({"prototype_dim": -1}, "prototype_dim must be an int >= 1, got -1"),
+        ({"head_dim": 0}, "head_dim must be an int >= 1, got 0"),
+        ({"num_heads": 1.5}, "num_heads must be an int >= 1, got 1.5"),
         ({"dropout": 1.0}, r"dropout must be in \[0, 1\), got 1.0"),
         ({"dropout": -0.1}, r"dropout must be in \[0, 1\), got -0.1"),
     ],

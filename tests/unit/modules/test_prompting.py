@@ -75,10 +75,10 @@ def test_fixed_seed_determinism():
 @pytest.mark.parametrize(
     "kwargs,match",
     [
-        ({"token_dim": 0}, "token_dim must be a positive int, got 0"),
-        ({"token_dim": 2.0}, "token_dim must be a positive int, got 2.0"),
-        ({"num_suffix_tokens": 0}, "num_suffix_tokens must be a positive int, got 0"),
-        ({"num_suffix_tokens": -2}, "num_suffix_tokens must be a positive int, got -2"),
+        ({"token_dim": 0}, "token_dim must be an int >= 1, got 0"),
+        ({"token_dim": 2.0}, "token_dim must be an int >= 1, got 2.0"),
+        ({"num_suffix_tokens": 0}, "num_suffix_tokens must be an int >= 1, got 0"),
+        ({"num_suffix_tokens": -2}, "num_suffix_tokens must be an int >= 1, got -2"),
         ({"init_std": -0.1}, "init_std must be >= 0, got -0.1"),
     ],
 )
@@ -108,9 +108,9 @@ def test_bad_forward_inputs(r_shape, z_shape, match):
 @pytest.mark.parametrize(
     "prefix_len,num_tokens,match",
     [
-        (-1, 4, "prefix_len must be a non-negative int, got -1"),
-        (0, -3, "num_tokens must be a non-negative int, got -3"),
-        (1.5, 2, "prefix_len must be a non-negative int, got 1.5"),
+        (-1, 4, "prefix_len must be an int >= 0, got -1"),
+        (0, -3, "num_tokens must be an int >= 0, got -3"),
+        (1.5, 2, "prefix_len must be an int >= 0, got 1.5"),
     ],
 )
 def test_bad_token_slice_args(prefix_len, num_tokens, match):
