@@ -12,14 +12,16 @@ from typing import Any
 import torch
 
 from omnifm.algorithms.registry import get_algorithm
+from omnifm.task import SegTask
 from omnifm.models import OmniFM, build_seg_model
 from omnifm.validation import check_int
 
-SPEC_KEYS = ("algorithm", "model", "omnifm", "top_k", "align_weight", "num_prototypes", "seed")
+SPEC_KEYS = ("algorithm", "task", "model", "omnifm", "top_k", "align_weight", "num_prototypes", "seed")
 
 
 def make_run_spec(
     algorithm: str = "omnifm",
+    task: dict[str, Any] | None = None,
     model: dict[str, Any] | None = None,
     omnifm: dict[str, Any] | None = None,
     top_k: int = 2,
@@ -31,7 +33,10 @@ def make_run_spec(
 
     Args:
         algorithm: registry name (``omnifm``, ``fedavg``, ...).
-        model: UNet arguments, see :func:`omnifm.models.build_seg_model`.
+        task: ``{"classes": [...], "regions": {...}}`` (see :class:`~omnifm.task.SegTask`);
+            default BraTS (background, necrotic, edema, enhancing; regions WT, TC, ET).
+        model: UNet arguments, see :func:`omnifm.models.build_seg_model`; ``out_channels`` is the
+            number of classes.
         omnifm: :class:`~omnifm.models.OmniFMConfig` sizes; the algorithm's module switches win.
         top_k: prototypes retrieved per image (paper default 2).
         align_weight: lambda of the spectral-proximal alignment term.
@@ -39,13 +44,21 @@ def make_run_spec(
         seed: seed of the initial weights.
     """
     get_algorithm(algorithm)
+    seg_task = SegTask.from_dict(task)
+    model = dict(model or {})
+    if model.setdefault("out_channels", len(seg_task.classes)) != len(seg_task.classes):
+        raise ValueError(
+            f"model.out_channels is {model['out_channels']} but the task has {len(seg_task.classes)} classes; "
+            "drop out_channels, it follows the classes"
+        )
     top_k = check_int("top_k", top_k)
     if align_weight < 0:
         raise ValueError(f"align_weight must be >= 0, got {align_weight!r}")
     num_prototypes = check_int("num_prototypes", num_prototypes)
     return {
         "algorithm": algorithm,
-        "model": dict(model or {}),
+        "task": seg_task.to_dict(),
+        "model": model,
         "omnifm": dict(omnifm or {}),
         "top_k": top_k,
         "align_weight": float(align_weight),

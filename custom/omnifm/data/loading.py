@@ -1,23 +1,24 @@
 """Loading volumes through MONAI and slicing them into a 2D axial dataset.
 
 Real data and the synthetic phantom (:mod:`omnifm.data.phantom`) take the same path:
-a datalist of NIfTI files is read by :func:`load_volumes` with MONAI's ``NibabelReader``,
-made channel-first, reoriented to RAS and z-normalised over the nonzero (head) region.
+:func:`load_volumes` reads each datalist entry with :func:`omnifm.data.ingest.load_case`
+(MONAI readers for NIfTI and DICOM, channel-first, RAS orientation, optional resampling) and
+normalises intensities per modality (:func:`omnifm.data.normalize.normalize_intensity`).
 :class:`SliceDataset` then serves axial slices (last axis in RAS, i.e. superior) for 2D
 training and :func:`volume_slices` batches all slices of a volume for evaluation.
 """
 
 from __future__ import annotations
 
-import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
-from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged, NormalizeIntensityd, Orientationd
-from monai.utils import convert_to_numpy
 from torch.utils.data import Dataset
 
+from omnifm.data.ingest import CaseError, load_case
+from omnifm.data.modalities import MODALITIES
 from omnifm.validation import check_int, check_range
 
 __all__ = ["SliceDataset", "load_volumes", "split_cases", "volume_slices"]
@@ -25,62 +26,57 @@ __all__ = ["SliceDataset", "load_volumes", "split_cases", "volume_slices"]
 _KEYS = ("image", "label")
 
 
-def _transform(normalize: bool) -> Compose:
-    """The MONAI loading pipeline shared by real and phantom data."""
-    with warnings.catch_warnings():
-        # LoadImage also instantiates every default reader; the DICOM one warns when the
-        # optional nvImageCodec plugin is missing, which is irrelevant to NibabelReader.
-        warnings.filterwarnings("ignore", message="NvImgCodecPydicomReader")
-        load = LoadImaged(keys=_KEYS, reader="NibabelReader", image_only=True)
-    transforms = [
-        load,
-        EnsureChannelFirstd(keys=_KEYS),
-        # labels=None: axis labels follow the MetaTensor's "space" (RAS for NIfTI).
-        Orientationd(keys=_KEYS, axcodes="RAS", labels=None),
-    ]
-    if normalize:
-        transforms.append(NormalizeIntensityd(keys="image", nonzero=True, channel_wise=True))
-    return Compose(transforms)
-
-
-def _check_datalist(datalist: Sequence[dict[str, str]]) -> None:
+def _check_datalist(datalist: Sequence[Mapping[str, Any]]) -> None:
     for i, case in enumerate(datalist):
-        if not isinstance(case, dict) or any(key not in case for key in _KEYS):
+        if not isinstance(case, Mapping) or any(case.get(key) is None for key in _KEYS):
             raise ValueError(f"datalist[{i}] must be a dict with keys {_KEYS}, got {case!r}")
 
 
-def _to_numpy(case: dict) -> dict[str, np.ndarray]:
-    """Plain numpy arrays: float32 image, binary uint8 label (any label > 0 is tumour)."""
-    image = convert_to_numpy(case["image"], dtype=np.float32)
-    label = (convert_to_numpy(case["label"]) > 0).astype(np.uint8)
-    if label.shape[0] != 1 or label.shape[1:] != image.shape[1:]:
-        raise ValueError(f"label shape {label.shape} does not match image shape {image.shape}")
-    return {"image": np.ascontiguousarray(image), "label": np.ascontiguousarray(label)}
-
-
-def load_volumes(datalist: Sequence[dict[str, str]], normalize: bool = True) -> list[dict[str, np.ndarray]]:
-    """Load image/label volumes through MONAI.
-
-    Each case goes through ``LoadImaged(NibabelReader)``, ``EnsureChannelFirstd``,
-    ``Orientationd("RAS")`` and, if ``normalize``, ``NormalizeIntensityd(nonzero=True,
-    channel_wise=True)`` on the image.
+def load_volumes(
+    datalist: Sequence[Mapping[str, Any]],
+    normalize: bool = True,
+    *,
+    label_values: Mapping[int, int] | None = None,
+    binarize_labels: bool = False,
+    spacing: tuple[float, float, float] | None = None,
+    default_modality: str = "t1",
+) -> list[dict[str, np.ndarray]]:
+    """Load image/label volumes through :func:`omnifm.data.ingest.load_case`.
 
     Args:
-        datalist: ``[{"image": path, "label": path}, ...]``.
-        normalize: Z-normalise each image channel over its nonzero voxels.
+        datalist: ``[{"image": path, "label": path, "modality": str (optional)}, ...]``; paths
+            as accepted by ``load_case`` (NIfTI, DICOM file, DICOM series folder).
+        normalize: Normalise each image for its modality (CT window, MR robust z-score, PET
+            uptake ratio; see :mod:`omnifm.data.normalize`).
+        label_values: ``{raw label value: class index}`` applied to every case; ``None`` keeps
+            the raw values (integers in ``[0, 255]``).
+        binarize_labels: Turn labels into whole-tumour masks (``label > 0``) after mapping.
+        spacing: Resample to this voxel spacing in mm, or ``None`` for the native grid.
+        default_modality: Modality of entries without a ``"modality"`` key.
 
     Returns:
-        One ``{"image": float32 (C, H, W, D), "label": uint8 (1, H, W, D)}`` dict of plain
-        numpy arrays per case. Labels are binarised (``label > 0``), so multi-class tumour
-        masks become whole-tumour masks.
+        One ``{"image": float32 (1, H, W, D), "label": uint8 (1, H, W, D)}`` dict of plain numpy
+        arrays per case, oriented RAS.
 
     Raises:
-        ValueError: If a datalist entry lacks ``image``/``label`` or the label does not
-            match the image's spatial shape.
+        ValueError: If a datalist entry lacks ``image``/``label`` or an argument is invalid.
+        CaseError: If a case cannot be loaded (e.g. the label does not match the image's
+            spatial shape); the message starts with ``datalist[i]`` and contains no path.
     """
     _check_datalist(datalist)
-    transform = _transform(normalize)
-    return [_to_numpy(transform(dict(case))) for case in datalist]
+    if default_modality not in MODALITIES:
+        raise ValueError(f"default_modality must be one of {list(MODALITIES)}, got {default_modality!r}")
+    volumes = []
+    for i, entry in enumerate(datalist):
+        case = {"image": entry["image"], "label": entry["label"], "modality": entry.get("modality") or default_modality}
+        try:
+            volume = load_case(case, spacing=spacing, label_values=label_values, normalize=normalize)
+        except CaseError as err:
+            raise CaseError(f"datalist[{i}]: {err}") from None
+        if binarize_labels:
+            volume["label"] = (volume["label"] > 0).astype(np.uint8)
+        volumes.append(volume)
+    return volumes
 
 
 def split_cases(n: int, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
@@ -134,9 +130,10 @@ def _check_volume(i: int, volume: dict[str, np.ndarray]) -> None:
 class SliceDataset(Dataset):
     """Axial 2D slices of a list of loaded volumes.
 
-    All slices containing tumour are kept, plus a deterministic, seeded selection of
-    ``round(keep_empty_fraction * n_empty)`` of the ``n_empty`` tumour-free slices (counted
-    over all volumes). Items are ``{"image": float32 (C, H, W), "label": float32 (1, H, W)}``.
+    All slices containing tumour (any label value > 0, whatever the class) are kept, plus a
+    deterministic, seeded selection of ``round(keep_empty_fraction * n_empty)`` of the
+    ``n_empty`` tumour-free slices (counted over all volumes). Items are
+    ``{"image": float32 (C, H, W), "label": float32 (1, H, W)}``; labels keep their class indices.
 
     Args:
         volumes: Output of :func:`load_volumes` (or any dicts of the same shapes).

@@ -1,32 +1,43 @@
-"""Where a site's cases come from.
+"""Where a site's cases come from, checked by the integrity gate before round 1.
 
-Until site data configuration lands (``omnifm_site.json``), a site without configured data uses
-the built-in synthetic phantom: written to disk as NIfTI and read back through MONAI, the same
-path real data takes. Each simulated site images a different modality.
+A site's data is described by ``<site>/local/omnifm_site.json`` (see ``site_configs/README.md``).
+In a real deployment a site without that file stops with an error that says how to add it: it
+never trains on synthetic data by accident. Only the FLARE simulator, or a site whose config says
+``"format": "phantom"``, uses the built-in synthetic phantom, and the log says so.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import re
 import zlib
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 
-from omnifm.data.loading import load_volumes, split_cases
+from omnifm.data.integrity import resolve_cases, verify_cases
+from omnifm.data.loading import split_cases
 from omnifm.data.phantom import modality_for_site, write_phantom_site
+from omnifm.data.site_config import SITE_CONFIG_NAME, SiteConfig, SiteConfigError, load_site_config, parse_site_config
+from omnifm.task import SegTask
+
+logger = logging.getLogger(__name__)
+
+BRATS_LABEL_MAP = {"0": "background", "1": "necrotic", "2": "edema", "4": "enhancing"}
 
 
 @dataclass
 class SiteData:
-    """A site's loaded cases and a description that is safe to log (no paths, no names)."""
+    """A site's loaded, checked cases and a log-safe description (no paths, no names, no ids)."""
 
     train: list[dict[str, np.ndarray]]
     val: list[dict[str, np.ndarray]]
     description: str
     synthetic: bool
+    skipped: int
+    problems: list[str]
 
 
 def site_index(site_name: str) -> int:
@@ -35,28 +46,79 @@ def site_index(site_name: str) -> int:
     return int(match.group(1)) - 1 if match else zlib.crc32(site_name.encode()) % 1000
 
 
-@lru_cache(maxsize=8)
-def phantom_site_data(
-    root: str | Path,
-    site_name: str,
-    num_cases: int = 20,
-    shape: tuple[int, int, int] = (64, 64, 24),
-    val_fraction: float = 0.25,
-    seed: int = 0,
-) -> SiteData:
-    """Generate (or reuse) this site's phantom under ``root`` and load it through MONAI.
+def simulator_config(site_name: str, cases: int, shape: tuple[int, int, int], val_fraction: float, seed: int) -> SiteConfig:
+    """The phantom config a simulated site uses when it has no ``omnifm_site.json``."""
+    raw = {
+        "format": "phantom",
+        "modalities": [modality_for_site(site_index(site_name))],
+        "label_map": BRATS_LABEL_MAP,
+        "split": {"val_fraction": val_fraction, "seed": seed},
+        "phantom": {"cases": cases, "seed": seed, "shape": list(shape)},
+    }
+    return parse_site_config(raw, Path("."), check_paths=False)
 
-    Cached per process: the simulator rebuilds a site's executor for every task, and the phantom
-    is deterministic, so it is read from disk once per site and process.
+
+def find_site_config(local_dir: str | Path, simulate: bool, fallback: SiteConfig) -> tuple[SiteConfig, str]:
+    """The site's config and where it came from; without a config only the simulator may go on."""
+    path = Path(local_dir) / SITE_CONFIG_NAME
+    if path.is_file():
+        return load_site_config(path), f"local/{SITE_CONFIG_NAME}"
+    if simulate:
+        return fallback, "simulator default (no site config)"
+    raise SiteConfigError(
+        f"this site has no {SITE_CONFIG_NAME} in its local/ folder, so it has no data to train on. Copy one of "
+        "site_configs/omnifm_site.{nifti,dicom}.json there and point data_root at the data prepared with "
+        "omnifm-prepare-data (or, for a demo site, site_configs/omnifm_site.phantom.json); see site_configs/README.md"
+    )
+
+
+def _phantom_root(config: SiteConfig, workspace_root: Path, site_name: str) -> SiteConfig:
+    """Write (or reuse) the phantom and point the config at its datalist."""
+    root = config.data_root or workspace_root / "omnifm_phantom" / site_name
+    spec = config.phantom
+    write_phantom_site(root, config.modalities[0], spec.cases, spec.seed, spec.shape, site_index=site_index(site_name))
+    return dataclasses.replace(config, data_root=Path(root))
+
+
+_CACHE: dict[tuple, SiteData] = {}
+
+
+def load_site_data(config: SiteConfig, workspace_root: str | Path, site_name: str, task: SegTask) -> SiteData:
+    """Resolve, verify, load and split a site's cases (cached per process and datalist version).
+
+    The FLARE simulator rebuilds a site's executor for every task; the cache keeps the integrity
+    gate to once per site and process, and a changed datalist file invalidates it.
+
+    Raises:
+        SiteConfigError: the datalist is missing or malformed, or no usable cases remain; the
+            message lists the bad cases by index and reason only.
     """
-    index = site_index(site_name)
-    modality = modality_for_site(index)
-    datalist = write_phantom_site(Path(root), modality, num_cases, seed=seed + 1000 * index, shape=tuple(shape))
-    volumes = load_volumes(datalist)
-    train_idx, val_idx = split_cases(len(volumes), val_fraction, seed)
+    synthetic = config.format == "phantom"
+    if synthetic:
+        config = _phantom_root(config, Path(workspace_root), site_name)
+    key = (config, site_name, task.classes, _mtime(config.datalist_path))
+    if key not in _CACHE:
+        _CACHE[key] = _verified_site_data(config, task, synthetic)
+    return _CACHE[key]
+
+
+def _mtime(path: Path | None) -> float:
+    return path.stat().st_mtime if path is not None and path.is_file() else -1.0
+
+
+def _verified_site_data(config: SiteConfig, task: SegTask, synthetic: bool) -> SiteData:
+    cases = resolve_cases(config)
+    report = verify_cases(cases, config, list(task.classes), keep_loaded=True)
+    if not report.usable:
+        raise SiteConfigError("no usable cases at this site:\n" + "\n".join(report.lines()))
+    volumes = [report.loaded[i] for i in report.good]
+    train_idx, val_idx = split_cases(len(volumes), config.val_fraction, config.split_seed)
+    kind = "SYNTHETIC phantom" if synthetic else "site data"
     return SiteData(
         train=[volumes[i] for i in train_idx],
         val=[volumes[i] for i in val_idx],
-        description=f"SYNTHETIC phantom, modality {modality}, {len(train_idx)} train / {len(val_idx)} val cases",
-        synthetic=True,
+        description=f"{kind}: {config.describe()}; {len(train_idx)} train / {len(val_idx)} val cases",
+        synthetic=synthetic,
+        skipped=len(report.bad),
+        problems=[line for line in report.lines() if line.startswith("case ")],
     )

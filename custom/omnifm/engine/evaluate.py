@@ -7,11 +7,11 @@ import math
 import numpy as np
 import torch
 from monai.metrics import DiceMetric
-from monai.networks.utils import one_hot
 from torch import nn
 
 from omnifm.data import volume_slices
 from omnifm.engine.retrieval import Retriever
+from omnifm.task import SegTask
 
 
 @torch.no_grad()
@@ -33,20 +33,29 @@ def _predict(model: nn.Module, x: torch.Tensor, retriever: Retriever | None) -> 
 
 
 def evaluate_volumes(
-    model: nn.Module, volumes: list[dict[str, np.ndarray]], device: torch.device, retriever: Retriever | None
+    model: nn.Module,
+    volumes: list[dict[str, np.ndarray]],
+    device: torch.device,
+    retriever: Retriever | None,
+    task: SegTask,
 ) -> dict[str, float]:
-    """Mean foreground Dice over the volumes that contain foreground (MONAI ``DiceMetric``).
+    """Dice per report region (MONAI ``DiceMetric``), averaged over the volumes that contain the region.
 
-    Returns ``{"dice": float, "cases": int}``; ``dice`` is NaN when no volume has foreground.
+    Returns ``{"dice": mean over regions, "dice_<region>": ..., "cases": volumes evaluated}``; a
+    region no volume contains is NaN and left out of ``dice``.
     """
     model.eval()
-    metric = DiceMetric(include_background=False, reduction="none", ignore_empty=True)
-    num_classes = model.network.out_channels
+    metric = DiceMetric(include_background=True, reduction="none", ignore_empty=True)
     for case in volumes:
         pred = predict_volume(model, case["image"], device, retriever)
         label = torch.as_tensor(case["label"]).long()
-        metric(one_hot(pred[None], num_classes), one_hot(label[None], num_classes))
-    scores = metric.aggregate().flatten()
+        metric(task.region_masks(pred[None]), task.region_masks(label[None]))
+    scores = metric.aggregate() if volumes else torch.full((0, len(task.regions)), math.nan)
     metric.reset()
-    valid = scores[~torch.isnan(scores)]
-    return {"dice": float(valid.mean()) if valid.numel() else math.nan, "cases": int(valid.numel())}
+    per_region = {f"dice_{name}": _nanmean(scores[:, i]) for i, name in enumerate(task.regions)}
+    return {"dice": _nanmean(torch.tensor(list(per_region.values()))), **per_region, "cases": len(volumes)}
+
+
+def _nanmean(values: torch.Tensor) -> float:
+    valid = values[~torch.isnan(values)]
+    return float(valid.mean()) if valid.numel() else math.nan

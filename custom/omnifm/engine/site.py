@@ -23,6 +23,7 @@ from omnifm.engine.evaluate import evaluate_volumes
 from omnifm.engine.retrieval import Retriever
 from omnifm.engine.train import train_epoch
 from omnifm.knowledge import KnowledgeBank, summarize_tokens
+from omnifm.task import SegTask
 
 
 @dataclass(frozen=True)
@@ -103,6 +104,7 @@ class SiteTrainer:
         self.shared_names = self.algorithm.shared_parameter_names(self.model)
         self.loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
         self.val_volumes = val_volumes
+        self.task = SegTask.from_dict(spec["task"])
         dataset = SliceDataset(train_volumes, keep_empty_fraction=config.keep_empty_fraction, seed=config.seed)
         self.loader = torch.utils.data.DataLoader(
             dataset, batch_size=config.batch_size, shuffle=True, generator=torch.Generator().manual_seed(config.seed)
@@ -158,7 +160,7 @@ class SiteTrainer:
         return Retriever(bank, self.spec["top_k"]) if self.algorithm.uses_bank else None
 
     def evaluate(self, bank: KnowledgeBank | None) -> dict[str, float]:
-        return evaluate_volumes(self.model, self.val_volumes, self.device, self._retriever(bank))
+        return evaluate_volumes(self.model, self.val_volumes, self.device, self._retriever(bank), self.task)
 
     def train_round(self, bank: KnowledgeBank | None) -> RoundResult:
         """Local epochs on the site's data; returns shared weights, prototypes and retrieval counts."""

@@ -44,7 +44,8 @@ class OmniFMPersistor(ModelPersistor):
 
     Args:
         algorithm: ``omnifm`` or ``fedavg`` (see :data:`omnifm.algorithms.ALGORITHMS`).
-        model: UNet arguments.
+        task: class names and Dice report regions (default BraTS; see :class:`omnifm.task.SegTask`).
+        model: UNet arguments (``out_channels`` follows the task's classes).
         omnifm: OmniFM module sizes.
         top_k: prototypes retrieved per image.
         align_weight: lambda of the alignment loss.
@@ -58,6 +59,7 @@ class OmniFMPersistor(ModelPersistor):
     def __init__(
         self,
         algorithm: str = "omnifm",
+        task: dict | None = None,
         model: dict | None = None,
         omnifm: dict | None = None,
         top_k: int = 2,
@@ -68,7 +70,10 @@ class OmniFMPersistor(ModelPersistor):
         source_dir: str = "",
     ) -> None:
         super().__init__()
-        self.spec = make_run_spec(algorithm, model, omnifm, top_k, align_weight, num_prototypes, seed)
+        self.spec = make_run_spec(
+            algorithm=algorithm, task=task, model=model, omnifm=omnifm, top_k=top_k,
+            align_weight=align_weight, num_prototypes=num_prototypes, seed=seed,
+        )
         self.bank_args = dict(bank or {})
         try:
             KnowledgeBank(dim=1, **self.bank_args)  # validate the bank arguments when the job is configured

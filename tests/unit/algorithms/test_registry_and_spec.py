@@ -49,6 +49,8 @@ def test_same_spec_same_initial_weights_without_touching_global_rng():
         ({"top_k": True}, "top_k must be an int >= 1, got True"),
         ({"num_prototypes": 2.0}, "num_prototypes must be an int >= 1, got 2.0"),
         ({"algorithm": "x"}, "unknown algorithm 'x'"),
+        ({"model": {"out_channels": 2}}, "model.out_channels is 2 but the task has 4 classes"),
+        ({"task": {"classes": ["tumour"]}}, "start with 'background'"),
     ],
 )
 def test_bad_spec(kwargs, match):

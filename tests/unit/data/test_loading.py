@@ -10,7 +10,9 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
+from omnifm.data.ingest import CaseError
 from omnifm.data.loading import SliceDataset, load_volumes, split_cases, volume_slices
+from omnifm.data.normalize import FOREGROUND_FRACTION
 from omnifm.data.phantom import write_phantom_site
 
 SHAPE = (64, 64, 24)
@@ -18,7 +20,7 @@ SHAPE = (64, 64, 24)
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory) -> list[dict[str, str]]:
-    return write_phantom_site(tmp_path_factory.mktemp("site"), "t1", num_cases=4, seed=11)
+    return write_phantom_site(tmp_path_factory.mktemp("site"), "t1", num_cases=4, seed=11, shape=SHAPE)
 
 
 @pytest.fixture(scope="module")
@@ -33,23 +35,34 @@ def _raw(path: str) -> np.ndarray:
 # ------------------------------------------------------------------ load_volumes
 
 
-def test_load_volumes_types_and_shapes(volumes) -> None:
+def test_load_volumes_types_and_shapes(site, volumes) -> None:
     assert len(volumes) == 4
-    for case in volumes:
+    for paths, case in zip(site, volumes):
         assert type(case["image"]) is np.ndarray and type(case["label"]) is np.ndarray
         assert case["image"].shape == (1, *SHAPE) and case["image"].dtype == np.float32
         assert case["label"].shape == (1, *SHAPE) and case["label"].dtype == np.uint8
-        assert set(np.unique(case["label"])) <= {0, 1}
+        assert set(np.unique(case["label"])) <= set(np.unique(_raw(paths["label"])))  # raw classes kept
 
 
-def test_load_volumes_normalises_over_the_nonzero_region(site, volumes) -> None:
+def test_load_volumes_normalises_mr_robustly_over_the_foreground(site, volumes) -> None:
     for paths, case in zip(site, volumes):
         raw = _raw(paths["image"])
         head = raw != 0
+        foreground = raw > FOREGROUND_FRACTION * np.percentile(raw[raw > 0], 99)
         image = case["image"][0]
-        assert abs(float(image[head].mean())) < 1e-3
-        assert float(image[head].std()) == pytest.approx(1.0, abs=1e-2)
+        q25, median, q75 = np.percentile(image[foreground], [25, 50, 75])
+        assert abs(median) < 1e-3
+        assert (q75 - q25) / 1.349 == pytest.approx(1.0, abs=1e-2)
         assert np.all(image[~head] == 0)
+
+
+def test_load_volumes_normalisation_follows_each_entry_modality(site) -> None:
+    ct = load_volumes([{**site[0], "modality": "ct"}])[0]["image"]
+    assert 0 <= ct.min() and ct.max() <= 1
+    default_ct = load_volumes([{"image": site[0]["image"], "label": site[0]["label"]}], default_modality="ct")
+    np.testing.assert_array_equal(default_ct[0]["image"], ct)
+    with pytest.raises(ValueError, match="default_modality"):
+        load_volumes(site[:1], default_modality="xray")
 
 
 def test_load_volumes_preserves_data_without_normalisation(site) -> None:
@@ -70,15 +83,20 @@ def test_load_volumes_reorients_to_ras(tmp_path) -> None:
     np.testing.assert_array_equal(case["label"][0], label[::-1, ::-1, :])
 
 
-def test_load_volumes_binarises_multiclass_labels(tmp_path) -> None:
+def test_load_volumes_binarises_multiclass_labels_on_request(tmp_path) -> None:
     data = np.ones((8, 8, 4), dtype=np.float32)
     label = np.zeros((8, 8, 4), dtype=np.uint8)
     label[1, 1, 1], label[2, 2, 2], label[3, 3, 3] = 1, 2, 4
     nib.save(nib.Nifti1Image(data, np.eye(4)), tmp_path / "img.nii.gz")
     nib.save(nib.Nifti1Image(label, np.eye(4)), tmp_path / "lab.nii.gz")
     datalist = [{"image": str(tmp_path / "img.nii.gz"), "label": str(tmp_path / "lab.nii.gz")}]
-    out = load_volumes(datalist)[0]["label"][0]
+    out = load_volumes(datalist, binarize_labels=True)[0]["label"][0]
     np.testing.assert_array_equal(out, label > 0)
+    np.testing.assert_array_equal(load_volumes(datalist)[0]["label"][0], label)  # default: raw values kept
+    mapped = load_volumes(datalist, label_values={1: 1, 2: 2, 4: 3})[0]["label"][0]
+    np.testing.assert_array_equal(mapped, np.select([label == 1, label == 2, label == 4], [1, 2, 3], 0))
+    with pytest.raises(CaseError, match=r"datalist\[0\]: label value 4 is not in label_values"):
+        load_volumes(datalist, label_values={1: 1, 2: 1})
 
 
 def test_load_volumes_rejects_bad_datalist_and_mismatched_label(tmp_path, site) -> None:
@@ -192,6 +210,16 @@ def test_slice_dataset_on_loaded_phantoms(volumes) -> None:
     assert dataset.num_slices == n_tumour + round(0.3 * n_empty)
     batch = next(iter(DataLoader(dataset, batch_size=4, shuffle=False)))
     assert batch["image"].shape == (4, 1, 64, 64) and batch["label"].shape == (4, 1, 64, 64)
+
+
+def test_slice_dataset_counts_any_positive_class_as_tumour() -> None:
+    volumes = _toy_volumes()
+    volumes[0]["label"][0, 0, 0, 8] = 4  # class 4 only: still a tumour slice
+    volumes[1]["label"][volumes[1]["label"] > 0] = 2
+    dataset = SliceDataset(volumes, keep_empty_fraction=0.0)
+    assert set(_slice_ids(dataset)) == {(0, 2), (0, 3), (0, 7), (0, 8), (1, 0), (1, 5)}
+    assert dataset.num_tumour_slices == 6
+    assert float(dataset[len(dataset) - 1]["label"].max()) == 2.0  # class indices are kept
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,1 @@
+"""Console entry points: thin argparse wrappers over importable functions."""
