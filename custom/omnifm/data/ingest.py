@@ -82,7 +82,6 @@ __all__ = [
     "discover_cases",
     "load_case",
     "prepare_dataset",
-    "read_datalist",
 ]
 
 DATALIST_NAME = "datalist.json"
@@ -954,32 +953,3 @@ def _prepare_one(
         return f"ok ({entry['modality']}, {slices} slices, {labelled}, {time.perf_counter() - tick:.2f} s)"
     summary.skipped.append(SkippedCase(index=index, case_id=case["id"], reason=reason))
     return f"skipped: {reason}"
-
-
-def read_datalist(path: str | Path) -> list[dict[str, Any]]:
-    """Read a ``datalist.json`` written by :func:`prepare_dataset` with absolute paths.
-
-    Args:
-        path: The ``datalist.json`` file or the folder holding it.
-
-    Returns:
-        Its ``cases`` with ``image``/``label`` resolved against the datalist's folder (entries
-        ready for :func:`load_case` or :func:`omnifm.data.loading.load_volumes`).
-
-    Raises:
-        ValueError: If the file is missing or not a datalist.
-    """
-    file = Path(path) / DATALIST_NAME if Path(path).is_dir() else Path(path)
-    try:
-        cases = json.loads(file.read_text())["cases"]
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        raise ValueError(f"not a readable datalist: {str(path)!r} ({type(err).__name__})") from None
-    root = file.parent
-    resolved = []
-    for case in cases:
-        entry = dict(case)
-        for key in ("image", "label"):
-            if entry.get(key):
-                entry[key] = str((root / entry[key]).resolve())
-        resolved.append(entry)
-    return resolved

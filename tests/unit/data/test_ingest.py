@@ -24,8 +24,10 @@ from omnifm.data.ingest import (
     discover_cases,
     load_case,
     prepare_dataset,
-    read_datalist,
 )
+from omnifm.data.integrity import resolve_cases
+from omnifm.data.modalities import MODALITIES
+from omnifm.data.site_config import parse_site_config
 
 pydicom = pytest.importorskip("pydicom")
 from pydicom.dataset import Dataset, FileMetaDataset  # noqa: E402
@@ -40,6 +42,16 @@ from omnifm.data.dicom_series import write_dicom_series  # noqa: E402
 
 PATIENT = "DOE^JANE^FAKE"
 SPACING = (0.8, 0.8, 3.0)  # column spacing (x), row spacing (y), slice gap, in mm
+
+
+def _prepared_cases(folder: Path) -> list[dict]:
+    """Read prepare_dataset's output the way a site's FL client does (site config -> datalist)."""
+    config = parse_site_config(
+        {"format": "nifti", "data_root": str(folder), "modalities": list(MODALITIES),
+         "label_map": {"0": "background", "1": "tumour"}}, folder,
+    )
+    return resolve_cases(config)
+
 
 
 # ------------------------------------------------------------------ helpers
@@ -653,7 +665,7 @@ def test_prepare_dataset_round_trip(tmp_path: Path, site_input: Path, stored, ca
     public = log + summary.table() + json.dumps(summary.to_dict()) + _output_text(out)
     for secret in ("DOE", "JANE", "SMITH", "IM_", str(site_input), str(tmp_path), "notes.txt", "label.nii.gz"):
         assert secret not in public, f"{secret!r} leaked"
-    loaded = load_case(read_datalist(out)[0], label_values={1: 1})
+    loaded = load_case(_prepared_cases(out)[0], label_values={1: 1})
     assert loaded["image"].shape == (1, 16, 20, 12) and set(np.unique(loaded["label"])) == {0, 1}
 
 
@@ -666,7 +678,7 @@ def test_prepare_dataset_resamples_and_overrides_modality(tmp_path: Path, site_i
     assert image.shape == (8, 10, 12)
     np.testing.assert_allclose(image.header.get_zooms(), (1.6, 1.6, 3.0), rtol=1e-5)
     assert nib.load(out / "labels" / "case_000.nii.gz").shape == (8, 10, 12)
-    assert read_datalist(out / "datalist.json")[0]["modality"] == "flair"
+    assert _prepared_cases(out)[0]["modality"] == "flair"
 
 
 def test_prepare_dataset_nifti_defaults_to_t1_with_a_note(tmp_path: Path, nifti_case) -> None:
@@ -676,7 +688,7 @@ def test_prepare_dataset_nifti_defaults_to_t1_with_a_note(tmp_path: Path, nifti_
     shutil.copy(nifti_case["label"], src / "PATIENT_label.nii.gz")
     summary = prepare_dataset(src, tmp_path / "out", fmt="nifti", progress=False)
     assert summary.converted == ["case_000"] and any("t1 assumed" in n for n in summary.notes)
-    entry = read_datalist(tmp_path / "out")[0]
+    entry = _prepared_cases(tmp_path / "out")[0]
     assert entry["modality"] == "t1"
     written, original = nib.load(entry["label"]), nib.load(nifti_case["label"])
     np.testing.assert_array_equal(np.asarray(written.dataobj), np.asarray(original.dataobj))
