@@ -71,11 +71,12 @@ def test_omnifm_job_trains_persists_and_evaluates(tmp_path):
 
 
 @pytest.mark.slow
-def test_fedavg_runs_with_the_same_components(tmp_path):
-    workspace, log = _run(tmp_path, "fedavg")
+@pytest.mark.parametrize("algorithm", ["fedavg", "fedprox", "fedper"])
+def test_baselines_run_with_the_same_components(tmp_path, algorithm):
+    workspace, log = _run(tmp_path, algorithm)
     app = workspace / "server/simulate_job/app_server"
     assert (app / "FL_global_model.pt").is_file()
-    assert not (app / "knowledge_bank.pt").exists(), "FedAvg keeps no bank"
+    assert not (app / "knowledge_bank.pt").exists(), f"{algorithm} keeps no bank"
     results = json.loads((workspace / "server/simulate_job/cross_site_val/cross_val_results.json").read_text())
     assert all(math.isfinite(results[s]["SRV_FL_global_model"]["dice"]) for s in SITES)
 

@@ -19,6 +19,7 @@ class Algorithm:
         modules: :class:`~omnifm.models.OmniFMConfig` switches this algorithm forces.
         uses_bank: sites retrieve from and contribute to the global spectral knowledge bank.
         personal_head: the task head and suffix prompts stay on the site (never sent, never overwritten).
+        proximal: add FedProx's ``prox_mu / 2 * ||w - w_global||^2`` over the shared weights.
         description: one line for logs and docs.
     """
 
@@ -26,6 +27,7 @@ class Algorithm:
     modules: dict[str, bool] = field(default_factory=dict)
     uses_bank: bool = False
     personal_head: bool = False
+    proximal: bool = False
     description: str = ""
 
     def shared_parameter_names(self, model: nn.Module) -> list[str]:
@@ -33,6 +35,8 @@ class Algorithm:
         personal = model.personal_parameter_names() if self.personal_head else set()
         return [name for name, _ in model.named_parameters() if name not in personal]
 
+
+_PLAIN = {"spectral": False, "eca": False, "prompting": False}
 
 ALGORITHMS: dict[str, Algorithm] = {
     "omnifm": Algorithm(
@@ -44,8 +48,20 @@ ALGORITHMS: dict[str, Algorithm] = {
     ),
     "fedavg": Algorithm(
         "fedavg",
-        modules={"spectral": False, "eca": False, "prompting": False},
+        modules=_PLAIN,
         description="FedAvg: the plain network, every parameter averaged",
+    ),
+    "fedprox": Algorithm(
+        "fedprox",
+        modules=_PLAIN,
+        proximal=True,
+        description="FedProx: FedAvg with a proximal term pulling local weights to the global ones",
+    ),
+    "fedper": Algorithm(
+        "fedper",
+        modules=_PLAIN,
+        personal_head=True,
+        description="FedPer: the plain network, encoder averaged, decoder (task head) kept on the site",
     ),
 }
 

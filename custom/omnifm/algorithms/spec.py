@@ -14,9 +14,9 @@ import torch
 from omnifm.algorithms.registry import get_algorithm
 from omnifm.task import SegTask
 from omnifm.models import OmniFM, build_seg_model
-from omnifm.validation import check_int
+from omnifm.validation import check_int, check_range
 
-SPEC_KEYS = ("algorithm", "task", "model", "omnifm", "top_k", "align_weight", "num_prototypes", "seed")
+SPEC_KEYS = ("algorithm", "task", "model", "omnifm", "top_k", "align_weight", "num_prototypes", "prox_mu", "seed")
 
 
 def make_run_spec(
@@ -27,6 +27,7 @@ def make_run_spec(
     top_k: int = 2,
     align_weight: float = 0.1,
     num_prototypes: int = 4,
+    prox_mu: float = 0.01,
     seed: int = 0,
 ) -> dict[str, Any]:
     """Validate and assemble a run spec.
@@ -41,6 +42,7 @@ def make_run_spec(
         top_k: prototypes retrieved per image (paper default 2).
         align_weight: lambda of the spectral-proximal alignment term.
         num_prototypes: k-means centroids a site uploads per round (at most).
+        prox_mu: FedProx's proximal weight (used by algorithms with ``proximal``).
         seed: seed of the initial weights.
     """
     get_algorithm(algorithm)
@@ -55,6 +57,7 @@ def make_run_spec(
     if align_weight < 0:
         raise ValueError(f"align_weight must be >= 0, got {align_weight!r}")
     num_prototypes = check_int("num_prototypes", num_prototypes)
+    prox_mu = check_range("prox_mu", prox_mu, 0.0)
     return {
         "algorithm": algorithm,
         "task": seg_task.to_dict(),
@@ -63,6 +66,7 @@ def make_run_spec(
         "top_k": top_k,
         "align_weight": float(align_weight),
         "num_prototypes": num_prototypes,
+        "prox_mu": float(prox_mu),
         "seed": int(seed),
     }
 

@@ -8,6 +8,7 @@ what :meth:`SiteTrainer.train_round` returns.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from omnifm.engine.evaluate import evaluate_volumes
 from omnifm.engine.retrieval import Retriever
 from omnifm.engine.train import train_epoch
 from omnifm.knowledge import KnowledgeBank, summarize_tokens
+from omnifm.losses import proximal_term
 from omnifm.task import SegTask
 
 
@@ -169,11 +171,12 @@ class SiteTrainer:
         # state would not survive anyway; doing it always keeps in-process and FLARE runs equal.
         optimizer = torch.optim.Adam(self.model.parameters(), lr=self.config.learning_rate)
         align_weight = self.spec["align_weight"] if self.algorithm.uses_bank else 0.0
+        regularizer = self._proximal() if self.algorithm.proximal else None
         stats = None
         for epoch in range(self.config.local_epochs):
             stats = train_epoch(
                 self.model, self.loader, optimizer, self.loss_fn, self.device, retriever, align_weight,
-                self.logger, self.config.log_every,
+                self.logger, self.config.log_every, regularizer,
             )
             self.logger.info("epoch %d/%d: %s", epoch + 1, self.config.local_epochs, _fmt(stats.means()))
         prototypes, counts = self._prototypes(stats.tokens)
@@ -185,6 +188,11 @@ class SiteTrainer:
             retrieval_counts=dict(retriever.counts) if retriever else {},
             metrics=stats.means(),
         )
+
+    def _proximal(self) -> Callable[[], torch.Tensor]:
+        """FedProx: the shared weights as received this round are the anchor."""
+        anchor = {name: value.to(self.device) for name, value in self.shared_state().items()}
+        return lambda: proximal_term(self.model.named_parameters(), anchor, self.spec["prox_mu"])
 
     def _prototypes(self, tokens: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """k-means centroids of the last epoch's spectral tokens (never one image's embedding)."""

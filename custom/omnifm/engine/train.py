@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -38,13 +39,17 @@ def train_epoch(
     align_weight: float,
     logger: logging.Logger | None = None,
     log_every: int = 0,
+    regularizer: Callable[[], torch.Tensor] | None = None,
 ) -> EpochStats:
-    """Train ``model`` for one epoch on ``loader`` with ``L_task + align_weight * L_align``."""
+    """Train ``model`` for one epoch on ``loader`` with ``L_task + align_weight * L_align (+ regularizer())``.
+
+    ``regularizer`` is an algorithm's extra term (e.g. FedProx's proximal term), evaluated every step.
+    """
     model.train()
     stats = EpochStats()
     for batch in loader:
         image, label = batch["image"].to(device), batch["label"].to(device)
-        task, align, token = _step(model, image, label, optimizer, loss_fn, retriever, align_weight)
+        task, align, token = _step(model, image, label, optimizer, loss_fn, retriever, align_weight, regularizer)
         stats.loss += task + align_weight * align
         stats.task_loss += task
         stats.align_loss += align
@@ -65,6 +70,7 @@ def _step(
     loss_fn: nn.Module,
     retriever: Retriever | None,
     align_weight: float,
+    regularizer: Callable[[], torch.Tensor] | None,
 ) -> tuple[float, float, torch.Tensor | None]:
     optimizer.zero_grad(set_to_none=True)
     token = model.spectral_token(image)
@@ -73,7 +79,8 @@ def _step(
     out = model(image, prototypes=prototypes, spectral_token=token)
     task = loss_fn(out.logits, label)
     align = spectral_proximal_alignment(token, prototypes) if prototypes is not None else task.new_zeros(())
-    local_objective(task, align, align_weight).backward()
+    loss = local_objective(task, align, align_weight)
+    (loss + regularizer() if regularizer is not None else loss).backward()
     optimizer.step()
     if retrieved is not None:
         retriever.record(retrieved)

@@ -43,13 +43,14 @@ class OmniFMPersistor(ModelPersistor):
     """Creates the initial global model and bank from the run spec, and saves both every round.
 
     Args:
-        algorithm: ``omnifm`` or ``fedavg`` (see :data:`omnifm.algorithms.ALGORITHMS`).
+        algorithm: ``omnifm``, ``fedavg``, ``fedprox`` or ``fedper`` (see :data:`omnifm.algorithms.ALGORITHMS`).
         task: class names and Dice report regions (default BraTS; see :class:`omnifm.task.SegTask`).
         model: UNet arguments (``out_channels`` follows the task's classes).
         omnifm: OmniFM module sizes.
         top_k: prototypes retrieved per image.
         align_weight: lambda of the alignment loss.
         num_prototypes: centroids a site uploads per round.
+        prox_mu: FedProx's proximal weight (``fedprox`` only).
         seed: seed of the initial weights.
         bank: :class:`~omnifm.knowledge.KnowledgeBank` arguments (``rho``, ``delta``, ``prune_window``, ``max_size``).
         source_dir: start from a previous job's saved model and bank (folder holding ``FL_global_model.pt``);
@@ -65,6 +66,7 @@ class OmniFMPersistor(ModelPersistor):
         top_k: int = 2,
         align_weight: float = 0.1,
         num_prototypes: int = 4,
+        prox_mu: float = 0.01,
         seed: int = 0,
         bank: dict | None = None,
         source_dir: str = "",
@@ -72,7 +74,7 @@ class OmniFMPersistor(ModelPersistor):
         super().__init__()
         self.spec = make_run_spec(
             algorithm=algorithm, task=task, model=model, omnifm=omnifm, top_k=top_k,
-            align_weight=align_weight, num_prototypes=num_prototypes, seed=seed,
+            align_weight=align_weight, num_prototypes=num_prototypes, prox_mu=prox_mu, seed=seed,
         )
         self.bank_args = dict(bank or {})
         try:

@@ -1,7 +1,8 @@
-"""OmniFM losses: spectral-proximal alignment (SPAlign) and the local objective."""
+"""Losses: spectral-proximal alignment (SPAlign), the local objective and FedProx's proximal term."""
 
 from __future__ import annotations
 
 from .alignment import SpectralProximalAlignmentLoss, local_objective, spectral_proximal_alignment
+from .proximal import proximal_term
 
-__all__ = ["SpectralProximalAlignmentLoss", "local_objective", "spectral_proximal_alignment"]
+__all__ = ["SpectralProximalAlignmentLoss", "local_objective", "proximal_term", "spectral_proximal_alignment"]

@@ -14,7 +14,8 @@ def test_the_issue_algorithms_are_registered():
 
 
 def test_unknown_algorithm_lists_the_choices():
-    with pytest.raises(ValueError, match=r"unknown algorithm 'fedx'; choose one of \['fedavg', 'omnifm'"):
+    choices = r"\['fedavg', 'fedper', 'fedprox', 'omnifm'"
+    with pytest.raises(ValueError, match=r"unknown algorithm 'fedx'; choose one of " + choices):
         get_algorithm("fedx")
 
 
@@ -46,6 +47,7 @@ def test_same_spec_same_initial_weights_without_touching_global_rng():
         ({"top_k": 0}, "top_k must be an int >= 1, got 0"),
         ({"align_weight": -0.5}, "align_weight must be >= 0, got -0.5"),
         ({"num_prototypes": 0}, "num_prototypes must be an int >= 1, got 0"),
+        ({"prox_mu": -1.0}, "prox_mu"),
         ({"top_k": True}, "top_k must be an int >= 1, got True"),
         ({"num_prototypes": 2.0}, "num_prototypes must be an int >= 1, got 2.0"),
         ({"algorithm": "x"}, "unknown algorithm 'x'"),

@@ -127,3 +127,26 @@ def test_a_round_runs_on_cuda():
     result = trainer.train_round(KnowledgeBank(dim=32))
     assert all(v.device.type == "cpu" for v in result.weights.values()), "results leave the GPU"
     assert np.isfinite(trainer.evaluate(None)["dice"]) or trainer.evaluate(None)["cases"] == 0
+
+
+def _drift(algorithm: str, **spec_args) -> float:
+    spec = make_run_spec(algorithm, model=SMALL, **spec_args)
+    trainer = SiteTrainer(spec, TrainConfig(local_epochs=3, batch_size=4, learning_rate=1e-2),
+                          _volumes(4, 0), _volumes(2, 1), device=torch.device("cpu"))
+    start = trainer.shared_state()
+    trainer.train_round(None)
+    return sum(float((v - start[k]).square().sum()) for k, v in trainer.shared_state().items())
+
+
+def test_fedprox_stays_closer_to_the_global_weights_than_fedavg():
+    assert _drift("fedprox", prox_mu=10.0) < 0.5 * _drift("fedavg")
+    assert _drift("fedprox", prox_mu=0.0) == pytest.approx(_drift("fedavg"), rel=1e-5), "mu = 0 is FedAvg"
+
+
+def test_fedper_keeps_the_decoder_on_the_site_without_spectral_modules():
+    trainer = _trainer("fedper")
+    assert trainer.model.spectral_encoder is None and trainer.model.prompt is None
+    personal = set(trainer.personal_state())
+    assert personal == trainer.model.personal_parameter_names() and personal
+    result = trainer.train_round(None)
+    assert personal.isdisjoint(result.weights) and result.prototypes.numel() == 0
