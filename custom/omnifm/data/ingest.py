@@ -67,7 +67,7 @@ from monai.data.utils import affine_to_spacing, orientation_ras_lps
 from monai.transforms import LoadImage, Orientationd, Spacingd
 from monai.utils import MetaKeys, SpaceKeys, convert_to_numpy, optional_import
 
-from omnifm.data.modalities import MODALITIES, modality_kind
+from omnifm.data.modalities import MODALITIES
 from omnifm.data.normalize import normalize_intensity
 from omnifm.validation import check_range, is_int
 

@@ -30,7 +30,6 @@ Warnings raised while loading are discarded, since readers' warnings may name fi
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import warnings
@@ -42,7 +41,7 @@ from typing import Any
 import numpy as np
 
 from omnifm.data.modalities import MODALITIES
-from omnifm.data.site_config import README, SiteConfig, SiteConfigError
+from omnifm.data.site_config import README, SiteConfig, SiteConfigError, read_json
 
 __all__ = ["MIN_GOOD_CASES", "DatalistError", "IntegrityReport", "Loader", "resolve_cases", "verify_cases"]
 
@@ -129,13 +128,7 @@ def _read_datalist(path: Path, config: SiteConfig) -> list[Any]:
     if not path.is_file():
         fix = "generate the phantom first" if config.format == "phantom" else "run omnifm-prepare-data"
         raise _datalist_error(f'"{config.datalist}" does not exist in "data_root"', f"{fix}, or fix \"datalist\"")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        problem = f'"{config.datalist}" is not valid JSON (line {err.lineno}, column {err.colno})'
-        raise _datalist_error(problem, "re-run omnifm-prepare-data or fix the syntax") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise _datalist_error(f"cannot be read ({type(err).__name__})", "make it readable") from None
+    data = read_json(path, _datalist_error, f'"{config.datalist}" is', "re-run omnifm-prepare-data or fix the syntax")
     if not isinstance(data, dict) or not isinstance(data.get("cases"), list):
         raise _datalist_error('must be an object with a "cases" list', _REWRITE)
     return data["cases"]

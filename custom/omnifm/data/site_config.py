@@ -193,15 +193,24 @@ def load_site_config(path: str | Path, *, check_paths: bool = True) -> SiteConfi
     if not path.is_file():
         fix = f"copy a template from site_configs/ to <startup kit>/local/{SITE_CONFIG_NAME}"
         raise _error(f"no config file at {str(path)!r}", fix)
+    data = read_json(path, _error, "is", "fix the JSON syntax")
+    return parse_site_config(data, path.parent, check_paths=check_paths)
+
+
+def read_json(path: Path, error: Callable[[str, str], Exception], subject: str, syntax_fix: str) -> Any:
+    """Parse a JSON file; a syntax or read problem becomes ``error(problem, fix)`` (no traceback).
+
+    ``subject`` starts the problem text (e.g. ``'"datalist.json" is'``), ``syntax_fix`` is the fix
+    offered for invalid JSON.
+    """
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
-        problem = f"is not valid JSON (line {err.lineno}, column {err.colno}: {err.msg})"
-        raise _error(problem, "fix the JSON syntax") from None
+        problem = f"{subject} not valid JSON (line {err.lineno}, column {err.colno}: {err.msg})"
+        raise error(problem, syntax_fix) from None
     except (OSError, UnicodeDecodeError) as err:
         fix = "make it a UTF-8 file readable by the FL client's user"
-        raise _error(f"cannot be read ({type(err).__name__})", fix) from None
-    return parse_site_config(data, path.parent, check_paths=check_paths)
+        raise error(f"{subject} unreadable ({type(err).__name__})", fix) from None
 
 
 def parse_site_config(data: Mapping[str, Any], base_dir: str | Path, *, check_paths: bool = True) -> SiteConfig:
