@@ -12,8 +12,8 @@ from typing import Any
 import torch
 
 from omnifm.algorithms.registry import get_algorithm
-from omnifm.task import SegTask
 from omnifm.models import OmniFM, build_seg_model
+from omnifm.task import SegTask
 from omnifm.validation import check_int, check_range
 
 SPEC_KEYS = ("algorithm", "task", "model", "omnifm", "top_k", "align_weight", "num_prototypes", "prox_mu", "seed")

@@ -9,7 +9,6 @@ never trains on synthetic data by accident. Only the FLARE simulator, or a site 
 from __future__ import annotations
 
 import dataclasses
-import logging
 import re
 import zlib
 from dataclasses import dataclass
@@ -19,13 +18,12 @@ import numpy as np
 
 from omnifm.data.integrity import resolve_cases, verify_cases
 from omnifm.data.loading import split_cases
-from omnifm.data.phantom import modality_for_site, write_phantom_site
+from omnifm.data.phantom import BRATS_LABELS, modality_for_site, write_phantom_site
 from omnifm.data.site_config import SITE_CONFIG_NAME, SiteConfig, SiteConfigError, load_site_config, parse_site_config
-from omnifm.task import SegTask
+from omnifm.task import BRATS_CLASSES, SegTask
 
-logger = logging.getLogger(__name__)
-
-BRATS_LABEL_MAP = {"0": "background", "1": "necrotic", "2": "edema", "4": "enhancing"}
+# The phantom's raw BraTS values (0, 1, 2, 4) named as the default task's classes.
+BRATS_LABEL_MAP = {str(value): name for value, name in zip(BRATS_LABELS, BRATS_CLASSES)}
 
 
 @dataclass
