@@ -1,0 +1,383 @@
+"""``omnifm-admin`` logic with a fake FLARE session: no network, no server.
+
+The log lines and ``show_stats`` replies below are copied from a real FLARE 2.9 POC run of
+``jobs/omnifm_seg`` (2 sites, 2 rounds); the real TLS round trip is tests/deployment's job.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from omnifm.tools import admin
+from omnifm.tools.admin import (
+    AdminError,
+    default_username,
+    find_admin_kit,
+    format_jobs_table,
+    format_metrics_table,
+    monitor,
+    parse_site_metrics,
+    progress_text,
+    reason_lines,
+    submit,
+)
+
+JOB = "83817756-318f-4498-87c9-c350a0ba82ee"
+CTX = f"[identity=example_project, run={JOB}, wf=scatter_and_gather]"
+SERVER_LOG_ROUND_0 = f"""\
+2026-11-22 05:55:41,002 - ScatterAndGather - INFO - {CTX} - Round 0 started.
+2026-11-22 05:56:10,440 - OmniFMAggregator - INFO - {CTX} - round 0: knowledge bank version 1, 8 prototypes
+2026-11-22 05:56:10,441 - OmniFMAggregator - INFO - {CTX} - round 0 site-1: n=31 align_loss=0.0000 dice_global=0.0044 loss=2.4235
+2026-11-22 05:56:10,441 - OmniFMAggregator - INFO - {CTX} - round 0 site-2: n=32 align_loss=0.0000 dice_global=0.0144 loss=2.4406
+2026-11-22 05:56:10,500 - ScatterAndGather - INFO - {CTX} - Round 0 finished.
+"""
+SERVER_LOG_ROUND_1 = f"""\
+2026-11-22 05:56:10,510 - ScatterAndGather - INFO - {CTX} - Round 1 started.
+2026-11-22 05:56:40,441 - OmniFMAggregator - INFO - {CTX} - round 1 site-1: n=31 align_loss=0.0180 dice_global=0.0081 loss=2.2238
+2026-11-22 05:56:40,441 - OmniFMAggregator - INFO - {CTX} - round 1 site-2: n=32 align_loss=0.0166 dice_global=0.0147 loss=2.2439
+"""
+FATAL = (
+    f"2026-11-22 05:53:56,968 - ServerRunner - ERROR - {CTX} - Aborting current RUN due to FATAL_SYSTEM_ERROR "
+    "received: Result from site-1 is bad, error code: BAD_TASK_DATA."
+)
+SITE_ERROR = (
+    "2026-11-22 05:53:56,941 - OmniFMExecutor - ERROR - [identity=site-1] - cannot run 'train': this site has no "
+    "omnifm_site.json in its local/ folder"
+)
+
+
+def _stats(current: int, phase: str = "train", tasks: dict | None = None, workflow: str = "scatter_and_gather") -> dict:
+    return {
+        "server": {
+            "GlobalModelEval": {"tasks": {}},
+            "ScatterAndGather": {"current_round": current, "num_rounds": 2, "phase": phase, "tasks": tasks or {}},
+            "ServerRunner": {"job_id": JOB, "status": "started", "workflow": workflow},
+        }
+    }
+
+
+class FakeSession:
+    """The FLARE ``Session`` methods omnifm-admin uses, answering from a script of poll states."""
+
+    def __init__(self, states: list[dict], logs_all: dict | None = None, components: dict | None = None):
+        self.states, self.index = states, -1
+        self.logs_all, self.components = logs_all, components or {}
+        self.submitted: list[tuple[str, list[str]]] = []
+        self.download_dir: Path | None = None
+
+    def _state(self) -> dict:
+        return self.states[max(self.index, 0)]
+
+    def get_job_meta(self, job_id: str) -> dict:
+        self.index = min(self.index + 1, len(self.states) - 1)
+        return {"job_id": job_id, "status": self._state()["status"], "duration": self._state().get("duration", "N/A")}
+
+    def show_stats(self, job_id: str, target_type: str) -> dict:
+        if self._state().get("stats") is None:
+            raise RuntimeError("job is not running")
+        return self._state()["stats"]
+
+    def get_job_logs(self, job_id: str, target: str = "server") -> dict:
+        if target == "all":
+            if self.logs_all is None:
+                raise RuntimeError("get_job_log not supported")
+            return {"logs": self.logs_all}
+        return {"logs": {"server": self._state().get("log", "")}}
+
+    def list_job_components(self, job_id: str) -> list[str]:
+        return sorted(self.components)
+
+    def download_job_components(self, job_id: str) -> str:
+        folder = self.download_dir / job_id
+        folder.mkdir(parents=True, exist_ok=True)
+        for name, text in self.components.items():
+            (folder / name).write_text(text)
+        return str(folder)
+
+    def download_job_result(self, job_id: str, destination: str | None = None) -> str:
+        folder = Path(destination) / job_id / "workspace"
+        folder.mkdir(parents=True)
+        (folder / "log.txt").write_text(FATAL + "\n")
+        return str(folder.parent)
+
+    def submit_job(self, path: str) -> str:
+        folder = Path(path)
+        self.submitted.append((path, sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))))
+        (folder / ".__nvfl_sig.json").write_text("{}")  # FLARE signs the submitted folder in place
+        return JOB
+
+
+class Clock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def _run_monitor(session: FakeSession, timeout: float = 0.0) -> tuple[int, list[str]]:
+    lines: list[str] = []
+    clock = Clock()
+    code = monitor(session, JOB, timeout=timeout, poll=5, emit=lines.append, sleep=clock.sleep, clock=clock)
+    return code, lines
+
+
+# ---------------------------------------------------------------- kit
+
+
+def _admin_kit(root: Path, username: str = "") -> Path:
+    (root / "startup").mkdir(parents=True)
+    config = {"admin": {"username": username, "host": "fl-server.example", "port": 8002, "client_cert": "client.crt"}}
+    (root / "startup" / "fed_admin.json").write_text(json.dumps(config))
+    return root
+
+
+def _self_signed(path: Path, common_name: str) -> None:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(1).not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+
+
+@pytest.mark.parametrize("point_at", ["root", "startup"])
+def test_find_admin_kit_accepts_the_kit_or_its_startup_folder(tmp_path, point_at):
+    kit = _admin_kit(tmp_path / "admin@hospital-a.org")
+    assert find_admin_kit(kit if point_at == "root" else kit / "startup") == kit.resolve()
+
+
+@pytest.mark.parametrize(
+    "layout, message",
+    [("missing", "does not exist"), ("site", "not an admin startup kit"), ("empty", "not an admin startup kit")],
+)
+def test_find_admin_kit_names_the_fix(tmp_path, layout, message):
+    kit = tmp_path / "kit"
+    if layout == "site":
+        (kit / "startup").mkdir(parents=True)
+        (kit / "startup" / "fed_client.json").write_text("{}")
+    elif layout == "empty":
+        kit.mkdir()
+    with pytest.raises(AdminError, match=message):
+        find_admin_kit(kit)
+
+
+def test_default_username_from_config_then_certificate_then_folder(tmp_path):
+    assert default_username(_admin_kit(tmp_path / "a", username="lead@hospital-a.org")) == "lead@hospital-a.org"
+    kit = _admin_kit(tmp_path / "b")
+    _self_signed(kit / "startup" / "client.crt", "admin@hospital-b.org")
+    assert default_username(kit) == "admin@hospital-b.org"
+    assert default_username(_admin_kit(tmp_path / "org-admin@c.org")) == "org-admin@c.org"
+
+
+def test_missing_kit_exits_2_with_the_fix(tmp_path, capsys):
+    assert admin.main(["--kit", str(tmp_path / "nope"), "status"]) == 2
+    assert "pass --kit" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "error, message",
+    [("NoConnection", "cannot reach the FLARE server at fl-server.example:8002"), ("AuthenticationError", "login as")],
+)
+def test_connection_problems_exit_2_with_the_fix(tmp_path, monkeypatch, capsys, error, message):
+    from nvflare.fuel.flare_api import api_spec, flare_api
+
+    def refuse(*args, **kwargs):
+        raise getattr(api_spec, error)("cannot connect to server")
+
+    monkeypatch.setattr(flare_api, "new_secure_session", refuse)
+    kit = _admin_kit(tmp_path / "admin@x.org")
+    assert admin.main(["--kit", str(kit), "--connect-timeout", "0.5", "status"]) == 2
+    assert message in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- pure helpers
+
+
+def test_parse_site_metrics_reads_the_aggregator_lines_only():
+    rows = parse_site_metrics(SERVER_LOG_ROUND_0 + SERVER_LOG_ROUND_1 + FATAL)
+    assert sorted(rows) == [(0, "site-1"), (0, "site-2"), (1, "site-1"), (1, "site-2")]
+    assert rows[(0, "site-2")] == {"n": 32.0, "align_loss": 0.0, "dice_global": 0.0144, "loss": 2.4406}
+
+
+@pytest.mark.parametrize(
+    "line, expected",
+    [
+        ("x - INFO - [ctx] - round 3 hospital-a.org: n=12 dice=nan", {(3, "hospital-a.org"): {"n": 12.0}}),
+        ("round 0 site-1: n=4", {(0, "site-1"): {"n": 4.0}}),
+        ("round 0: knowledge bank version 1, 8 prototypes", {}),
+        ("Round 0 started.", {}),
+    ],
+)
+def test_parse_site_metrics_edge_cases(line, expected):
+    rows = parse_site_metrics(line)
+    assert {k: {m: v for m, v in r.items() if v == v} for k, r in rows.items()} == expected  # drop NaN
+
+
+def test_metrics_table_has_one_row_per_round_and_site_and_marks_missing_values():
+    table = format_metrics_table({(1, "site-2"): {"n": 3, "dice": 0.5}, (0, "site-1"): {"n": 4, "loss": 1.25}})
+    header, first, second = table.splitlines()
+    assert header.split() == ["round", "site", "n", "dice", "loss"]
+    assert first.split() == ["0", "site-1", "4", "-", "1.2500"]
+    assert second.split() == ["1", "site-2", "3", "0.5000", "-"]
+    assert format_metrics_table({}) == ""
+
+
+@pytest.mark.parametrize(
+    "stats, log, expected",
+    [
+        (
+            _stats(0, tasks={"train": ["site-2", "site-1"]}),
+            "",
+            "round 1/2, train: site-2, site-1, workflow scatter_and_gather",
+        ),
+        (_stats(1), "", "round 2/2, workflow scatter_and_gather"),
+        (_stats(2, "_finished_", workflow="final_evaluation"), "", "2 rounds done, workflow final_evaluation"),
+        ({"server": {}}, SERVER_LOG_ROUND_0, "round 1 finished"),
+        (None, SERVER_LOG_ROUND_0 + SERVER_LOG_ROUND_1, "round 2 started"),
+        (None, "", None),
+    ],
+)
+def test_progress_text(stats, log, expected):
+    assert progress_text(stats, log) == expected
+
+
+def test_reason_lines_put_sites_first_and_drop_repeats():
+    repeat = FATAL.replace("05:53:56,968", "05:54:01,001")
+    logs = {"server": f"{FATAL}\nINFO fine\n{repeat}\nTraceback (most recent call last):", "site-1": SITE_ERROR}
+    lines = reason_lines(logs)
+    assert lines == [f"site-1: {SITE_ERROR}", f"server: {FATAL}", "server: Traceback (most recent call last):"]
+
+
+def test_reason_lines_keep_the_first_and_last_when_there_are_many():
+    logs = {"server": "\n".join(f"ERROR problem {i}" for i in range(100))}
+    lines = reason_lines(logs, limit=10)
+    assert lines[0] == "server: ERROR problem 0" and lines[-1] == "server: ERROR problem 99"
+    assert "90 more error lines" in lines[5] and len(lines) == 11
+
+
+def test_jobs_table_columns_fit_the_longest_value():
+    jobs = [
+        {"job_id": "a1", "job_name": "seg", "status": "FINISHED:EXECUTION_EXCEPTION", "submit_time": "t", "duration": 1},
+        {"job_id": "b2", "job_name": "he", "status": "RUNNING", "submit_time": "t", "duration": "N/A"},
+    ]
+    header, first, second = format_jobs_table(jobs).splitlines()
+    assert header.index("submit_time") == first.index(" t ") + 1 == second.index(" t ") + 1
+    assert format_jobs_table([]) == "no jobs"
+
+
+# ---------------------------------------------------------------- commands with a fake session
+
+
+def test_submit_sends_a_clean_copy_and_leaves_the_source_unsigned(tmp_path):
+    job = tmp_path / "omnifm_seg"
+    (job / "app" / "config").mkdir(parents=True)
+    (job / "meta.json").write_text("{}")
+    (job / "app" / "config" / "config_fed_server.json").write_text("{}")
+    (job / ".__nvfl_sig.json").write_text("stale signature from an in-place submit")
+    session = FakeSession([{"status": "SUBMITTED"}])
+    assert submit(session, job) == JOB
+    path, files = session.submitted[0]
+    assert Path(path).name == "omnifm_seg" and Path(path).parent != tmp_path
+    assert files == ["app", "app/config", "app/config/config_fed_server.json", "meta.json"]
+    assert not Path(path).exists(), "the temporary copy is removed"
+    assert sorted(p.name for p in job.iterdir()) == [".__nvfl_sig.json", "app", "meta.json"]
+
+
+def test_submit_refuses_a_folder_that_is_not_a_job(tmp_path):
+    with pytest.raises(AdminError, match="omnifm-build-job"):
+        submit(FakeSession([{"status": "SUBMITTED"}]), tmp_path)
+
+
+def test_monitor_shows_rounds_and_each_site_metric_once_and_exits_0_on_completion():
+    states = [
+        {"status": "SUBMITTED"},
+        {"status": "RUNNING", "stats": _stats(0, tasks={"train": ["site-1", "site-2"]})},
+        {"status": "RUNNING", "stats": _stats(1), "log": SERVER_LOG_ROUND_0},
+        {"status": "RUNNING", "stats": _stats(1), "log": SERVER_LOG_ROUND_0},
+        {"status": "RUNNING", "stats": _stats(2, "_finished_"), "log": SERVER_LOG_ROUND_0 + SERVER_LOG_ROUND_1},
+        {"status": "FINISHED:COMPLETED", "duration": "0:01:10", "log": SERVER_LOG_ROUND_0 + SERVER_LOG_ROUND_1},
+    ]
+    code, lines = _run_monitor(FakeSession(states))
+    assert code == 0
+    text = "\n".join(lines)
+    assert "round 1/2, train: site-1, site-2" in text and "round 2/2" in text and "2 rounds done" in text
+    assert sum(line.startswith("job ") and "round 2/2" in line for line in lines) == 1, "unchanged status not repeated"
+    rows = [line.split()[:2] for line in text.splitlines() if line.strip()[:1].isdigit()]
+    assert rows == [["0", "site-1"], ["0", "site-2"], ["1", "site-1"], ["1", "site-2"]]
+    assert lines[-1] == f"job {JOB} completed"
+
+
+def test_monitor_prints_the_reason_and_exits_1_when_the_job_fails(tmp_path):
+    states = [{"status": "RUNNING", "stats": _stats(0)}, {"status": "FINISHED:EXECUTION_EXCEPTION", "log": FATAL}]
+    session = FakeSession(states, logs_all={"server": FATAL}, components={"ERRORLOG_site-1": SITE_ERROR})
+    session.download_dir = tmp_path
+    code, lines = _run_monitor(session)
+    assert code == 1
+    assert "ended FINISHED:EXECUTION_EXCEPTION" in lines[-3]
+    assert lines[-2:] == [f"  site-1: {SITE_ERROR}", f"  server: {FATAL}"]
+
+
+def test_monitor_falls_back_to_the_downloaded_result_logs():
+    code, lines = _run_monitor(FakeSession([{"status": "FINISHED:ABORTED"}], logs_all=None))
+    assert code == 1
+    assert lines[-1].endswith(FATAL) and "workspace/log.txt" in lines[-1]
+
+
+def test_monitor_times_out_with_exit_3_and_says_the_job_keeps_running():
+    code, lines = _run_monitor(FakeSession([{"status": "RUNNING", "stats": _stats(0)}]), timeout=12)
+    assert code == 3
+    assert lines[-1].startswith("timed out after 12 s") and f"omnifm-admin abort {JOB}" in lines[-1]
+
+
+@pytest.mark.parametrize("timeout, poll", [(-1, 5), (0, 0)])
+def test_monitor_rejects_bad_timing(timeout, poll):
+    with pytest.raises(AdminError, match="--poll"):
+        monitor(FakeSession([{"status": "RUNNING"}]), JOB, timeout=timeout, poll=poll)
+
+
+def test_main_prints_only_the_job_id_for_submit_and_passes_monitor_exit_codes(tmp_path, monkeypatch, capsys):
+    job = tmp_path / "omnifm_seg"
+    job.mkdir()
+    (job / "meta.json").write_text("{}")
+    session = FakeSession([{"status": "FINISHED:ABORTED"}], logs_all={"server": FATAL})
+    session.close = lambda: None
+    monkeypatch.setattr(admin, "open_session", lambda kit, user, timeout: session)
+    assert admin.main(["--kit", str(tmp_path), "submit", str(job)]) == 0
+    assert capsys.readouterr().out == f"{JOB}\n"
+    assert admin.main(["--kit", str(tmp_path), "monitor", JOB, "--poll", "0.01"]) == 1
+
+
+def test_main_turns_flare_errors_into_exit_2(tmp_path, monkeypatch, capsys):
+    def missing(job_id, destination=None):
+        raise LookupError(f"no such job: {job_id}")
+
+    session = SimpleNamespace(download_job_result=missing, close=lambda: None)
+    monkeypatch.setattr(admin, "open_session", lambda kit, user, timeout: session)
+    assert admin.main(["--kit", str(tmp_path), "download", "nope"]) == 2
+    assert "no such job: nope" in capsys.readouterr().err
+
+
+def test_importing_the_tool_loads_no_nvflare():
+    code = "import sys, omnifm.tools.admin; print(sorted(m for m in sys.modules if m.split('.')[0] == 'nvflare'))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]", "omnifm-admin must import nvflare inside functions (test_import_rules.py)"
