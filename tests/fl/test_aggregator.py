@@ -10,6 +10,8 @@ from nvflare.apis.shareable import make_reply
 from nvflare.app_common.abstract.model import make_model_learnable
 from nvflare.app_common.app_constant import AppConstants
 
+from omnifm.algorithms import Upload, server_round
+from omnifm.algorithms.server import AMPLITUDES, STATE
 from omnifm.fl import wire
 from omnifm.fl.aggregator import OmniFMAggregator
 from omnifm.knowledge import KnowledgeBank
@@ -17,10 +19,10 @@ from omnifm.knowledge import KnowledgeBank
 SHAPES = {"a": (2, 3), "b": (4,)}
 
 
-def _ctx(bank: KnowledgeBank | None = None, current: int = 0) -> FLContext:
+def _ctx(bank: KnowledgeBank | None = None, current: int = 0, algorithm: str = "omnifm", shapes=SHAPES) -> FLContext:
     ctx = FLContext()
-    weights = {k: np.zeros(s, np.float32) for k, s in SHAPES.items()}
-    meta = {wire.SPEC: {"algorithm": "omnifm"}, wire.BANK: None if bank is None else bank.to_plain()}
+    weights = {k: np.zeros(s, np.float32) for k, s in shapes.items()}
+    meta = {wire.SPEC: {"algorithm": algorithm}, wire.BANK: None if bank is None else bank.to_plain()}
     ctx.set_prop(AppConstants.GLOBAL_MODEL, make_model_learnable(weights, meta), private=True, sticky=False)
     ctx.set_prop(AppConstants.CURRENT_ROUND, current, private=True, sticky=False)
     return ctx
@@ -127,3 +129,59 @@ def _plain(node) -> bool:
     if isinstance(node, (list, tuple)):
         return all(_plain(v) for v in node)
     return node is None or isinstance(node, (str, int, float, bool))
+
+
+def _amplitude_meta(values: list[float]) -> dict:
+    return {wire.EXTRAS: {AMPLITUDES: [[[values]]]}}
+
+
+def test_aggregate_is_the_core_server_round():
+    """The FLARE aggregator adds checks only: its result equals server_round on the same uploads."""
+    agg, ctx = OmniFMAggregator(), _ctx(algorithm="feddg")
+    agg.accept(_result("site-2", 4.0, n=30, meta=_amplitude_meta([3.0, 4.0])), ctx)
+    agg.accept(_result("site-1", 1.0, n=10, meta=_amplitude_meta([1.0, 2.0])), ctx)
+    out = from_shareable(agg.aggregate(ctx))
+    uploads = [
+        Upload({k: np.full(s, v, np.float32) for k, s in SHAPES.items()}, n, extras={AMPLITUDES: [[[a]]]}, site=site)
+        for site, v, n, a in [("site-1", 1.0, 10, [1.0, 2.0]), ("site-2", 4.0, 30, [3.0, 4.0])]
+    ]
+    global_model = ctx.get_prop(AppConstants.GLOBAL_MODEL)
+    weights, meta = server_round({"algorithm": "feddg"}, global_model["weights"], dict(global_model["meta"]), uploads)
+    assert out.data.keys() == weights.keys() and all(np.array_equal(out.data[k], weights[k]) for k in weights)
+    assert out.meta[STATE] == meta[STATE] == {AMPLITUDES: [[[[1.0, 2.0]]], [[[3.0, 4.0]]]]}
+
+
+def test_local_accepts_and_keeps_an_empty_model():
+    agg, ctx = OmniFMAggregator(), _ctx(algorithm="local", shapes={})
+    dxo = DXO(DataKind.WEIGHTS, data={}, meta={MetaKey.NUM_STEPS_CURRENT_ROUND: 7})
+    shareable = dxo.to_shareable()
+    shareable.set_peer_props({ReservedKey.IDENTITY_NAME: "site-1"})
+    shareable.add_cookie(AppConstants.CONTRIBUTION_ROUND, 0)
+    assert agg.accept(shareable, ctx)
+    assert from_shareable(agg.aggregate(ctx)).data == {}
+
+
+def test_empty_weights_are_refused_when_the_model_is_not_empty(caplog):
+    agg, ctx = OmniFMAggregator(), _ctx()
+    dxo = DXO(DataKind.WEIGHTS, data={}, meta={MetaKey.NUM_STEPS_CURRENT_ROUND: 7})
+    shareable = dxo.to_shareable()
+    shareable.set_peer_props({ReservedKey.IDENTITY_NAME: "site-1"})
+    shareable.add_cookie(AppConstants.CONTRIBUTION_ROUND, 0)
+    assert not agg.accept(shareable, ctx) and "no weights" in caplog.text
+
+
+def test_extras_that_are_not_a_dict_are_refused(caplog):
+    agg, ctx = OmniFMAggregator(), _ctx(algorithm="feddg")
+    assert not agg.accept(_result("site-1", 1.0, meta={wire.EXTRAS: [1, 2]}), ctx)
+    assert "extras must be a dict" in caplog.text
+
+
+def test_uploads_the_rule_cannot_combine_fail_the_round():
+    agg, ctx = OmniFMAggregator(), _ctx(algorithm="feddg")
+    agg.accept(_result("site-1", 1.0, meta=_amplitude_meta([1.0, 2.0])), ctx)
+    agg.accept(_result("site-2", 1.0, meta=_amplitude_meta([1.0, 2.0, 3.0])), ctx)
+    panics = []
+    agg.system_panic = lambda reason, fl_ctx: panics.append(reason)
+    with pytest.raises(RuntimeError, match="cannot be combined"):
+        agg.aggregate(ctx)
+    assert panics and "feddg needs equal slice sizes" in panics[0]

@@ -81,6 +81,19 @@ def test_baselines_run_with_the_same_components(tmp_path, algorithm):
     assert all(math.isfinite(results[s]["SRV_FL_global_model"]["dice"]) for s in SITES)
 
 
+@pytest.mark.slow
+def test_ditto_runs_through_flare_and_keeps_a_personal_model(tmp_path):
+    """A new algorithm through the same components: the personal model survives the executor rebuilds."""
+    workspace, log = _run(tmp_path, "ditto")
+    results = json.loads((workspace / "server/simulate_job/cross_site_val/cross_val_results.json").read_text())
+    assert all(math.isfinite(results[s]["SRV_FL_global_model"]["dice"]) for s in SITES)
+    assert "rejected contribution" not in log
+    for site in SITES:
+        (personal,) = (workspace / site / "omnifm_personal").glob("ditto-*.pt")
+        state = torch.load(personal, weights_only=True)
+        assert state["round"] == 1 and any(k.startswith("ditto/") for k in state["personal"])
+
+
 NAN_FILTER = """
 import numpy as np
 from nvflare.apis.dxo import from_shareable

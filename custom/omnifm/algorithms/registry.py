@@ -1,69 +1,131 @@
-"""Federated algorithms: which modules a site runs and which parameters it keeps to itself.
+"""Federated algorithms: which modules a site runs, what it keeps to itself and which extra rules apply.
 
-Every algorithm uses the same FLARE components and the same data; the rules that differ live
-here. Baselines (FedProx, FedPer, Ditto, ...) are added to :data:`ALGORITHMS` by later issues.
+Every algorithm uses the same FLARE components, the same data and the same round protocol
+(:mod:`omnifm.algorithms.server`); the rules that differ are the fields of :class:`Algorithm`,
+selected by the one ``algorithm`` job argument. The site side of each rule lives in
+:class:`omnifm.engine.SiteTrainer`, the server side in :func:`omnifm.algorithms.server_round`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
 from torch import nn
+
+PERSONAL_PARTS = ("head", "norm", "all")
 
 
 @dataclass(frozen=True)
 class Algorithm:
-    """One algorithm's client-side rule.
+    """One algorithm's rules.
 
     Args:
         name: registry key.
         modules: :class:`~omnifm.models.OmniFMConfig` switches this algorithm forces.
         uses_bank: sites retrieve from and contribute to the global spectral knowledge bank.
-        personal_head: the task head and suffix prompts stay on the site (never sent, never overwritten).
-        proximal: add FedProx's ``prox_mu / 2 * ||w - w_global||^2`` over the shared weights.
+        personal: parameter groups that stay on the site (never sent, never overwritten):
+            ``head`` (decoder + suffix prompts), ``norm`` (normalisation layers' affine
+            parameters), ``all`` (nothing is shared). Buffers (e.g. BatchNorm running statistics)
+            are always personal.
+        proximal: FedProx's ``prox_mu / 2 * ||w - w_global||^2`` over the shared weights.
+        ditto: train a personal copy of the whole model with ``prox_mu / 2 * ||v - w_global||^2``
+            next to the FedAvg model; evaluation uses the personal copy.
+        retrieval: ``topk`` (cosine top-k from the bank) or ``mean`` (the bank mean for every image).
+        align: add the spectral-proximal alignment loss (``align_weight``).
+        amplitude_aug: FedDG-style low-frequency amplitude interpolation with a pooled amplitude bank.
+        scaffold: SCAFFOLD control variates correct every local gradient step.
+        affine_norm: the network needs normalisation layers with affine parameters (a non-affine
+            ``instance`` norm becomes ``batch``).
+        federated: False for references that are not a federation (``central``): FLARE refuses them.
         description: one line for logs and docs.
     """
 
     name: str
     modules: dict[str, bool] = field(default_factory=dict)
     uses_bank: bool = False
-    personal_head: bool = False
+    personal: frozenset[str] = frozenset()
     proximal: bool = False
+    ditto: bool = False
+    retrieval: str = "topk"
+    align: bool = True
+    amplitude_aug: bool = False
+    scaffold: bool = False
+    affine_norm: bool = False
+    federated: bool = True
     description: str = ""
+
+    def __post_init__(self) -> None:
+        unknown = set(self.personal) - set(PERSONAL_PARTS)
+        if unknown:
+            raise ValueError(f"unknown personal parts {sorted(unknown)}; choose from {PERSONAL_PARTS}")
+        if self.retrieval not in ("topk", "mean"):
+            raise ValueError(f"retrieval must be 'topk' or 'mean', got {self.retrieval!r}")
+
+    def personal_parameter_names(self, model: nn.Module) -> set[str]:
+        """Names of the parameters that never leave the site."""
+        if "all" in self.personal:
+            return {name for name, _ in model.named_parameters()}
+        names: set[str] = set()
+        if "head" in self.personal:
+            names |= model.personal_parameter_names()
+        if "norm" in self.personal:
+            names |= norm_parameter_names(model)
+        return names
 
     def shared_parameter_names(self, model: nn.Module) -> list[str]:
         """Parameter names that are exchanged with the server, in ``model`` order."""
-        personal = model.personal_parameter_names() if self.personal_head else set()
+        personal = self.personal_parameter_names(model)
         return [name for name, _ in model.named_parameters() if name not in personal]
 
 
-_PLAIN = {"spectral": False, "eca": False, "prompting": False}
+def norm_parameter_names(model: nn.Module) -> set[str]:
+    """Parameters of BatchNorm/InstanceNorm layers (LayerNorm of the fusion layer excluded)."""
+    return {
+        f"{module_name}.{param_name}"
+        for module_name, module in model.named_modules()
+        if isinstance(module, nn.modules.batchnorm._NormBase)
+        for param_name, _ in module.named_parameters(recurse=False)
+    }
 
-ALGORITHMS: dict[str, Algorithm] = {
-    "omnifm": Algorithm(
-        "omnifm",
-        modules={"spectral": True, "eca": True, "prompting": True},
-        uses_bank=True,
-        personal_head=True,
-        description="OmniFM: spectral retrieval + ECA + prefix-suffix prompting + SPAlign, personal head",
-    ),
-    "fedavg": Algorithm(
-        "fedavg",
-        modules=_PLAIN,
-        description="FedAvg: the plain network, every parameter averaged",
-    ),
-    "fedprox": Algorithm(
-        "fedprox",
-        modules=_PLAIN,
-        proximal=True,
-        description="FedProx: FedAvg with a proximal term pulling local weights to the global ones",
-    ),
-    "fedper": Algorithm(
-        "fedper",
-        modules=_PLAIN,
-        personal_head=True,
-        description="FedPer: the plain network, encoder averaged, decoder (task head) kept on the site",
-    ),
-}
+
+_PLAIN = {"spectral": False, "eca": False, "prompting": False}
+_OMNIFM = {"spectral": True, "eca": True, "prompting": True}
+_HEAD = frozenset({"head"})
+
+
+def _algorithms(*algorithms: Algorithm) -> dict[str, Algorithm]:
+    return {a.name: a for a in algorithms}
+
+
+ALGORITHMS: dict[str, Algorithm] = _algorithms(
+    Algorithm("omnifm", _OMNIFM, uses_bank=True, personal=_HEAD,
+              description="OmniFM: spectral retrieval + ECA + prefix-suffix prompting + SPAlign, personal head"),
+    Algorithm("omnifm-noretrieval", _OMNIFM, uses_bank=True, personal=_HEAD, retrieval="mean",
+              description="OmniFM ablation: the bank mean (mean spectral embedding) instead of top-k retrieval"),
+    Algorithm("omnifm-noeca", {**_OMNIFM, "eca": False}, uses_bank=True, personal=_HEAD,
+              description="OmniFM ablation: no embedding-wise cross-attention (retrieval feeds SPAlign only)"),
+    Algorithm("omnifm-noprompt", {**_OMNIFM, "prompting": False}, uses_bank=True, personal=_HEAD,
+              description="OmniFM ablation: no prefix-suffix prompting (no client suffix tokens)"),
+    Algorithm("omnifm-noalign", _OMNIFM, uses_bank=True, personal=_HEAD, align=False,
+              description="OmniFM ablation: no SPAlign (alignment weight 0)"),
+    Algorithm("fedavg", _PLAIN, description="FedAvg: the plain network, every parameter averaged"),
+    Algorithm("fedprox", _PLAIN, proximal=True,
+              description="FedProx: FedAvg with a proximal term pulling local weights to the global ones"),
+    Algorithm("fedper", _PLAIN, personal=_HEAD,
+              description="FedPer: the plain network, encoder averaged, decoder (task head) kept on the site"),
+    Algorithm("ditto", _PLAIN, ditto=True,
+              description="Ditto: FedAvg global model + a personal model pulled to it by prox_mu/2 ||v - w||^2"),
+    Algorithm("fedbn", _PLAIN, personal=frozenset({"norm"}), affine_norm=True,
+              description="FedBN: FedAvg except normalisation layers (affine params, running stats) stay local"),
+    Algorithm("feddg", _PLAIN, amplitude_aug=True,
+              description="FedDG-style: FedAvg + low-frequency amplitude interpolation from a pooled amplitude bank"),
+    Algorithm("scaffold", _PLAIN, scaffold=True,
+              description="SCAFFOLD: FedAvg with server/client control variates correcting local drift"),
+    Algorithm("local", _PLAIN, personal=frozenset({"all"}),
+              description="Local: every site trains alone, nothing is shared (lower reference)"),
+    Algorithm("central", _PLAIN, federated=False,
+              description="Central: one model on the pooled data (upper reference; benchmark only, not a federation)"),
+)
 
 
 def get_algorithm(name: str) -> Algorithm:
@@ -71,4 +133,3 @@ def get_algorithm(name: str) -> Algorithm:
     if name not in ALGORITHMS:
         raise ValueError(f"unknown algorithm {name!r}; choose one of {sorted(ALGORITHMS)}")
     return ALGORITHMS[name]
-

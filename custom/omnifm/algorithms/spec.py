@@ -10,13 +10,15 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from torch import nn
 
-from omnifm.algorithms.registry import get_algorithm
+from omnifm.algorithms.registry import Algorithm, get_algorithm
 from omnifm.models import OmniFM, build_seg_model
 from omnifm.task import SegTask
 from omnifm.validation import check_int, check_range
 
 SPEC_KEYS = ("algorithm", "task", "model", "omnifm", "top_k", "align_weight", "num_prototypes", "prox_mu", "seed")
+OPTIONAL_SPEC_KEYS = ("ditto_lambda", "amplitude_ratio")
 
 
 def make_run_spec(
@@ -29,6 +31,8 @@ def make_run_spec(
     num_prototypes: int = 4,
     prox_mu: float = 0.01,
     seed: int = 0,
+    ditto_lambda: float = 0.1,
+    amplitude_ratio: float = 0.1,
 ) -> dict[str, Any]:
     """Validate and assemble a run spec.
 
@@ -44,6 +48,8 @@ def make_run_spec(
         num_prototypes: k-means centroids a site uploads per round (at most).
         prox_mu: FedProx's proximal weight (used by algorithms with ``proximal``).
         seed: seed of the initial weights.
+        ditto_lambda: Ditto's pull of the personal model to the global one (``ditto`` only).
+        amplitude_ratio: FedDG's low-frequency window, as a fraction of the slice size (``feddg`` only).
     """
     get_algorithm(algorithm)
     seg_task = SegTask.from_dict(task)
@@ -58,6 +64,8 @@ def make_run_spec(
         raise ValueError(f"align_weight must be >= 0, got {align_weight!r}")
     num_prototypes = check_int("num_prototypes", num_prototypes)
     prox_mu = check_range("prox_mu", prox_mu, 0.0)
+    ditto_lambda = check_range("ditto_lambda", ditto_lambda, 0.0)
+    amplitude_ratio = check_range("amplitude_ratio", amplitude_ratio, 0.0, 0.5)
     return {
         "algorithm": algorithm,
         "task": seg_task.to_dict(),
@@ -68,6 +76,8 @@ def make_run_spec(
         "num_prototypes": num_prototypes,
         "prox_mu": float(prox_mu),
         "seed": int(seed),
+        "ditto_lambda": float(ditto_lambda),
+        "amplitude_ratio": float(amplitude_ratio),
     }
 
 
@@ -78,12 +88,26 @@ def check_run_spec(spec: Any) -> dict[str, Any]:
     missing = [k for k in SPEC_KEYS if k not in spec]
     if missing:
         raise ValueError(f"run spec lacks {missing}; is the server running an OmniFM persistor?")
-    return make_run_spec(**{k: spec[k] for k in SPEC_KEYS})
+    return make_run_spec(**{k: spec[k] for k in SPEC_KEYS + OPTIONAL_SPEC_KEYS if k in spec})
 
 
 def build_model(spec: dict[str, Any]) -> OmniFM:
-    """The model a spec describes, with the spec's seeded initial weights."""
+    """The model a spec describes, with the spec's seeded initial weights.
+
+    An algorithm with ``affine_norm`` (FedBN) turns the default non-affine ``instance`` norm into
+    ``batch`` norm, so its network has affine normalisation parameters (and running statistics)
+    that the other algorithms' networks do not have.
+    """
     algo = get_algorithm(spec["algorithm"])
+    model = dict(spec["model"])
+    if algo.affine_norm and model.get("norm", "instance") == "instance":
+        model["norm"] = "batch"
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(spec["seed"])
-        return build_seg_model(spec["model"], {**spec["omnifm"], **algo.modules})
+        return build_seg_model(model, {**spec["omnifm"], **algo.modules})
+
+
+def shared_state(model: nn.Module, algo: Algorithm) -> dict[str, torch.Tensor]:
+    """Detached CPU copies of the algorithm's shared parameters, in model order."""
+    params = dict(model.named_parameters())
+    return {name: params[name].detach().cpu().clone() for name in algo.shared_parameter_names(model)}

@@ -1,12 +1,14 @@
 """One site's side of a federated round, free of any FL framework.
 
-:class:`SiteTrainer` owns the site's model, optimizer and data. The FLARE executor (and, later,
-the in-process benchmark) only hands it the global shared weights and the bank, and ships back
-what :meth:`SiteTrainer.train_round` returns.
+:class:`SiteTrainer` owns the site's model(s), data and personal state. The FLARE executor and
+the in-process benchmark both hand it the global shared weights, the bank and the server's
+algorithm state, and ship back what :meth:`SiteTrainer.train_round` returns (see the round
+protocol in :mod:`omnifm.algorithms.server`).
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -16,13 +18,18 @@ from typing import Any
 import numpy as np
 import torch
 from monai.losses import DiceCELoss
+from torch import nn
 
 from omnifm.algorithms import build_model, get_algorithm
+from omnifm.algorithms.server import AMPLITUDES, CONTROL_PREFIX, Upload, to_plain
+from omnifm.algorithms.spec import shared_state
 from omnifm.checkpoint import atomic_torch_save
 from omnifm.data import SliceDataset
+from omnifm.data.amplitude import group_mean_amplitudes, interpolate_amplitude
 from omnifm.engine.evaluate import evaluate_volumes
 from omnifm.engine.retrieval import Retriever
-from omnifm.engine.train import train_epoch
+from omnifm.engine.scaffold import ControlVariates
+from omnifm.engine.train import EpochStats, train_epoch
 from omnifm.knowledge import KnowledgeBank, summarize_tokens
 from omnifm.losses import proximal_term
 from omnifm.task import SegTask
@@ -60,7 +67,11 @@ class TrainConfig:
 
 @dataclass
 class RoundResult:
-    """What a site sends back after a round: shared weights and aggregates only."""
+    """What a site sends back after a round: shared weights and aggregates only.
+
+    ``extras`` holds algorithm uploads (FedDG's group-mean amplitude windows); SCAFFOLD's control
+    deltas travel in ``weights`` under ``CONTROL_PREFIX + name``, so HE filters cover them.
+    """
 
     weights: dict[str, torch.Tensor]
     n_samples: int
@@ -68,6 +79,12 @@ class RoundResult:
     prototype_counts: torch.Tensor
     retrieval_counts: dict[int, int]
     metrics: dict[str, float] = field(default_factory=dict)
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    def to_upload(self, site: str = "") -> Upload:
+        """The server's view of this result: numpy float32 weights, plain extras (as over FLARE)."""
+        weights = {k: v.detach().cpu().numpy().astype(np.float32) for k, v in self.weights.items()}
+        return Upload(weights, self.n_samples, self.prototypes, dict(self.retrieval_counts), to_plain(self.extras), site)
 
 
 def select_device() -> torch.device:
@@ -75,8 +92,19 @@ def select_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def round_seed(seed: int, round_num: int, stream: int) -> int:
+    """A seed for one random stream of one round, the same whether or not the trainer was rebuilt."""
+    return int(np.random.SeedSequence([int(seed), int(round_num), int(stream)]).generate_state(1)[0])
+
+
 class SiteTrainer:
     """Local model, data and rules of one site.
+
+    Everything a round depends on is either received (global weights, bank, server state), in
+    the personal state (:meth:`personal_state`: personal parameters, buffers, Ditto's personal
+    model, SCAFFOLD's control) or seeded from ``(config.seed, round_num)``; the optimizer is new
+    every round. So a trainer kept alive and one rebuilt every round with its personal state
+    reloaded give the same results.
 
     Args:
         spec: the federation's run spec (see :func:`omnifm.algorithms.make_run_spec`).
@@ -104,45 +132,81 @@ class SiteTrainer:
         self.logger = logger or logging.getLogger(__name__)
         self.model = build_model(spec).to(self.device)
         self.shared_names = self.algorithm.shared_parameter_names(self.model)
+        self.personal_model = copy.deepcopy(self.model) if self.algorithm.ditto else None
+        params = dict(self.model.named_parameters())
+        self.control = (
+            ControlVariates({n: params[n].shape for n in self.shared_names}) if self.algorithm.scaffold else None
+        )
         self.loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
         self.val_volumes = val_volumes
         self.task = SegTask.from_dict(spec["task"])
-        dataset = SliceDataset(train_volumes, keep_empty_fraction=config.keep_empty_fraction, seed=config.seed)
-        self.loader = torch.utils.data.DataLoader(
-            dataset, batch_size=config.batch_size, shuffle=True, generator=torch.Generator().manual_seed(config.seed)
-        )
+        self.dataset = SliceDataset(train_volumes, keep_empty_fraction=config.keep_empty_fraction, seed=config.seed)
+        self.loader = self._loader(0, stream=0)
+
+    def _loader(self, round_num: int, stream: int) -> torch.utils.data.DataLoader:
+        generator = torch.Generator().manual_seed(round_seed(self.config.seed, round_num, stream))
+        return torch.utils.data.DataLoader(self.dataset, batch_size=self.config.batch_size, shuffle=True, generator=generator)
 
     # ---- weights -------------------------------------------------------------------------
     def shared_state(self) -> dict[str, torch.Tensor]:
-        params = dict(self.model.named_parameters())
-        return {name: params[name].detach().cpu().clone() for name in self.shared_names}
+        """The shared parameters (what the server averages), detached CPU copies."""
+        return shared_state(self.model, self.algorithm)
+
+    def _global_names(self) -> list[str]:
+        controls = [CONTROL_PREFIX + n for n in self.shared_names] if self.control is not None else []
+        return self.shared_names + controls
 
     def load_global(self, weights: dict[str, torch.Tensor]) -> None:
-        """Overwrite the shared parameters; personal ones are never touched."""
-        missing, extra = set(self.shared_names) - set(weights), set(weights) - set(self.shared_names)
+        """Overwrite the shared parameters (and SCAFFOLD's server control); personal ones are never touched."""
+        expected = self._global_names()
+        missing, extra = set(expected) - set(weights), set(weights) - set(expected)
         if missing or extra:
             raise ValueError(
                 f"global weights do not match this site's shared parameters: missing {sorted(missing)[:5]}, "
                 f"unexpected {sorted(extra)[:5]} (server and site run different model specs?)"
             )
         params = dict(self.model.named_parameters())
-        with torch.no_grad():
-            for name in self.shared_names:
-                value = torch.as_tensor(weights[name])
-                if value.shape != params[name].shape:
-                    raise ValueError(f"global weight {name} has shape {tuple(value.shape)}, expected {tuple(params[name].shape)}")
-                params[name].copy_(value)
+        for name in expected:
+            target = params[name] if name in params else self.control.server[name[len(CONTROL_PREFIX):]]
+            value = torch.as_tensor(weights[name])
+            if value.shape != target.shape:
+                raise ValueError(f"global weight {name} has shape {tuple(value.shape)}, expected {tuple(target.shape)}")
+            with torch.no_grad():
+                target.copy_(value)
 
     def personal_state(self) -> dict[str, torch.Tensor]:
+        """Everything the site keeps: personal parameters (by name), ``buffer/`` model buffers,
+        ``ditto/`` the personal model, ``control/`` SCAFFOLD's site control."""
         shared = set(self.shared_names)
-        return {n: p.detach().cpu().clone() for n, p in self.model.named_parameters() if n not in shared}
+        state = {n: p.detach().cpu().clone() for n, p in self.model.named_parameters() if n not in shared}
+        state.update({f"buffer/{n}": b.detach().cpu().clone() for n, b in self.model.named_buffers()})
+        if self.personal_model is not None:
+            state.update({f"ditto/{n}": v.detach().cpu().clone() for n, v in self.personal_model.state_dict().items()})
+        if self.control is not None:
+            state.update({f"control/{n}": v.clone() for n, v in self.control.client.items()})
+        return state
+
+    def _set_personal(self, state: dict[str, torch.Tensor]) -> None:
+        params, buffers = dict(self.model.named_parameters()), dict(self.model.named_buffers())
+        ditto = self.personal_model.state_dict() if self.personal_model is not None else {}
+        with torch.no_grad():
+            for key, value in state.items():
+                prefix, _, rest = key.partition("/")
+                if prefix == "buffer":
+                    buffers[rest].copy_(value)
+                elif prefix == "ditto":
+                    ditto[rest].copy_(value)
+                elif prefix == "control":
+                    self.control.client[rest] = value.clone()
+                else:
+                    params[key].copy_(value)
 
     def save_personal(self, path: str | Path, round_num: int) -> None:
-        """Atomically write the personal parameters (tensors + ints only: loads with weights_only)."""
+        """Atomically write the personal state (tensors + ints only: loads with weights_only)."""
         atomic_torch_save({"personal": self.personal_state(), "round": int(round_num)}, path)
 
     def load_personal(self, path: str | Path) -> int | None:
-        """Restore personal parameters saved by :meth:`save_personal`; returns their round or None."""
+        """Restore the personal state saved by :meth:`save_personal`; returns its round or None."""
         path = Path(path)
         if not path.is_file():
             return None
@@ -151,48 +215,102 @@ class SiteTrainer:
         saved = payload.get("personal", {})
         if set(saved) != set(expected) or any(saved[k].shape != expected[k].shape for k in saved):
             raise ValueError(f"personal state in {path.name} does not match this job's model; move it away to start fresh")
-        params = dict(self.model.named_parameters())
-        with torch.no_grad():
-            for name, value in saved.items():
-                params[name].copy_(value)
+        self._set_personal(saved)
         return int(payload.get("round", -1))
 
     # ---- round ---------------------------------------------------------------------------
     def _retriever(self, bank: KnowledgeBank | None) -> Retriever | None:
-        return Retriever(bank, self.spec["top_k"]) if self.algorithm.uses_bank else None
+        algo = self.algorithm
+        return Retriever(bank, self.spec["top_k"], algo.retrieval) if algo.uses_bank else None
 
     def evaluate(self, bank: KnowledgeBank | None) -> dict[str, float]:
-        return evaluate_volumes(self.model, self.val_volumes, self.device, self._retriever(bank), self.task)
+        """Validation Dice of the model this site would use (Ditto: its personal model)."""
+        model = self.personal_model if self.personal_model is not None else self.model
+        return evaluate_volumes(model, self.val_volumes, self.device, self._retriever(bank), self.task)
 
-    def train_round(self, bank: KnowledgeBank | None) -> RoundResult:
-        """Local epochs on the site's data; returns shared weights, prototypes and retrieval counts."""
+    def train_round(
+        self, bank: KnowledgeBank | None, round_num: int = 0, server_extras: dict[str, Any] | None = None
+    ) -> RoundResult:
+        """Local epochs on the site's data; returns shared weights, prototypes, retrieval counts and extras.
+
+        Args:
+            bank: the global knowledge bank received this round (None when the algorithm has none).
+            round_num: the federated round (0-based); seeds this round's data order and augmentation.
+            server_extras: the server's algorithm state (``meta[STATE]``, e.g. FedDG's amplitude bank).
+        """
+        anchor = {name: value.to(self.device) for name, value in self.shared_state().items()}
         retriever = self._retriever(bank)
-        # A fresh optimizer per round: FLARE may rebuild the executor between tasks, so optimizer
-        # state would not survive anyway; doing it always keeps in-process and FLARE runs equal.
-        optimizer = torch.optim.Adam(self.model.parameters(), lr=self.config.learning_rate)
-        align_weight = self.spec["align_weight"] if self.algorithm.uses_bank else 0.0
-        regularizer = self._proximal() if self.algorithm.proximal else None
-        stats = None
-        for epoch in range(self.config.local_epochs):
-            stats = train_epoch(
-                self.model, self.loader, optimizer, self.loss_fn, self.device, retriever, align_weight,
-                self.logger, self.config.log_every, regularizer,
-            )
-            self.logger.info("epoch %d/%d: %s", epoch + 1, self.config.local_epochs, _fmt(stats.means()))
+        stats = self._train_model(self.model, retriever, anchor, round_num, server_extras or {})
+        if self.personal_model is not None:
+            self._train_ditto(anchor, round_num)
         prototypes, counts = self._prototypes(stats.tokens)
+        weights = self.shared_state()
+        if self.control is not None:
+            weights.update({CONTROL_PREFIX + k: v for k, v in self.control.finish_round().items()})
         return RoundResult(
-            weights=self.shared_state(),
+            weights=weights,
             n_samples=stats.samples,
             prototypes=prototypes,
             prototype_counts=counts,
             retrieval_counts=dict(retriever.counts) if retriever else {},
             metrics=stats.means(),
+            extras=self._extras(round_num),
         )
 
-    def _proximal(self) -> Callable[[], torch.Tensor]:
-        """FedProx: the shared weights as received this round are the anchor."""
-        anchor = {name: value.to(self.device) for name, value in self.shared_state().items()}
-        return lambda: proximal_term(self.model.named_parameters(), anchor, self.spec["prox_mu"])
+    def _train_model(
+        self, model: nn.Module, retriever: Retriever | None, anchor: dict, round_num: int, server_extras: dict
+    ) -> EpochStats:
+        # A fresh optimizer per round: FLARE may rebuild the executor between tasks, so optimizer
+        # state would not survive anyway; doing it always keeps in-process and FLARE runs equal.
+        optimizer = torch.optim.Adam(model.parameters(), lr=self.config.learning_rate)
+        algo = self.algorithm
+        align_weight = self.spec["align_weight"] if algo.uses_bank and algo.align else 0.0
+        mu = self.spec["prox_mu"]
+        regularizer = (lambda: proximal_term(model.named_parameters(), anchor, mu)) if algo.proximal else None
+        augment = self._augmenter(round_num, server_extras)
+        after_backward = None
+        if self.control is not None:
+            self.control.start_round()
+            after_backward = self.control.correct
+        loader = self._loader(round_num, stream=0)
+        for epoch in range(self.config.local_epochs):
+            stats = train_epoch(
+                model, loader, optimizer, self.loss_fn, self.device, retriever, align_weight,
+                self.logger, self.config.log_every, regularizer, augment, after_backward,
+            )
+            self.logger.info("epoch %d/%d: %s", epoch + 1, self.config.local_epochs, _fmt(stats.means()))
+        return stats
+
+    def _train_ditto(self, anchor: dict[str, torch.Tensor], round_num: int) -> None:
+        """Ditto: the personal model, pulled to the received global model by ``ditto_lambda / 2 ||v - w||^2``."""
+        model, lam = self.personal_model, self.spec["ditto_lambda"]
+        optimizer = torch.optim.Adam(model.parameters(), lr=self.config.learning_rate)
+        regularizer = lambda: proximal_term(model.named_parameters(), anchor, lam)  # noqa: E731
+        loader = self._loader(round_num, stream=1)
+        for epoch in range(self.config.local_epochs):
+            stats = train_epoch(model, loader, optimizer, self.loss_fn, self.device, None, 0.0, regularizer=regularizer)
+            self.logger.info("ditto personal epoch %d/%d: %s", epoch + 1, self.config.local_epochs, _fmt(stats.means()))
+
+    def _augmenter(self, round_num: int, server_extras: dict) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        """FedDG: interpolate towards the pooled amplitude bank (none in round 0: the bank is empty)."""
+        if not self.algorithm.amplitude_aug or not server_extras.get(AMPLITUDES):
+            return None
+        bank = torch.as_tensor(np.asarray(server_extras[AMPLITUDES], dtype=np.float32))
+        self.logger.info("FedDG: interpolating low-frequency amplitudes towards %d pooled groups", bank.shape[0])
+        generator = torch.Generator().manual_seed(round_seed(self.config.seed, round_num, 2))
+        ratio = self.spec["amplitude_ratio"]
+        return lambda images: interpolate_amplitude(images, bank, ratio, generator)
+
+    def _extras(self, round_num: int) -> dict[str, Any]:
+        """FedDG: group-mean low-frequency amplitude windows of the training slices."""
+        if not self.algorithm.amplitude_aug:
+            return {}
+        images = torch.stack([self.dataset[i]["image"] for i in range(len(self.dataset))])
+        generator = torch.Generator().manual_seed(round_seed(self.config.seed, round_num, 3))
+        amps = group_mean_amplitudes(
+            images, self.spec["amplitude_ratio"], self.spec["num_prototypes"], self.config.min_prototype_count, generator
+        )
+        return {AMPLITUDES: amps}
 
     def _prototypes(self, tokens: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """k-means centroids of the last epoch's spectral tokens (never one image's embedding)."""

@@ -40,16 +40,22 @@ def train_epoch(
     logger: logging.Logger | None = None,
     log_every: int = 0,
     regularizer: Callable[[], torch.Tensor] | None = None,
+    augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    after_backward: Callable[[nn.Module], None] | None = None,
 ) -> EpochStats:
     """Train ``model`` for one epoch on ``loader`` with ``L_task + align_weight * L_align (+ regularizer())``.
 
-    ``regularizer`` is an algorithm's extra term (e.g. FedProx's proximal term), evaluated every step.
+    Algorithm hooks: ``regularizer`` is an extra loss term evaluated every step (FedProx, Ditto);
+    ``augment`` maps a batch of images (B, C, *spatial) before the forward pass (FedDG);
+    ``after_backward`` may change the gradients before the optimizer step (SCAFFOLD).
     """
     model.train()
     stats = EpochStats()
+    hooks = (regularizer, after_backward)
     for batch in loader:
-        image, label = batch["image"].to(device), batch["label"].to(device)
-        task, align, token = _step(model, image, label, optimizer, loss_fn, retriever, align_weight, regularizer)
+        image, label = batch["image"], batch["label"].to(device)
+        image = (augment(image) if augment is not None else image).to(device)
+        task, align, token = _step(model, image, label, optimizer, loss_fn, retriever, align_weight, hooks)
         stats.loss += task + align_weight * align
         stats.task_loss += task
         stats.align_loss += align
@@ -70,8 +76,9 @@ def _step(
     loss_fn: nn.Module,
     retriever: Retriever | None,
     align_weight: float,
-    regularizer: Callable[[], torch.Tensor] | None,
+    hooks: tuple[Callable[[], torch.Tensor] | None, Callable[[nn.Module], None] | None],
 ) -> tuple[float, float, torch.Tensor | None]:
+    regularizer, after_backward = hooks
     optimizer.zero_grad(set_to_none=True)
     token = model.spectral_token(image)
     retrieved = retriever(token) if retriever is not None else None
@@ -81,6 +88,8 @@ def _step(
     align = spectral_proximal_alignment(token, prototypes) if prototypes is not None else task.new_zeros(())
     loss = local_objective(task, align, align_weight)
     (loss + regularizer() if regularizer is not None else loss).backward()
+    if after_backward is not None:
+        after_backward(model)
     optimizer.step()
     if retrieved is not None:
         retriever.record(retrieved)

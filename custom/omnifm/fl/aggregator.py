@@ -1,8 +1,8 @@
-"""Server aggregator: sample-weighted FedAvg of the shared weights + the spectral knowledge bank."""
+"""Server aggregator: checks site results and hands them to the core round rule (:func:`omnifm.algorithms.server_round`)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -14,22 +14,20 @@ from nvflare.app_common.abstract.aggregator import Aggregator
 from nvflare.app_common.abstract.model import ModelLearnableKey
 from nvflare.app_common.app_constant import AppConstants
 
-from omnifm.algorithms import update_bank, weighted_average
+from omnifm.algorithms import Upload, server_round
 from omnifm.fl import wire
 from omnifm.knowledge import KnowledgeBank
 
 
 @dataclass
 class _Contribution:
-    weights: dict[str, np.ndarray]
-    n_samples: int
-    prototypes: torch.Tensor
-    retrievals: dict[int, int]
-    metrics: dict[str, float]
+    upload: Upload
+    metrics: dict[str, float] = field(default_factory=dict)
 
 
 class OmniFMAggregator(Aggregator):
-    """Accepts site results, averages shared weights by sample count and updates the bank.
+    """Accepts site results and combines them with the algorithm's server rule (the same code the
+    in-process benchmark runs): weighted mean of the shared weights, bank update, algorithm state.
 
     A contribution is rejected, with the reason logged, when it is an error result, from another
     round, a second result from the same site, not ``WEIGHTS``, has names/shapes unlike the
@@ -48,6 +46,8 @@ class OmniFMAggregator(Aggregator):
     def accept(self, shareable: Shareable, fl_ctx: FLContext) -> bool:
         site = shareable.get_peer_prop(ReservedKey.IDENTITY_NAME, "?")
         contribution, reason = self._parse(site, shareable, fl_ctx)
+        if contribution is not None:
+            contribution.upload.site = site
         if contribution is None:
             self.log_warning(fl_ctx, f"rejected contribution from {site}: {reason}")
             return False
@@ -86,8 +86,12 @@ class OmniFMAggregator(Aggregator):
         prototypes, reason = wire.read_prototypes(dxo.meta, dim) if bank_state else (torch.zeros(0, 0), None)
         if reason:
             return None, reason
+        extras, reason = wire.read_extras(dxo.meta)
+        if reason:
+            return None, reason
         metrics = dxo.get_meta_prop(wire.METRICS) or {}
-        return _Contribution(dxo.data, n_samples, prototypes, wire.read_retrievals(dxo.meta), metrics), ""
+        upload = Upload(dxo.data, n_samples, prototypes, wire.read_retrievals(dxo.meta), extras)
+        return _Contribution(upload, metrics), ""
 
     def aggregate(self, fl_ctx: FLContext) -> Shareable:
         current = fl_ctx.get_prop(AppConstants.CURRENT_ROUND)
@@ -98,19 +102,29 @@ class OmniFMAggregator(Aggregator):
             )
             self.system_panic(msg, fl_ctx)
             raise RuntimeError(msg)
-        contributions = list(self._accepted.values())
-        averaged = weighted_average([(c.weights, c.n_samples) for c in contributions])
-        meta = dict(fl_ctx.get_prop(AppConstants.GLOBAL_MODEL)[ModelLearnableKey.META])
+        global_model = fl_ctx.get_prop(AppConstants.GLOBAL_MODEL)
+        meta = dict(global_model[ModelLearnableKey.META])
+        uploads = [c.upload for c in self._accepted.values()]
+        try:
+            spec = meta.get(wire.SPEC)
+            if not isinstance(spec, dict):
+                raise ValueError(f"the global model's meta has no {wire.SPEC}: use omnifm.fl.persistor.OmniFMPersistor")
+            weights, meta = server_round(spec, global_model[ModelLearnableKey.WEIGHTS], meta, uploads)
+        except ValueError as err:
+            msg = f"round {current}: the accepted contributions cannot be combined: {err}"
+            self.system_panic(msg, fl_ctx)
+            raise RuntimeError(msg) from err
         if meta.get(wire.BANK):
             bank = KnowledgeBank.from_plain(meta[wire.BANK])
-            summary = update_bank(bank, [c.prototypes for c in contributions], [c.retrievals for c in contributions])
-            meta[wire.BANK] = bank.to_plain()
-            self.log_info(fl_ctx, f"round {current}: knowledge bank {summary}")
+            self.log_info(fl_ctx, f"round {current}: knowledge bank version {bank.version}, {len(bank)} prototypes")
+        if meta.get(wire.STATE):
+            sizes = {k: len(v) if isinstance(v, list) else v for k, v in meta[wire.STATE].items()}
+            self.log_info(fl_ctx, f"round {current}: algorithm state for the next round {sizes}")
         self._log_sites(fl_ctx, current)
-        return DXO(data_kind=DataKind.WEIGHTS, data=averaged, meta=meta).to_shareable()
+        return DXO(data_kind=DataKind.WEIGHTS, data=weights, meta=meta).to_shareable()
 
     def _log_sites(self, fl_ctx: FLContext, current: int) -> None:
         for site in sorted(self._accepted):
             c = self._accepted[site]
             shown = " ".join(f"{k}={v:.4f}" for k, v in sorted(c.metrics.items()))
-            self.log_info(fl_ctx, f"round {current} {site}: n={c.n_samples} {shown}")
+            self.log_info(fl_ctx, f"round {current} {site}: n={c.upload.n_samples} {shown}")

@@ -15,7 +15,7 @@ from nvflare.apis.shareable import Shareable, make_reply
 from nvflare.apis.signal import Signal
 from nvflare.app_common.app_constant import AppConstants
 
-from omnifm.algorithms import check_run_spec
+from omnifm.algorithms import check_run_spec, get_algorithm
 from omnifm.data.site import SiteData, find_site_config, load_site_data, simulator_config
 from omnifm.engine import SiteTrainer, TrainConfig
 from omnifm.fl import wire
@@ -27,9 +27,10 @@ class OmniFMExecutor(Executor):
     """Runs one round of local training per ``train`` task; evaluates a global model per ``validate`` task.
 
     The algorithm, model and its hyper-parameters come from the server with every task (the run
-    spec); the arguments here are the site's own training settings. The personal parameters
-    (task head, suffix prompts) are saved in the site's workspace after every round and restored
-    when the site restarts.
+    spec); the arguments here are the site's own training settings. The round itself is
+    :meth:`SiteTrainer.train_round` (the same code the in-process benchmark runs). The personal
+    state (personal parameters, buffers, Ditto's personal model, SCAFFOLD's control) is saved in
+    the site's workspace after every round and restored when the executor is rebuilt.
 
     Args:
         local_epochs: epochs per round.
@@ -91,6 +92,7 @@ class OmniFMExecutor(Executor):
         try:
             dxo = from_shareable(shareable)
             spec = check_run_spec(dxo.get_meta_prop(wire.SPEC))
+            _check_federated(spec)
             trainer = self._get_trainer(spec, fl_ctx)
             trainer.load_global(wire.to_torch(dxo.data))
         except ValueError as err:
@@ -102,7 +104,9 @@ class OmniFMExecutor(Executor):
         bank = KnowledgeBank.from_plain(bank_state) if bank_state else None
         if task_name == self.validate_task_name:
             return self._validate(trainer, bank, fl_ctx)
-        return self._run_round(trainer, bank, shareable.get_header(AppConstants.CURRENT_ROUND), fl_ctx, abort_signal)
+        state = dxo.get_meta_prop(wire.STATE) or {}
+        current = int(shareable.get_header(AppConstants.CURRENT_ROUND) or 0)
+        return self._run_round(trainer, bank, state, current, fl_ctx, abort_signal)
 
     def _validate(self, trainer: SiteTrainer, bank: KnowledgeBank | None, fl_ctx: FLContext) -> Shareable:
         scores = trainer.evaluate(bank)
@@ -110,12 +114,18 @@ class OmniFMExecutor(Executor):
         return DXO(data_kind=DataKind.METRICS, data=scores).to_shareable()
 
     def _run_round(
-        self, trainer: SiteTrainer, bank: KnowledgeBank | None, current: int, fl_ctx: FLContext, abort_signal: Signal
+        self,
+        trainer: SiteTrainer,
+        bank: KnowledgeBank | None,
+        state: dict,
+        current: int,
+        fl_ctx: FLContext,
+        abort_signal: Signal,
     ) -> Shareable:
         site = fl_ctx.get_identity_name()
         before = trainer.evaluate(bank)
         self.log_info(fl_ctx, f"round {current}: training on {site} (bank size {0 if bank is None else len(bank)})")
-        result = trainer.train_round(bank)
+        result = trainer.train_round(bank, current, state)
         if abort_signal.triggered:
             return make_reply(ReturnCode.TASK_ABORTED)
         after = trainer.evaluate(bank)
@@ -173,6 +183,16 @@ class OmniFMExecutor(Executor):
             return
         for key, value in metrics.items():
             self._writer.add_scalar(key, value, global_step=current)
+
+
+def _check_federated(spec: dict) -> None:
+    """Refuse references that are not a federation (``central`` pools every site's data)."""
+    algo = get_algorithm(spec["algorithm"])
+    if not algo.federated:
+        raise ValueError(
+            f"algorithm {algo.name!r} is not a federated algorithm ({algo.description}); run it with the "
+            "in-process benchmark (omnifm-bench / python -m omnifm.bench), not as a FLARE job"
+        )
 
 
 def _dice_text(scores: dict[str, float]) -> str:

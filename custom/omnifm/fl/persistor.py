@@ -18,7 +18,7 @@ from nvflare.app_common.abstract.model import ModelLearnable, ModelLearnableKey,
 from nvflare.app_common.abstract.model_persistor import ModelPersistor
 from nvflare.app_common.app_constant import AppConstants
 
-from omnifm.algorithms import build_model, get_algorithm, make_run_spec
+from omnifm.algorithms import initial_global, make_run_spec
 from omnifm.checkpoint import atomic_torch_save
 from omnifm.fl import wire
 from omnifm.knowledge import KnowledgeBank
@@ -43,7 +43,7 @@ class OmniFMPersistor(ModelPersistor):
     """Creates the initial global model and bank from the run spec, and saves both every round.
 
     Args:
-        algorithm: ``omnifm``, ``fedavg``, ``fedprox`` or ``fedper`` (see :data:`omnifm.algorithms.ALGORITHMS`).
+        algorithm: a federated entry of :data:`omnifm.algorithms.ALGORITHMS` (``omnifm``, ``fedavg``, ``ditto``, ...).
         task: class names and Dice report regions (default BraTS; see :class:`omnifm.task.SegTask`).
         model: UNet arguments (``out_channels`` follows the task's classes).
         omnifm: OmniFM module sizes.
@@ -52,6 +52,8 @@ class OmniFMPersistor(ModelPersistor):
         num_prototypes: centroids a site uploads per round.
         prox_mu: FedProx's proximal weight (``fedprox`` only).
         seed: seed of the initial weights.
+        ditto_lambda: Ditto's pull of the personal model to the global one (``ditto`` only).
+        amplitude_ratio: FedDG's low-frequency window fraction (``feddg`` only).
         bank: :class:`~omnifm.knowledge.KnowledgeBank` arguments (``rho``, ``delta``, ``prune_window``, ``max_size``).
         source_dir: start from a previous job's saved model and bank (folder holding ``FL_global_model.pt``);
             a relative path is taken from the server's workspace root.
@@ -68,6 +70,8 @@ class OmniFMPersistor(ModelPersistor):
         num_prototypes: int = 4,
         prox_mu: float = 0.01,
         seed: int = 0,
+        ditto_lambda: float = 0.1,
+        amplitude_ratio: float = 0.1,
         bank: dict | None = None,
         source_dir: str = "",
     ) -> None:
@@ -75,6 +79,7 @@ class OmniFMPersistor(ModelPersistor):
         self.spec = make_run_spec(
             algorithm=algorithm, task=task, model=model, omnifm=omnifm, top_k=top_k,
             align_weight=align_weight, num_prototypes=num_prototypes, prox_mu=prox_mu, seed=seed,
+            ditto_lambda=ditto_lambda, amplitude_ratio=amplitude_ratio,
         )
         self.bank_args = dict(bank or {})
         try:
@@ -84,11 +89,9 @@ class OmniFMPersistor(ModelPersistor):
         self.source_dir = source_dir
 
     def load_model(self, fl_ctx: FLContext) -> ModelLearnable:
-        model = build_model(self.spec)
-        algo = get_algorithm(self.spec["algorithm"])
-        params = dict(model.named_parameters())
-        weights = {n: params[n].detach() for n in algo.shared_parameter_names(model)}
-        bank = KnowledgeBank(dim=model.config.spectral_dim, **self.bank_args) if algo.uses_bank else None
+        initial, meta = initial_global(self.spec, self.bank_args)  # the same round-0 state as the benchmark
+        weights = wire.to_torch(initial)
+        bank = KnowledgeBank.from_plain(meta[wire.BANK]) if meta[wire.BANK] else None
         if self.source_dir:
             weights, bank = self._load_source(fl_ctx, weights, bank)
         self.log_info(
@@ -96,7 +99,7 @@ class OmniFMPersistor(ModelPersistor):
             f"global model for {self.spec['algorithm']}: {len(weights)} shared tensors, "
             f"{sum(v.numel() for v in weights.values())} values; bank: {'off' if bank is None else len(bank)}",
         )
-        meta = {wire.SPEC: self.spec, wire.BANK: None if bank is None else bank.to_plain()}
+        meta = {**meta, wire.SPEC: self.spec, wire.BANK: None if bank is None else bank.to_plain()}
         return make_model_learnable(wire.to_numpy(weights), meta)
 
     def _load_source(
@@ -111,7 +114,13 @@ class OmniFMPersistor(ModelPersistor):
             raise ValueError(f"model in {folder} does not fit this job's spec ({reason}); saved spec was {spec}")
         if bank is not None and bank_state is not None:
             bank = KnowledgeBank.from_state_dict(bank_state)
-        self.log_info(fl_ctx, f"starting from the saved model and bank in {folder}")
+        saved = torch.load(folder / MODEL_FILE, map_location="cpu", weights_only=True).get("round")
+        hint = f"; to continue the round count set start_round to {saved + 1}" if isinstance(saved, int) else ""
+        self.log_info(
+            fl_ctx,
+            f"starting from the saved model and bank in {folder} (saved after round {saved}; "
+            f"bank: {'off' if bank is None else len(bank)}){hint}",
+        )
         return weights, bank
 
     def save_model(self, model_learnable: ModelLearnable, fl_ctx: FLContext) -> None:

@@ -13,10 +13,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from omnifm.algorithms import server
 from omnifm.engine import RoundResult
 
 SPEC = "omnifm_spec"
-BANK = "omnifm_bank"
+BANK = server.BANK
+STATE = server.STATE
+EXTRAS = "omnifm_extras"
 PROTOTYPES = "omnifm_prototypes"
 PROTOTYPE_COUNTS = "omnifm_prototype_counts"
 RETRIEVAL_IDS = "omnifm_retrieval_ids"
@@ -41,12 +44,13 @@ def result_meta(result: RoundResult) -> dict[str, Any]:
         RETRIEVAL_IDS: [int(i) for i in ids],
         RETRIEVAL_COUNTS: [int(result.retrieval_counts[i]) for i in ids],
         METRICS: {k: float(v) for k, v in result.metrics.items()},
+        EXTRAS: server.to_plain(result.extras),
     }
 
 
 def check_weights(weights: Any, expected: dict[str, tuple[int, ...]]) -> str | None:
     """Why a contribution's weights cannot be averaged with the global model, or None if they can."""
-    if not isinstance(weights, dict) or not weights:
+    if not isinstance(weights, dict) or (not weights and expected):
         return "no weights in the contribution"
     missing, extra = set(expected) - set(weights), set(weights) - set(expected)
     if missing or extra:
@@ -80,3 +84,10 @@ def read_retrievals(meta: dict[str, Any]) -> dict[int, int]:
         return {}
     return {int(i): int(c) for i, c in zip(ids, counts) if int(c) > 0}
 
+
+def read_extras(meta: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
+    """A contribution's algorithm extras (plain dict), or ``{}`` and the reason they were refused."""
+    extras = meta.get(EXTRAS) or {}
+    if not isinstance(extras, dict):
+        return {}, f"extras must be a dict, got {type(extras).__name__}"
+    return extras, None

@@ -15,6 +15,13 @@ DEFAULT_SEG_MODEL: dict[str, Any] = {
     "channels": [16, 32, 64, 64],
     "strides": [2, 2, 2],
     "num_res_units": 1,
+    "norm": "instance",
+}
+
+NORMS: dict[str, Any] = {
+    "instance": ("instance", {"affine": False}),
+    "instance_affine": ("instance", {"affine": True}),
+    "batch": "batch",
 }
 
 
@@ -23,7 +30,9 @@ def build_seg_model(model: dict[str, Any] | None = None, omnifm: dict[str, Any] 
 
     Args:
         model: UNet arguments (``spatial_dims``, ``in_channels``, ``out_channels``, ``channels``,
-            ``strides``, ``num_res_units``); missing keys take :data:`DEFAULT_SEG_MODEL`.
+            ``strides``, ``num_res_units``, ``norm``); missing keys take :data:`DEFAULT_SEG_MODEL`.
+            ``norm`` is ``instance`` (MONAI's default, no affine parameters), ``instance_affine``
+            or ``batch`` (affine parameters and running statistics).
         omnifm: :class:`OmniFMConfig` fields.
 
     Raises:
@@ -33,6 +42,8 @@ def build_seg_model(model: dict[str, Any] | None = None, omnifm: dict[str, Any] 
     unknown = set(cfg) - set(DEFAULT_SEG_MODEL)
     if unknown:
         raise ValueError(f"unknown model keys {sorted(unknown)}; allowed: {sorted(DEFAULT_SEG_MODEL)}")
+    if cfg["norm"] not in NORMS:
+        raise ValueError(f"unknown model norm {cfg['norm']!r}; choose one of {sorted(NORMS)}")
     try:
         omni_cfg = OmniFMConfig(**(omnifm or {}))
     except TypeError as err:
@@ -44,5 +55,6 @@ def build_seg_model(model: dict[str, Any] | None = None, omnifm: dict[str, Any] 
         channels=tuple(cfg["channels"]),
         strides=tuple(cfg["strides"]),
         num_res_units=cfg["num_res_units"],
+        norm=NORMS[cfg["norm"]],
     )
     return OmniFM(unet, cfg["spatial_dims"], cfg["in_channels"], cfg["channels"][-1], omni_cfg)

@@ -10,11 +10,14 @@ SMALL = {"channels": [8, 16, 32], "strides": [2, 2]}
 
 
 def test_the_issue_algorithms_are_registered():
-    assert {"omnifm", "fedavg"} <= set(ALGORITHMS)
+    issue = {"omnifm", "fedavg", "fedprox", "fedper", "ditto", "fedbn", "feddg", "scaffold", "local", "central"}
+    ablations = {"omnifm-noretrieval", "omnifm-noeca", "omnifm-noprompt", "omnifm-noalign"}
+    assert issue | ablations <= set(ALGORITHMS)
+    assert all(a.description for a in ALGORITHMS.values())
 
 
 def test_unknown_algorithm_lists_the_choices():
-    choices = r"\['fedavg', 'fedper', 'fedprox', 'omnifm'"
+    choices = r"\['central', 'ditto', 'fedavg', 'fedbn', 'feddg', 'fedper', 'fedprox', 'local', 'omnifm'"
     with pytest.raises(ValueError, match=r"unknown algorithm 'fedx'; choose one of " + choices):
         get_algorithm("fedx")
 

@@ -1,0 +1,168 @@
+"""One federated round, framework-free: the server rule that FLARE and the in-process benchmark share.
+
+The round protocol (FLARE's executor/aggregator and ``omnifm.bench`` both call exactly this)::
+
+    weights, meta = initial_global(spec, bank_args)             # round-0 state (persistor / bench)
+    for round_num in range(num_rounds):                          # 0-based, like FLARE's CURRENT_ROUND
+        uploads = []
+        for site, trainer in trainers.items():                   # any order: server_round sorts by site
+            trainer.load_global({k: torch.as_tensor(v) for k, v in weights.items()})  # shared subset only
+            bank = KnowledgeBank.from_plain(meta[BANK]) if meta[BANK] else None
+            result = trainer.train_round(bank, round_num, meta[STATE])
+            uploads.append(result.to_upload(site))              # numpy fp32 weights + plain extras
+        weights, meta = server_round(spec, weights, meta, uploads)
+    # evaluation: trainer.evaluate(bank) (Ditto evaluates its personal model)
+
+``central`` (``Algorithm.federated`` False) is not a federation: use
+:func:`omnifm.engine.central.train_central` instead of this loop.
+
+* ``weights``: ``dict[str, np.ndarray]`` float32, the algorithm's shared parameters (empty for
+  ``local``) plus, for ``scaffold``, the server control variate under ``CONTROL_PREFIX + name``.
+  A site uploads the same names; for control names it uploads its control *delta*.
+* ``meta``: plain Python (JSON-able) dict sent to every site with the next task. Keys:
+  :data:`BANK` (the spectral knowledge bank as :meth:`KnowledgeBank.to_plain`, or None) and
+  :data:`STATE` (algorithm server state, e.g. FedDG's pooled amplitude bank); every other key
+  (e.g. the FLARE run spec) is carried forward unchanged.
+* :class:`Upload`: one accepted site result. ``extras`` is plain Python (see :func:`to_plain`);
+  the site never sends per-image data (prototypes and amplitudes are group means).
+* Determinism: uploads are processed in ``site`` order, so thread arrival order in FLARE does not
+  change a bit of the result; the site seeds its data order per round from ``(seed, round_num)``
+  and restores every personal tensor from its personal file, so a trainer kept alive (benchmark)
+  and one rebuilt every task (FLARE simulator) produce the same weights.
+
+Raises ``ValueError`` (naming the site and the field) when uploads cannot be combined.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from omnifm.algorithms.aggregation import update_bank, weighted_average
+from omnifm.algorithms.registry import get_algorithm
+from omnifm.algorithms.spec import build_model, shared_state
+from omnifm.knowledge import KnowledgeBank
+
+BANK = "omnifm_bank"
+STATE = "omnifm_state"
+CONTROL_PREFIX = "scaffold_c:"
+AMPLITUDES = "amplitudes"
+
+
+@dataclass
+class Upload:
+    """One site's accepted round result, as the server sees it.
+
+    Args:
+        weights: shared parameters (numpy float32), names as in the global weights.
+        n_samples: training slices seen (the averaging weight), >= 1.
+        prototypes: (P, d_s) k-means centroids of spectral tokens (P may be 0).
+        retrievals: bank id -> times retrieved during training.
+        extras: algorithm uploads in plain Python (e.g. ``{"amplitudes": [[...]]}``).
+        site: the site's name (uploads are combined in sorted site order).
+    """
+
+    weights: dict[str, np.ndarray]
+    n_samples: int
+    prototypes: torch.Tensor = field(default_factory=lambda: torch.zeros(0, 0))
+    retrievals: dict[int, int] = field(default_factory=dict)
+    extras: dict[str, Any] = field(default_factory=dict)
+    site: str = ""
+
+
+def to_plain(value: Any) -> Any:
+    """Tensors/arrays to nested lists, numpy scalars to Python numbers (what FLARE meta carries)."""
+    if isinstance(value, (torch.Tensor, np.ndarray)):
+        return value.tolist()
+    if isinstance(value, dict):
+        return {str(k): to_plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_plain(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def initial_global(spec: dict[str, Any], bank_args: dict[str, Any] | None = None) -> tuple[dict[str, np.ndarray], dict]:
+    """Round-0 global weights and meta for ``spec`` (the spec's seeded initial model)."""
+    algo = get_algorithm(spec["algorithm"])
+    model = build_model(spec)
+    weights = {k: v.numpy().astype(np.float32) for k, v in shared_state(model, algo).items()}
+    if algo.scaffold:
+        weights.update({CONTROL_PREFIX + k: np.zeros_like(v) for k, v in list(weights.items())})
+    bank = KnowledgeBank(dim=model.config.spectral_dim, **(bank_args or {})) if algo.uses_bank else None
+    return weights, {BANK: None if bank is None else bank.to_plain(), STATE: {}}
+
+
+def server_round(
+    spec: dict[str, Any], global_weights: dict[str, np.ndarray], global_meta: dict[str, Any], uploads: list[Upload]
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Combine one round's uploads into the next global weights and meta.
+
+    Args:
+        spec: the run spec (selects the algorithm).
+        global_weights: this round's global weights (the ones the sites received).
+        global_meta: this round's global meta (bank, state, anything else is carried forward).
+        uploads: the accepted site results (at least one).
+
+    Returns:
+        ``(weights, meta)`` for the next round.
+    """
+    if not uploads:
+        raise ValueError("server_round needs at least one upload")
+    algo = get_algorithm(spec["algorithm"])
+    uploads = sorted(uploads, key=lambda u: u.site)
+    weights = _average_model(global_weights, uploads)
+    weights.update(_update_controls(global_weights, uploads))
+    meta = dict(global_meta)
+    if meta.get(BANK):
+        bank = KnowledgeBank.from_plain(meta[BANK])
+        update_bank(bank, [u.prototypes for u in uploads], [u.retrievals for u in uploads])
+        meta[BANK] = bank.to_plain()
+    meta[STATE] = _next_state(algo, dict(global_meta.get(STATE) or {}), uploads)
+    return weights, meta
+
+
+def _average_model(global_weights: dict[str, np.ndarray], uploads: list[Upload]) -> dict[str, np.ndarray]:
+    """Sample-weighted mean of the model weights; an empty model (``local``) stays empty."""
+    names = [k for k in global_weights if not k.startswith(CONTROL_PREFIX)]
+    if not names:
+        return {}
+    return weighted_average([({k: u.weights[k] for k in names}, u.n_samples) for u in uploads])
+
+
+def _update_controls(global_weights: dict[str, np.ndarray], uploads: list[Upload]) -> dict[str, np.ndarray]:
+    """SCAFFOLD: ``c <- c + mean_i(delta c_i)`` (all sites take part every round)."""
+    names = [k for k in global_weights if k.startswith(CONTROL_PREFIX)]
+    out = {}
+    for k in names:
+        mean_delta = sum(u.weights[k].astype(np.float64) for u in uploads) / len(uploads)
+        out[k] = (global_weights[k].astype(np.float64) + mean_delta).astype(np.float32)
+    return out
+
+
+def _next_state(algo: Any, state: dict[str, Any], uploads: list[Upload]) -> dict[str, Any]:
+    """Algorithm server state for the next round (plain Python)."""
+    if algo.amplitude_aug:
+        state[AMPLITUDES] = _pool_amplitudes(uploads)
+    return state
+
+
+def _pool_amplitudes(uploads: list[Upload]) -> list:
+    """FedDG: the round's amplitude bank is every site's uploaded group-mean amplitudes, pooled."""
+    pooled, shape = [], None
+    for u in uploads:
+        amps = np.asarray(u.extras.get(AMPLITUDES) or [], dtype=np.float32)
+        if amps.size == 0:
+            continue
+        if amps.ndim != 4 or (shape is not None and amps.shape[1:] != shape) or not np.isfinite(amps).all():
+            raise ValueError(
+                f"{u.site or 'a site'} uploaded amplitudes of shape {amps.shape} (expected finite (G, C, w, w)"
+                f"{'' if shape is None else f' with (C, w, w) = {shape}'}); feddg needs equal slice sizes and channels"
+            )
+        shape = amps.shape[1:]
+        pooled.append(amps)
+    return np.concatenate(pooled).tolist() if pooled else []
