@@ -114,7 +114,7 @@ ALGORITHMS: dict[str, Algorithm] = _algorithms(
     Algorithm("fedper", _PLAIN, personal=_HEAD,
               description="FedPer: the plain network, encoder averaged, decoder (task head) kept on the site"),
     Algorithm("ditto", _PLAIN, ditto=True,
-              description="Ditto: FedAvg global model + a personal model pulled to it by prox_mu/2 ||v - w||^2"),
+              description="Ditto: FedAvg global model + a personal model pulled to it by ditto_lambda/2 ||v - w||^2"),
     Algorithm("fedbn", _PLAIN, personal=frozenset({"norm"}), affine_norm=True,
               description="FedBN: FedAvg except normalisation layers (affine params, running stats) stay local"),
     Algorithm("feddg", _PLAIN, amplitude_aug=True,

@@ -70,14 +70,18 @@ class OmniFMAggregator(Aggregator):
         if dxo.data_kind != DataKind.WEIGHTS:
             return None, f"data kind {dxo.data_kind}, expected {DataKind.WEIGHTS}"
         global_model = fl_ctx.get_prop(AppConstants.GLOBAL_MODEL)
-        expected = {k: np.shape(v) for k, v in global_model[ModelLearnableKey.WEIGHTS].items()}
-        reason = wire.check_weights(dxo.data, expected)
+        reason = self._read_weights(dxo, global_model)
         if reason:
             return None, reason
         n_samples = dxo.get_meta_prop(MetaKey.NUM_STEPS_CURRENT_ROUND)
         if not isinstance(n_samples, int) or n_samples <= 0:
             return None, f"n_samples must be an int >= 1, got {n_samples!r}"
         return self._with_bank_data(dxo, n_samples, global_model[ModelLearnableKey.META])
+
+    def _read_weights(self, dxo: DXO, global_model: dict) -> str | None:
+        """Check (and, in subclasses, decode) ``dxo.data`` in place; returns why it is unusable, or None."""
+        expected = {k: np.shape(v) for k, v in global_model[ModelLearnableKey.WEIGHTS].items()}
+        return wire.check_weights(dxo.data, expected)
 
     @staticmethod
     def _with_bank_data(dxo: DXO, n_samples: int, global_meta: dict) -> tuple[_Contribution | None, str]:
@@ -104,12 +108,12 @@ class OmniFMAggregator(Aggregator):
             raise RuntimeError(msg)
         global_model = fl_ctx.get_prop(AppConstants.GLOBAL_MODEL)
         meta = dict(global_model[ModelLearnableKey.META])
-        uploads = [c.upload for c in self._accepted.values()]
+        uploads = [self._accepted[site].upload for site in sorted(self._accepted)]
         try:
             spec = meta.get(wire.SPEC)
             if not isinstance(spec, dict):
-                raise ValueError(f"the global model's meta has no {wire.SPEC}: use omnifm.fl.persistor.OmniFMPersistor")
-            weights, meta = server_round(spec, global_model[ModelLearnableKey.WEIGHTS], meta, uploads)
+                raise ValueError(f"the global model's meta has no {wire.SPEC}: use an OmniFM persistor")
+            weights, meta = self._combine(spec, global_model[ModelLearnableKey.WEIGHTS], meta, uploads, fl_ctx)
         except ValueError as err:
             msg = f"round {current}: the accepted contributions cannot be combined: {err}"
             self.system_panic(msg, fl_ctx)
@@ -122,6 +126,12 @@ class OmniFMAggregator(Aggregator):
             self.log_info(fl_ctx, f"round {current}: algorithm state for the next round {sizes}")
         self._log_sites(fl_ctx, current)
         return DXO(data_kind=DataKind.WEIGHTS, data=weights, meta=meta).to_shareable()
+
+    def _combine(
+        self, spec: dict, global_weights: dict, meta: dict, uploads: list[Upload], fl_ctx: FLContext
+    ) -> tuple[dict, dict]:
+        """The next global weights and meta (subclasses change how weights are combined)."""
+        return server_round(spec, global_weights, meta, uploads)
 
     def _log_sites(self, fl_ctx: FLContext, current: int) -> None:
         for site in sorted(self._accepted):
