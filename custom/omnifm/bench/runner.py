@@ -1,0 +1,270 @@
+"""One benchmark run in-process: the FLARE round protocol without FLARE.
+
+The loop is the one :mod:`omnifm.algorithms.server` documents and the FLARE components run:
+``initial_global`` (the persistor), per site ``SiteTrainer.load_global`` + ``train_round`` +
+``RoundResult.to_upload`` (the executor), ``server_round`` (the aggregator). Sites run one after
+another in sorted order. After each round's aggregation every site loads the new global weights
+and evaluates the model it would use (global shared part + its personal parts, as
+``GlobalModelEval`` does after the last round); that is the round's Dice. ``dice_local`` is the
+site's model right after local training (before aggregation), as the executor logs it.
+
+Bytes are the fp32 numeric payload (4 bytes per number): up = shared weights (incl. SCAFFOLD's
+control deltas) + prototypes + prototype counts + retrieval ids/counts + algorithm extras; down =
+global weights + knowledge bank + algorithm server state. The run spec and the per-round metrics
+the executor also sends (a few hundred bytes) are not counted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import re
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from omnifm.algorithms import BANK, STATE, get_algorithm, initial_global, make_run_spec, server_round
+from omnifm.bench.record import payload_bytes
+from omnifm.bench.settings import DataConfig, load_federation
+from omnifm.data.site import SiteData
+from omnifm.engine import Retriever, SiteTrainer, TrainConfig, evaluate_volumes
+from omnifm.engine.central import train_central
+from omnifm.knowledge import KnowledgeBank
+from omnifm.task import SegTask
+
+Progress = Callable[[str], None]
+DICE_KEYS = ("dice", "dice_WT", "dice_TC", "dice_ET")
+_QUIET = logging.getLogger("omnifm.bench.site")
+_QUIET.setLevel(logging.WARNING)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything that defines one run (identical budget for every algorithm of a grid).
+
+    Args:
+        algorithm: registry name (see :data:`omnifm.algorithms.ALGORITHMS`).
+        setting: data setting (see :data:`omnifm.bench.settings.SETTINGS`).
+        seed: model init, data order, phantom and split seed.
+        rounds: federated rounds (``central``: the same number of passes of ``local_epochs``).
+        data: federation size.
+        train: :class:`~omnifm.engine.TrainConfig` arguments except ``seed``.
+        spec_args: :func:`~omnifm.algorithms.make_run_spec` arguments except algorithm and seed.
+        bank_args: :class:`~omnifm.knowledge.KnowledgeBank` arguments.
+        group: ``main``, ``ablation`` or ``sensitivity`` (how the report groups it).
+        label: name in tables (default: the algorithm).
+    """
+
+    algorithm: str
+    setting: str
+    seed: int
+    rounds: int
+    data: DataConfig = field(default_factory=DataConfig)
+    train: dict[str, Any] = field(default_factory=dict)
+    spec_args: dict[str, Any] = field(default_factory=dict)
+    bank_args: dict[str, Any] = field(default_factory=dict)
+    group: str = "main"
+    label: str = ""
+
+    def __post_init__(self) -> None:
+        get_algorithm(self.algorithm)
+        if self.rounds < 1:
+            raise ValueError(f"rounds must be >= 1, got {self.rounds!r}")
+        if not self.label:
+            object.__setattr__(self, "label", self.algorithm)
+
+    @property
+    def run_id(self) -> str:
+        raw = f"{self.group}__{self.label}__{self.setting}__seed{self.seed}"
+        return re.sub(r"[^A-Za-z0-9_.=-]+", "-", raw)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "data": self.data.to_dict(), "run_id": self.run_id}
+
+    def spec(self) -> dict[str, Any]:
+        return make_run_spec(algorithm=self.algorithm, seed=self.seed, **self.spec_args)
+
+    def train_config(self) -> TrainConfig:
+        return TrainConfig(seed=self.seed, **self.train)
+
+
+def run_one(config: RunConfig, cache_dir: str | Path, progress: Progress | None = None) -> dict[str, Any]:
+    """Run one configuration and return its record (config, sites, per-round metrics, timings).
+
+    Args:
+        config: the run.
+        cache_dir: where the phantom federations are written (reused across runs).
+        progress: called with one line per round (default: silent).
+    """
+    progress = progress or (lambda line: None)
+    start = time.perf_counter()
+    spec = config.spec()
+    sites, summary = load_federation(config.setting, config.data, config.seed, cache_dir, SegTask.from_dict(spec["task"]))
+    data_s = time.perf_counter() - start
+    if get_algorithm(config.algorithm).federated:
+        rounds = _federated(config, spec, sites, progress)
+    else:
+        rounds = _central(config, spec, sites, progress)
+    return {
+        "run_id": config.run_id,
+        "config": config.to_dict(),
+        "spec": spec,
+        "sites": summary,
+        "rounds": rounds,
+        "final": rounds[-1]["sites"],
+        "data_s": data_s,
+        "wall_s": time.perf_counter() - start,
+    }
+
+
+# ---- federated -----------------------------------------------------------------------------
+def _federated(config: RunConfig, spec: dict, sites: dict[str, SiteData], progress: Progress) -> list[dict[str, Any]]:
+    device = torch.device("cpu")
+    trainers = {
+        name: SiteTrainer(spec, config.train_config(), data.train, data.val, device=device, logger=_QUIET)
+        for name, data in sorted(sites.items())
+    }
+    weights, meta = initial_global(spec, config.bank_args)
+    history = []
+    for round_num in range(config.rounds):
+        weights, meta, record = _round(config, spec, trainers, weights, meta, round_num)
+        history.append(record)
+        progress(_round_line(config, record))
+    return history
+
+
+def _round(
+    config: RunConfig, spec: dict, trainers: dict[str, SiteTrainer], weights: dict, meta: dict, round_num: int
+) -> tuple[dict, dict, dict[str, Any]]:
+    start = time.perf_counter()
+    bank, server_state = _bank(meta), meta.get(STATE)
+    down = payload_bytes(weights) + payload_bytes(meta.get(BANK)) + payload_bytes(server_state)
+    uploads, sites = [], {}
+    for name, trainer in trainers.items():
+        upload, sites[name] = _site_round(config, name, trainer, weights, bank, server_state, round_num)
+        sites[name]["bytes_down"] = down
+        uploads.append(upload)
+    t0 = time.perf_counter()
+    weights, meta = server_round(spec, weights, meta, uploads)
+    aggregate_s = time.perf_counter() - t0
+    _evaluate_after(trainers, weights, _bank(meta), sites)
+    record = {"round": round_num, "aggregate_s": aggregate_s, "round_s": time.perf_counter() - start, "sites": sites,
+              "bank_size": len(_bank(meta)) if meta.get(BANK) else 0}
+    return weights, meta, record
+
+
+def _site_round(
+    config: RunConfig, name: str, trainer: SiteTrainer, weights: dict, bank: KnowledgeBank | None,
+    server_state: dict | None, round_num: int,
+) -> tuple[Any, dict[str, Any]]:
+    """What the FLARE executor does for one ``train`` task: load, train, evaluate the local model, upload."""
+    trainer.load_global(_to_torch(weights))
+    t0 = time.perf_counter()
+    result = trainer.train_round(bank, round_num, server_state)
+    train_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    local = trainer.evaluate(bank)
+    upload = result.to_upload(name)
+    return upload, {
+        "dice_local": local["dice"],
+        "bytes_up": _upload_bytes(upload, result.prototype_counts),
+        "train_s": train_s,
+        "eval_s": time.perf_counter() - t0,
+        "n_samples": result.n_samples,
+        "step_ms": 1000 * train_s / _steps(config, result.n_samples),
+        **_retrieval_timing(trainer, bank),
+    }
+
+
+def _evaluate_after(trainers: dict[str, SiteTrainer], weights: dict, bank: KnowledgeBank | None, sites: dict) -> None:
+    """The model each site would use now: new global shared part + its personal parts."""
+    for name, trainer in trainers.items():
+        t0 = time.perf_counter()
+        trainer.load_global(_to_torch(weights))
+        scores = trainer.evaluate(bank)
+        sites[name].update({k: scores[k] for k in DICE_KEYS})
+        sites[name]["eval_s"] += time.perf_counter() - t0
+
+
+def _to_torch(weights: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+    return {k: torch.as_tensor(np.asarray(v, dtype=np.float32)) for k, v in weights.items()}
+
+
+def _bank(meta: dict) -> KnowledgeBank | None:
+    return KnowledgeBank.from_plain(meta[BANK]) if meta.get(BANK) else None
+
+
+def _upload_bytes(upload: Any, prototype_counts: torch.Tensor) -> int:
+    retrievals = 2 * len(upload.retrievals)  # ids and counts
+    return (
+        payload_bytes(upload.weights) + payload_bytes(upload.prototypes) + payload_bytes(prototype_counts)
+        + retrievals * 4 + payload_bytes(upload.extras)
+    )
+
+
+def _steps(config: RunConfig, n_samples: int) -> int:
+    train = config.train_config()
+    return max(1, train.local_epochs * math.ceil(n_samples / train.batch_size))
+
+
+def _retrieval_timing(trainer: SiteTrainer, bank: KnowledgeBank | None, repeats: int = 20) -> dict[str, float]:
+    """Median time of retrieving for one training batch from this round's bank (ms); {} without a bank."""
+    if bank is None or len(bank) == 0 or not trainer.algorithm.uses_bank:
+        return {}
+    n = min(trainer.config.batch_size, len(trainer.dataset))
+    images = torch.stack([trainer.dataset[i]["image"] for i in range(n)])
+    with torch.no_grad():
+        token = trainer.model.spectral_token(images)
+    retriever = Retriever(bank, trainer.spec["top_k"], trainer.algorithm.retrieval)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        retriever(token)
+        times.append(time.perf_counter() - t0)
+    return {"retrieval_ms": 1000 * statistics.median(times)}
+
+
+def _round_line(config: RunConfig, record: dict[str, Any]) -> str:
+    dice = [m["dice"] for m in record["sites"].values()]
+    shown = " ".join(f"{s}={m['dice']:.3f}" for s, m in record["sites"].items())
+    return (
+        f"[{config.run_id}] round {record['round'] + 1}/{config.rounds}: mean Dice {np.nanmean(dice):.3f} ({shown}) "
+        f"{record['round_s']:.1f}s"
+    )
+
+
+# ---- central (pooled reference) --------------------------------------------------------------
+def _central(config: RunConfig, spec: dict, sites: dict[str, SiteData], progress: Progress) -> list[dict[str, Any]]:
+    """:func:`~omnifm.engine.central.train_central` on the pooled training cases; Dice on each site's own validation cases."""
+    device, task = torch.device("cpu"), SegTask.from_dict(spec["task"])
+    history: list[dict[str, Any]] = []
+    clock = [time.perf_counter()]
+
+    def on_round(round_num: int, trainer: SiteTrainer) -> None:
+        train_s = time.perf_counter() - clock[0]
+        n_samples = len(trainer.dataset)
+        record_sites = {}
+        for name, data in sorted(sites.items()):
+            t0 = time.perf_counter()
+            scores = evaluate_volumes(trainer.model, data.val, device, None, task)
+            record_sites[name] = {
+                **{k: scores[k] for k in DICE_KEYS}, "dice_local": scores["dice"], "bytes_up": 0, "bytes_down": 0,
+                "train_s": train_s, "eval_s": time.perf_counter() - t0, "n_samples": n_samples,
+                "step_ms": 1000 * train_s / _steps(config, n_samples),
+            }
+        record = {"round": round_num, "aggregate_s": 0.0, "round_s": time.perf_counter() - clock[0],
+                  "sites": record_sites, "bank_size": 0}
+        history.append(record)
+        progress(_round_line(config, record))
+        clock[0] = time.perf_counter()
+
+    train_volumes = [data.train for _, data in sorted(sites.items())]
+    train_central(spec, config.train_config(), train_volumes, config.rounds, device=device, logger=_QUIET, on_round=on_round)
+    return history

@@ -1,0 +1,236 @@
+"""The benchmark's data settings: which phantom cases each simulated site holds.
+
+Every setting goes through the same loading code as a FLARE site (:func:`omnifm.data.site.load_site_data`:
+datalist, integrity gate, per-modality normalisation, train/val split), so a benchmark site sees
+exactly the arrays a simulated FLARE client would see.
+
+- ``cross-modality``: site ``k`` images modality ``k`` of :data:`omnifm.data.phantom.SITE_MODALITIES`
+  (T1, T2, CT, ...) -- the same config the job's simulator fallback uses
+  (:func:`omnifm.data.site.simulator_config`), so FLARE and in-process runs share their data.
+- ``same-modality``: the control; every site images T1, each with its own acquisition (sequence
+  timing, bias field, noise, slice thickness) and its own anatomy draws.
+- ``same-modality-t2``: the same control with T2 (the modality in which the phantom's tumour is
+  most visible; T1 is the hardest one, so the T1 control alone can be too hard to show anything).
+- ``dirichlet``: cross-modality sites with a label and size skew. Site sizes are drawn from
+  ``Dirichlet(alpha)`` over the pooled ``sites x cases`` case budget (at least ``min_cases`` each)
+  and each site's tumour-presence fraction from ``Dirichlet(alpha, alpha)`` (i.e. ``Beta``). Each
+  site picks that many tumour / tumour-free cases from a larger phantom pool rendered in its own
+  modality. Every site keeps at least one tumour case in training and one in validation (else its
+  Dice is undefined); the achieved sizes and fractions are reported, not only the drawn ones.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from omnifm.data.loading import split_cases
+from omnifm.data.phantom import read_phantom_manifest, write_phantom_site
+from omnifm.data.site import BRATS_LABEL_MAP, SiteData, load_site_data, simulator_config, site_index
+from omnifm.data.site_config import SiteConfig, parse_site_config
+from omnifm.task import SegTask
+from omnifm.validation import check_int, check_range
+
+SETTINGS = ("cross-modality", "same-modality", "dirichlet", "same-modality-t2")
+_SAME_MODALITY = {"same-modality": "t1", "same-modality-t2": "t2"}
+DIRICHLET_DATALIST = "datalist_dirichlet.json"
+_DIRICHLET_STREAM = 5  # seed-sequence tag: independent of the phantom's own random streams
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Size of the simulated federation (identical for every algorithm of a grid).
+
+    Args:
+        sites: number of sites.
+        cases: cases per site (the pooled budget is ``sites * cases`` for ``dirichlet``).
+        shape: phantom volume size ``(H, W, D)``.
+        val_fraction: each site's validation share.
+        alpha: Dirichlet concentration of the ``dirichlet`` setting.
+        min_cases: smallest site of the ``dirichlet`` setting.
+        pool_factor: ``dirichlet`` renders ``pool_factor * size`` candidate cases per site.
+    """
+
+    sites: int = 3
+    cases: int = 12
+    shape: tuple[int, int, int] = (32, 32, 16)
+    val_fraction: float = 0.25
+    alpha: float = 0.5
+    min_cases: int = 4
+    pool_factor: int = 6
+
+    def __post_init__(self) -> None:
+        check_int("sites", self.sites)
+        check_int("cases", self.cases, 2)
+        check_range("val_fraction", self.val_fraction, 0, 1, low_open=True, high_open=True)
+        check_range("alpha", self.alpha, 0, low_open=True)
+        check_int("min_cases", self.min_cases, 2)
+        check_int("pool_factor", self.pool_factor, 1)
+        if self.min_cases > self.cases:
+            raise ValueError(f"min_cases ({self.min_cases}) must be <= cases ({self.cases})")
+        if len(self.shape) != 3:
+            raise ValueError(f"shape must be (H, W, D), got {self.shape!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "shape": list(self.shape)}
+
+
+def check_setting(setting: str) -> str:
+    """Return ``setting`` if it is one of :data:`SETTINGS`; the error lists them."""
+    if setting not in SETTINGS:
+        raise ValueError(f"unknown setting {setting!r}; choose one of {list(SETTINGS)}")
+    return setting
+
+
+def site_names(sites: int) -> list[str]:
+    """``site-1``, ``site-2``, ... (the FLARE simulator's names; they fix each site's modality)."""
+    return [f"site-{i + 1}" for i in range(check_int("sites", sites))]
+
+
+def load_federation(
+    setting: str, data: DataConfig, seed: int, root: str | Path, task: SegTask
+) -> tuple[dict[str, SiteData], dict[str, dict[str, Any]]]:
+    """Write (or reuse) a setting's phantom under ``root`` and load every site like a FLARE client.
+
+    Args:
+        setting: one of :data:`SETTINGS`.
+        data: federation size.
+        seed: phantom, split and (for ``dirichlet``) skew seed.
+        root: cache folder; each setting and seed gets its own sub-folder.
+        task: the federation's classes and regions.
+
+    Returns:
+        ``({site: SiteData}, {site: summary})`` where a summary holds the site's modality, train /
+        val case counts and tumour-case counts (safe to log).
+    """
+    workspace = Path(root) / check_setting(setting) / f"seed-{check_int('seed', seed, 0)}"
+    configs = _site_configs(setting, data, seed, workspace)
+    loaded = {site: load_site_data(config, workspace, site, task) for site, config in configs.items()}
+    return loaded, {site: _summary(configs[site], loaded[site]) for site in loaded}
+
+
+def _site_configs(setting: str, data: DataConfig, seed: int, workspace: Path) -> dict[str, SiteConfig]:
+    configs = {
+        site: simulator_config(site, data.cases, tuple(data.shape), data.val_fraction, seed)
+        for site in site_names(data.sites)
+    }
+    if setting in _SAME_MODALITY:
+        modality = _SAME_MODALITY[setting]
+        return {site: dataclasses.replace(config, modalities=(modality,)) for site, config in configs.items()}
+    if setting == "dirichlet":
+        plan = dirichlet_plan(data.sites, data.cases, data.alpha, seed, data.min_cases)
+        return {
+            site: _dirichlet_site(site, config.modalities[0], size, fraction, data, seed, workspace)
+            for (site, config), (size, fraction) in zip(configs.items(), plan)
+        }
+    return configs
+
+
+def dirichlet_plan(sites: int, cases: int, alpha: float, seed: int, min_cases: int = 4) -> list[tuple[int, float]]:
+    """Site sizes and tumour-presence fractions of the ``dirichlet`` setting.
+
+    Sizes: ``min_cases`` each plus a multinomial split of the remaining ``sites * (cases - min_cases)``
+    cases with probabilities drawn from ``Dirichlet(alpha * 1)``; they sum to ``sites * cases``.
+    Fractions: the first component of ``Dirichlet(alpha, alpha)`` per site.
+
+    Raises:
+        ValueError: ``min_cases > cases`` or a non-positive ``alpha``.
+    """
+    check_int("sites", sites)
+    check_range("alpha", alpha, 0, low_open=True)
+    if check_int("min_cases", min_cases) > check_int("cases", cases):
+        raise ValueError(f"min_cases ({min_cases}) must be <= cases ({cases})")
+    rng = np.random.default_rng([_DIRICHLET_STREAM, check_int("seed", seed, 0)])
+    shares = rng.dirichlet([alpha] * sites)
+    sizes = min_cases + rng.multinomial(sites * (cases - min_cases), shares)
+    fractions = rng.dirichlet([alpha, alpha], size=sites)[:, 0]
+    return [(int(n), float(f)) for n, f in zip(sizes, fractions)]
+
+
+def pick_cases(
+    tumour_free: list[bool], size: int, fraction: float, val_fraction: float, seed: int
+) -> list[int]:
+    """Pool indices for one ``dirichlet`` site, ordered so its split has a tumour case on both sides.
+
+    Args:
+        tumour_free: per pool case, whether it has no tumour.
+        size: cases wanted (>= 2).
+        fraction: wanted share of tumour cases; at least 2 tumour cases are always taken, and
+            missing tumour-free cases are replaced by tumour cases.
+        val_fraction: the site's validation share (the split is :func:`~omnifm.data.loading.split_cases`).
+        seed: split and shuffle seed.
+
+    Raises:
+        ValueError: the pool has fewer than ``size`` cases or fewer than 2 tumour cases.
+    """
+    tumour = [i for i, free in enumerate(tumour_free) if not free]
+    free = [i for i, f in enumerate(tumour_free) if f]
+    if check_int("size", size, 2) > len(tumour_free) or len(tumour) < 2:
+        raise ValueError(f"pool of {len(tumour_free)} cases ({len(tumour)} with tumour) cannot give {size} cases")
+    n_free = min(size - min(max(round(fraction * size), 2), size), len(free))
+    n_tumour = size - n_free
+    if n_tumour > len(tumour):
+        raise ValueError(f"pool has {len(tumour)} tumour cases, {n_tumour} needed; raise pool_factor")
+    train_idx, val_idx = split_cases(size, val_fraction, seed)
+    rng = np.random.default_rng([_DIRICHLET_STREAM, seed, size])
+    rest = list(tumour[2:n_tumour]) + list(free[:n_free])
+    rng.shuffle(rest)
+    order: list[int | None] = [None] * size
+    order[val_idx[0]], order[train_idx[0]] = tumour[0], tumour[1]
+    slots = iter(rest)
+    return [slot if slot is not None else next(slots) for slot in order]
+
+
+def _dirichlet_site(
+    site: str, modality: str, size: int, fraction: float, data: DataConfig, seed: int, workspace: Path
+) -> SiteConfig:
+    pool_dir = workspace / "dirichlet_pool" / site
+    pool = max(data.pool_factor * size, size)
+    entries = write_phantom_site(pool_dir, modality, pool, seed, tuple(data.shape), site_index(site))
+    flags = [bool(c["tumour_free"]) for c in read_phantom_manifest(pool_dir)["cases"]]
+    chosen = pick_cases(flags, size, fraction, data.val_fraction, seed)
+    datalist = {"cases": [_relative(entries[i], pool_dir) for i in chosen]}
+    _write_if_changed(pool_dir / DIRICHLET_DATALIST, datalist)
+    raw = {
+        "format": "nifti",
+        "data_root": str(pool_dir),
+        "datalist": DIRICHLET_DATALIST,
+        "modalities": [modality],
+        "label_map": BRATS_LABEL_MAP,
+        "split": {"val_fraction": data.val_fraction, "seed": seed},
+    }
+    return parse_site_config(raw, pool_dir)
+
+
+def _relative(entry: dict[str, str], folder: Path) -> dict[str, str]:
+    return {
+        "id": entry["id"],
+        "image": str(Path(entry["image"]).relative_to(folder)),
+        "label": str(Path(entry["label"]).relative_to(folder)),
+        "modality": entry["modality"],
+    }
+
+
+def _write_if_changed(path: Path, payload: dict[str, Any]) -> None:
+    """Keep the file (and its mtime, part of the site-data cache key) when nothing changed."""
+    text = json.dumps(payload, indent=1)
+    if not path.is_file() or path.read_text() != text:
+        path.write_text(text)
+
+
+def _summary(config: SiteConfig, data: SiteData) -> dict[str, Any]:
+    def tumours(volumes: list[dict[str, np.ndarray]]) -> int:
+        return sum(bool((v["label"] > 0).any()) for v in volumes)
+
+    return {
+        "modality": "+".join(config.modalities),
+        "train_cases": len(data.train),
+        "val_cases": len(data.val),
+        "train_tumour_cases": tumours(data.train),
+        "val_tumour_cases": tumours(data.val),
+    }

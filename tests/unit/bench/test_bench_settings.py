@@ -1,0 +1,96 @@
+"""Data settings of the benchmark: Dirichlet skew, case picking, federation loading."""
+
+from __future__ import annotations
+
+import pytest
+
+from omnifm.bench.settings import SETTINGS, DataConfig, check_setting, dirichlet_plan, load_federation, pick_cases
+from omnifm.data.loading import split_cases
+from omnifm.task import SegTask
+
+
+@pytest.mark.parametrize("sites, cases, alpha, seed", [(3, 12, 0.5, 0), (4, 6, 0.5, 1), (2, 10, 100.0, 2)])
+def test_dirichlet_plan_keeps_the_pooled_budget(sites, cases, alpha, seed):
+    plan = dirichlet_plan(sites, cases, alpha, seed, min_cases=3)
+    assert len(plan) == sites
+    assert sum(n for n, _ in plan) == sites * cases
+    assert all(n >= 3 and 0.0 <= f <= 1.0 for n, f in plan)
+    assert plan == dirichlet_plan(sites, cases, alpha, seed, min_cases=3), "deterministic per seed"
+
+
+def test_small_alpha_skews_more_than_large_alpha():
+    def spread(alpha: float) -> float:
+        sizes = [n for seed in range(20) for n, _ in dirichlet_plan(3, 12, alpha, seed, min_cases=2)]
+        return max(sizes) - min(sizes)
+
+    assert spread(0.5) > spread(1000.0)
+    fractions = [f for seed in range(20) for _, f in dirichlet_plan(3, 12, 0.5, seed)]
+    assert min(fractions) < 0.1 and max(fractions) > 0.9, "Beta(0.5, 0.5) is U-shaped"
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"sites": 3, "cases": 2, "alpha": 0.5, "seed": 0, "min_cases": 4}, "min_cases (4) must be <= cases (2)"),
+        ({"sites": 3, "cases": 8, "alpha": 0.0, "seed": 0}, "alpha"),
+        ({"sites": 0, "cases": 8, "alpha": 0.5, "seed": 0}, "sites"),
+    ],
+)
+def test_dirichlet_plan_rejects_bad_arguments(kwargs, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        dirichlet_plan(**kwargs)
+
+
+@pytest.mark.parametrize("size, fraction", [(4, 0.0), (8, 0.5), (10, 1.0), (6, 0.01)])
+def test_pick_cases_puts_a_tumour_case_on_both_sides_of_the_split(size, fraction):
+    flags = [i % 3 == 0 for i in range(40)]  # every third pool case is tumour-free
+    chosen = pick_cases(flags, size, fraction, 0.25, seed=3)
+    assert len(chosen) == size == len(set(chosen))
+    train, val = split_cases(size, 0.25, 3)
+    assert any(not flags[chosen[i]] for i in val) and any(not flags[chosen[i]] for i in train)
+    n_free = sum(flags[i] for i in chosen)
+    assert n_free == min(size - max(round(fraction * size), 2), sum(flags))
+
+
+def test_pick_cases_needs_tumour_cases():
+    with pytest.raises(ValueError, match="cannot give 4 cases"):
+        pick_cases([True] * 10 + [False], 4, 0.5, 0.25, 0)
+
+
+def test_data_config_and_setting_checks():
+    with pytest.raises(ValueError, match="min_cases"):
+        DataConfig(cases=3, min_cases=4)
+    with pytest.raises(ValueError, match="unknown setting 'iid'"):
+        check_setting("iid")
+    assert DataConfig(shape=(16, 16, 4)).to_dict()["shape"] == [16, 16, 4]
+
+
+@pytest.fixture(scope="module")
+def federations(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bench_cache")
+    data = DataConfig(sites=3, cases=4, shape=(16, 16, 8), min_cases=2, pool_factor=4)
+    task = SegTask.from_dict(None)
+    return {s: load_federation(s, data, 0, root, task) for s in SETTINGS}
+
+
+def test_settings_give_the_promised_modalities(federations):
+    modalities = {s: [v["modality"] for _, v in sorted(summary.items())] for s, (_, summary) in federations.items()}
+    assert modalities == {
+        "cross-modality": ["t1", "t2", "ct"], "same-modality": ["t1", "t1", "t1"], "dirichlet": ["t1", "t2", "ct"],
+        "same-modality-t2": ["t2", "t2", "t2"],
+    }
+
+
+def test_cross_modality_matches_the_simulator_fallback_data(federations, tmp_path):
+    from omnifm.data.site import load_site_data, simulator_config
+
+    sites, _ = federations["cross-modality"]
+    config = simulator_config("site-2", 4, (16, 16, 8), 0.25, 0)
+    flare = load_site_data(config, tmp_path, "site-2", SegTask.from_dict(None))
+    assert [c["image"].tobytes() for c in flare.train] == [c["image"].tobytes() for c in sites["site-2"].train]
+
+
+def test_dirichlet_sites_sum_to_the_budget_and_keep_tumours_in_val(federations):
+    _, summary = federations["dirichlet"]
+    assert sum(v["train_cases"] + v["val_cases"] for v in summary.values()) == 3 * 4
+    assert all(v["val_tumour_cases"] >= 1 and v["train_tumour_cases"] >= 1 for v in summary.values())
