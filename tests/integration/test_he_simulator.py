@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
 import subprocess
 import sys
@@ -17,31 +16,9 @@ pytest.importorskip("tenseal")
 
 from omnifm.fl.he_persistor import ENCRYPTED_MODEL_FILE  # noqa: E402
 from omnifm.knowledge import KnowledgeBank  # noqa: E402
+from test_simulator import SITES, _shrink, _simulate  # noqa: E402  (same folder)
 
 JOB = Path(__file__).resolve().parents[2] / "jobs" / "omnifm_seg_he"
-SITES = ["site-1", "site-2"]
-
-
-def shrink_job(job: Path, algorithm: str = "omnifm", rounds: int = 2) -> None:
-    """Model-zoo style overrides: same components, 2 sites, fewer rounds and voxels, 1 epoch."""
-    meta = json.loads((job / "meta.json").read_text())
-    meta["deploy_map"] = {"app": ["server", *SITES]}
-    (job / "meta.json").write_text(json.dumps(meta))
-    server_path = job / "app/config/config_fed_server.json"
-    server = json.loads(server_path.read_text())
-    server.update({"num_rounds": rounds, "min_clients": len(SITES), "algorithm": algorithm})
-    server_path.write_text(json.dumps(server))
-    client_path = job / "app/config/config_fed_client.json"
-    client = json.loads(client_path.read_text())
-    client["executors"][0]["executor"]["args"].update(
-        {"local_epochs": 1, "phantom_cases": 6, "phantom_shape": [32, 32, 8]}
-    )
-    client_path.write_text(json.dumps(client))
-
-
-def run_simulator(job: Path, workspace: Path) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "nvflare.cli", "simulator", str(job), "-w", str(workspace)]
-    return subprocess.run(cmd, cwd=job.parent, capture_output=True, text=True, timeout=900, env=dict(os.environ))
 
 
 @pytest.mark.he
@@ -49,12 +26,12 @@ def run_simulator(job: Path, workspace: Path) -> subprocess.CompletedProcess:
 def test_he_job_trains_persists_encrypted_and_evaluates(tmp_path):
     job = tmp_path / "omnifm_seg_he"
     shutil.copytree(JOB, job)
-    shrink_job(job)
+    _shrink(job, "omnifm")
     workspace = tmp_path / "ws"
     tool = subprocess.run([sys.executable, "-m", "omnifm.tools.he_context", str(workspace / "startup")],
                           capture_output=True, text=True, timeout=120)
     assert tool.returncode == 0, tool.stderr
-    proc = run_simulator(job, workspace)
+    proc = _simulate(job, workspace)
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log[-4000:]
 
@@ -80,8 +57,8 @@ def test_he_job_trains_persists_encrypted_and_evaluates(tmp_path):
 def test_he_job_without_context_files_fails_with_the_missing_file_named(tmp_path):
     job = tmp_path / "omnifm_seg_he"
     shutil.copytree(JOB, job)
-    shrink_job(job, rounds=1)
-    proc = run_simulator(job, tmp_path / "ws")
+    _shrink(job, "omnifm", rounds=1)
+    proc = _simulate(job, tmp_path / "ws")
     log = proc.stdout + proc.stderr
     assert "Cannot load tenseal_context server_context.tenseal" in log
     assert "omnifm-he-context <workspace>/startup" in log, "the failure names the fix"

@@ -19,14 +19,14 @@ JOB = Path(__file__).resolve().parents[2] / "jobs" / "omnifm_seg"
 SITES = ["site-1", "site-2"]
 
 
-def _shrink(job: Path, algorithm: str) -> None:
+def _shrink(job: Path, algorithm: str, rounds: int = 2) -> None:
     """Model-zoo style overrides: same components, fewer rounds, sites and voxels."""
     meta = json.loads((job / "meta.json").read_text())
     meta["deploy_map"] = {"app": ["server", *SITES]}
     (job / "meta.json").write_text(json.dumps(meta))
     server_path = job / "app/config/config_fed_server.json"
     server = json.loads(server_path.read_text())
-    server.update({"num_rounds": 2, "min_clients": len(SITES), "algorithm": algorithm})
+    server.update({"num_rounds": rounds, "min_clients": len(SITES), "algorithm": algorithm})
     server_path.write_text(json.dumps(server))
     client_path = job / "app/config/config_fed_client.json"
     client = json.loads(client_path.read_text())
