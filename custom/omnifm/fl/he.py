@@ -21,6 +21,7 @@ from nvflare.lighter.constants import ProvFileName
 from nvflare.lighter.impl.he import HEBuilder
 
 from omnifm.algorithms import ALGORITHMS, Algorithm, get_algorithm
+from omnifm.fl import wire
 
 SHAPES = "omnifm_shapes"
 """DXO meta key: ``{name: [dims]}`` of the shared weights (CKKS vectors are flat)."""
@@ -115,11 +116,11 @@ def shapes_of(weights: dict[str, np.ndarray]) -> dict[str, list[int]]:
 
 def check_encrypted(weights: Any, shapes: dict[str, list[int]]) -> str | None:
     """Why encrypted weights cannot be summed with the global model's, or None if they can."""
-    if not isinstance(weights, dict) or not weights:
+    if not weights:
         return "no weights in the contribution"
-    missing, extra = set(shapes) - set(weights), set(weights) - set(shapes)
-    if missing or extra:
-        return f"parameter names differ from the global model (missing {sorted(missing)[:3]}, extra {sorted(extra)[:3]})"
+    reason = wire.check_names(weights, shapes)
+    if reason:
+        return reason
     for name, value in weights.items():
         if not isinstance(value, ts.CKKSVector):
             return f"{name} is {type(value).__name__}, not a CKKS vector: the site did not encrypt it"

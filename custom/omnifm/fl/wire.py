@@ -8,6 +8,7 @@ no tensors, numpy objects or custom classes (they would break checkpoint loading
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -48,13 +49,21 @@ def result_meta(result: RoundResult) -> dict[str, Any]:
     }
 
 
-def check_weights(weights: Any, expected: dict[str, tuple[int, ...]]) -> str | None:
-    """Why a contribution's weights cannot be averaged with the global model, or None if they can."""
+def check_names(weights: Any, expected: Mapping[str, Any]) -> str | None:
+    """Why ``weights`` is not a dict with exactly the global model's parameter names, or None."""
     if not isinstance(weights, dict) or (not weights and expected):
         return "no weights in the contribution"
     missing, extra = set(expected) - set(weights), set(weights) - set(expected)
     if missing or extra:
         return f"parameter names differ from the global model (missing {sorted(missing)[:3]}, extra {sorted(extra)[:3]})"
+    return None
+
+
+def check_weights(weights: Any, expected: dict[str, tuple[int, ...]]) -> str | None:
+    """Why a contribution's weights cannot be averaged with the global model, or None if they can."""
+    reason = check_names(weights, expected)
+    if reason:
+        return reason
     for name, value in weights.items():
         if not isinstance(value, np.ndarray):
             return f"{name} is {type(value).__name__}, expected a numpy array"
