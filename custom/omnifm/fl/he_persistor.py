@@ -14,22 +14,21 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from nvflare.apis.dxo import DXO, DataKind, MetaKey
+from nvflare.apis.dxo import MetaKey
 from nvflare.apis.fl_constant import FLContextKey
 from nvflare.apis.fl_context import FLContext
 from nvflare.app_common.abstract.model import ModelLearnable, ModelLearnableKey, make_model_learnable
-from nvflare.app_common.abstract.model_locator import ModelLocator
 from nvflare.app_common.app_constant import AppConstants
 from nvflare.app_opt.he import decomposers
 from nvflare.app_opt.he.constant import HE_ALGORITHM_CKKS
 
 from omnifm.checkpoint import atomic_torch_save
 from omnifm.fl import he, wire
+from omnifm.fl.model_locator import OmniFMModelLocator, plain_bank
 from omnifm.fl.persistor import BANK_FILE, OmniFMPersistor
 from omnifm.knowledge import KnowledgeBank
 
 ENCRYPTED_MODEL_FILE = "FL_global_model_encrypted.pt"
-GLOBAL_MODEL_NAME = "FL_global_model"
 
 
 def save_encrypted(folder: str | Path, weights: dict[str, Any], shapes: dict, spec: dict, current: int) -> Path:
@@ -110,27 +109,19 @@ class OmniFMHEPersistor(OmniFMPersistor):
         self.log_info(fl_ctx, f"saved encrypted global model (round {current}) to {folder}")
 
 
-class OmniFMHEModelLocator(ModelLocator):
+class OmniFMHEModelLocator(OmniFMModelLocator):
     """Hands ``FL_global_model_encrypted.pt`` (+ bank) to ``GlobalModelEval`` still encrypted.
 
     The DXO carries the CKKS markers in meta, so each site's ``HEModelDecryptor`` task-data filter
     decrypts it with the site's key before the executor evaluates it; the server never decrypts.
     """
 
+    model_file = ENCRYPTED_MODEL_FILE
+
     def __init__(self) -> None:
         super().__init__()
         decomposers.register()
 
-    def get_model_names(self, fl_ctx: FLContext) -> list[str]:
-        folder = Path(fl_ctx.get_prop(FLContextKey.APP_ROOT))
-        if not (folder / ENCRYPTED_MODEL_FILE).is_file():
-            self.log_error(fl_ctx, f"no {ENCRYPTED_MODEL_FILE} in the app folder: training saved no encrypted model")
-            return []
-        return [GLOBAL_MODEL_NAME]
-
-    def locate_model(self, model_name: str, fl_ctx: FLContext) -> DXO:
-        if model_name != GLOBAL_MODEL_NAME:
-            raise ValueError(f"unknown model {model_name!r}; this locator provides {GLOBAL_MODEL_NAME!r}")
-        blobs, shapes, spec, bank_state = load_encrypted(Path(fl_ctx.get_prop(FLContextKey.APP_ROOT)))
-        bank = KnowledgeBank.from_state_dict(bank_state).to_plain() if bank_state is not None else None
-        return DXO(DataKind.WEIGHTS, data=blobs, meta=encrypted_meta({wire.SPEC: spec, wire.BANK: bank}, shapes))
+    def _load(self, folder: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+        blobs, shapes, spec, bank_state = load_encrypted(folder)
+        return blobs, encrypted_meta({wire.SPEC: spec, wire.BANK: plain_bank(bank_state)}, shapes)

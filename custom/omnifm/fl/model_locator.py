@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from nvflare.apis.dxo import DXO, DataKind
 from nvflare.apis.fl_constant import FLContextKey
@@ -21,18 +22,30 @@ class OmniFMModelLocator(ModelLocator):
 
     Used with ``GlobalModelEval``: every site evaluates the final global model with its own personal
     parts, and FLARE writes the per-site results to ``cross_site_val/cross_val_results.json``.
+    Subclasses set :attr:`model_file` and :meth:`_load` (the HE job's locator hands ciphertexts on).
     """
+
+    model_file = MODEL_FILE
 
     def get_model_names(self, fl_ctx: FLContext) -> list[str]:
         folder = Path(fl_ctx.get_prop(FLContextKey.APP_ROOT))
-        if not (folder / MODEL_FILE).is_file():
-            self.log_error(fl_ctx, f"no {MODEL_FILE} in the app folder: training saved no global model")
+        if not (folder / self.model_file).is_file():
+            self.log_error(fl_ctx, f"no {self.model_file} in the app folder: training saved no global model")
             return []
         return [GLOBAL_MODEL_NAME]
 
     def locate_model(self, model_name: str, fl_ctx: FLContext) -> DXO:
         if model_name != GLOBAL_MODEL_NAME:
             raise ValueError(f"unknown model {model_name!r}; this locator provides {GLOBAL_MODEL_NAME!r}")
-        weights, spec, bank_state = load_checkpoint(Path(fl_ctx.get_prop(FLContextKey.APP_ROOT)))
-        bank = KnowledgeBank.from_state_dict(bank_state).to_plain() if bank_state is not None else None
-        return DXO(DataKind.WEIGHTS, data=wire.to_numpy(weights), meta={wire.SPEC: spec, wire.BANK: bank})
+        data, meta = self._load(Path(fl_ctx.get_prop(FLContextKey.APP_ROOT)))
+        return DXO(DataKind.WEIGHTS, data=data, meta=meta)
+
+    def _load(self, folder: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The DXO data and meta of the saved global model in ``folder``."""
+        weights, spec, bank_state = load_checkpoint(folder)
+        return wire.to_numpy(weights), {wire.SPEC: spec, wire.BANK: plain_bank(bank_state)}
+
+
+def plain_bank(bank_state: dict | None) -> dict | None:
+    """A saved bank state dict as the plain lists sites receive in meta (None when there is no bank)."""
+    return KnowledgeBank.from_state_dict(bank_state).to_plain() if bank_state is not None else None
