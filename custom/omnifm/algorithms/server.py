@@ -8,7 +8,7 @@ The round protocol (FLARE's executor/aggregator and ``omnifm.bench`` both call e
         for site, trainer in trainers.items():                   # any order: server_round sorts by site
             trainer.load_global({k: torch.as_tensor(v) for k, v in weights.items()})  # shared subset only
             bank = KnowledgeBank.from_plain(meta[BANK]) if meta[BANK] else None
-            result = trainer.train_round(bank, round_num, meta[STATE])
+            result = trainer.train_round(bank, round_num, meta[STATE], num_rounds)
             uploads.append(result.to_upload(site))              # numpy fp32 weights + plain extras
         weights, meta = server_round(spec, weights, meta, uploads)
     # evaluation: trainer.evaluate(bank) (Ditto evaluates its personal model)

@@ -167,7 +167,7 @@ def _site_round(
     """What the FLARE executor does for one ``train`` task: load, train, evaluate the local model, upload."""
     trainer.load_global(_to_torch(weights))
     t0 = time.perf_counter()
-    result = trainer.train_round(bank, round_num, server_state)
+    result = trainer.train_round(bank, round_num, server_state, num_rounds=config.rounds)
     train_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     local = trainer.evaluate(bank)

@@ -57,7 +57,7 @@ def train_central(
         raise ValueError("site_train_volumes holds no training case")
     trainer = SiteTrainer(spec, config, pooled, list(val_volumes or []), device=device, logger=logger)
     for round_num in range(rounds):
-        trainer.train_round(None, round_num)
+        trainer.train_round(None, round_num, num_rounds=rounds)
         if on_round is not None:
             on_round(round_num, trainer)
     return trainer

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,12 +28,17 @@ from omnifm.checkpoint import atomic_torch_save
 from omnifm.data import SliceDataset
 from omnifm.data.amplitude import group_mean_amplitudes, interpolate_amplitude
 from omnifm.engine.evaluate import evaluate_volumes
+from omnifm.engine.optim_state import flat_state, init_adam_state, load_flat_state
 from omnifm.engine.retrieval import Retriever
 from omnifm.engine.scaffold import ControlVariates
 from omnifm.engine.train import EpochStats, train_epoch
 from omnifm.knowledge import KnowledgeBank, summarize_tokens
 from omnifm.losses import proximal_term
 from omnifm.task import SegTask
+
+
+LR_SCHEDULES = ("cosine", "constant")
+OPTIM_PREFIX = "optim/"
 
 
 @dataclass(frozen=True)
@@ -42,7 +48,10 @@ class TrainConfig:
     Args:
         local_epochs: passes over the site's training slices per round.
         batch_size: slices per step.
-        learning_rate: Adam learning rate.
+        learning_rate: Adam learning rate at round 0 (the schedule's peak).
+        lr_schedule: ``cosine`` (decay over the job's rounds to ``min_lr_fraction * learning_rate``)
+            or ``constant``.
+        min_lr_fraction: the cosine schedule's floor, as a fraction of ``learning_rate``.
         keep_empty_fraction: fraction of tumour-free slices kept for training.
         min_prototype_count: smallest cluster a site uploads as a prototype.
         log_every: log the running loss every N steps (0: once per epoch).
@@ -52,6 +61,8 @@ class TrainConfig:
     local_epochs: int = 2
     batch_size: int = 16
     learning_rate: float = 1e-3
+    lr_schedule: str = "cosine"
+    min_lr_fraction: float = 0.05
     keep_empty_fraction: float = 0.3
     min_prototype_count: int = 8
     log_every: int = 0
@@ -63,6 +74,27 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
         if self.learning_rate <= 0:
             raise ValueError(f"learning_rate must be > 0, got {self.learning_rate!r}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
+        if not 0 <= self.min_lr_fraction <= 1:
+            raise ValueError(f"min_lr_fraction must be in [0, 1], got {self.min_lr_fraction!r}")
+
+    def round_lr(self, round_num: int, num_rounds: int | None) -> float:
+        """The learning rate of round ``round_num`` (0-based) of ``num_rounds``.
+
+        ``cosine``: ``floor + (lr - floor) * (1 + cos(pi * round_num / num_rounds)) / 2`` with
+        ``floor = min_lr_fraction * lr``; constant when ``num_rounds`` is unknown (None or < 2).
+
+        Examples::
+
+            >>> TrainConfig(learning_rate=1.0, min_lr_fraction=0.0).round_lr(1, 2)
+            0.5
+        """
+        if self.lr_schedule == "constant" or not num_rounds or num_rounds < 2:
+            return self.learning_rate
+        floor = self.min_lr_fraction * self.learning_rate
+        t = min(max(round_num, 0), num_rounds) / num_rounds
+        return floor + (self.learning_rate - floor) * 0.5 * (1.0 + math.cos(math.pi * t))
 
 
 @dataclass
@@ -102,9 +134,10 @@ class SiteTrainer:
 
     Everything a round depends on is either received (global weights, bank, server state), in
     the personal state (:meth:`personal_state`: personal parameters, buffers, Ditto's personal
-    model, SCAFFOLD's control) or seeded from ``(config.seed, round_num)``; the optimizer is new
-    every round. So a trainer kept alive and one rebuilt every round with its personal state
-    reloaded give the same results.
+    model, SCAFFOLD's control, the optimizers' Adam moments) or seeded from ``(config.seed,
+    round_num)``; the learning rate of a round follows ``config.round_lr(round_num, num_rounds)``.
+    So a trainer kept alive and one rebuilt every round with its personal state reloaded give the
+    same results.
 
     Args:
         spec: the federation's run spec (see :func:`omnifm.algorithms.make_run_spec`).
@@ -137,6 +170,11 @@ class SiteTrainer:
         self.control = (
             ControlVariates({n: params[n].shape for n in self.shared_names}) if self.algorithm.scaffold else None
         )
+        self.optimizers = {"main": torch.optim.Adam(self.model.parameters(), lr=config.learning_rate)}
+        if self.personal_model is not None:
+            self.optimizers["ditto"] = torch.optim.Adam(self.personal_model.parameters(), lr=config.learning_rate)
+        for optimizer in self.optimizers.values():
+            init_adam_state(optimizer)
         self.loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
         self.val_volumes = val_volumes
         self.task = SegTask.from_dict(spec["task"])
@@ -176,7 +214,8 @@ class SiteTrainer:
 
     def personal_state(self) -> dict[str, torch.Tensor]:
         """Everything the site keeps: personal parameters (by name), ``buffer/`` model buffers,
-        ``ditto/`` the personal model, ``control/`` SCAFFOLD's site control."""
+        ``ditto/`` the personal model, ``control/`` SCAFFOLD's site control, ``optim/<name>/`` the
+        optimizers' state (Adam moments and step counts)."""
         shared = set(self.shared_names)
         state = {n: p.detach().cpu().clone() for n, p in self.model.named_parameters() if n not in shared}
         state.update({f"buffer/{n}": b.detach().cpu().clone() for n, b in self.model.named_buffers()})
@@ -184,15 +223,21 @@ class SiteTrainer:
             state.update({f"ditto/{n}": v.detach().cpu().clone() for n, v in self.personal_model.state_dict().items()})
         if self.control is not None:
             state.update({f"control/{n}": v.clone() for n, v in self.control.client.items()})
+        for name, optimizer in self.optimizers.items():
+            state.update({f"{OPTIM_PREFIX}{name}/{k}": v for k, v in flat_state(optimizer).items()})
         return state
 
     def _set_personal(self, state: dict[str, torch.Tensor]) -> None:
         params, buffers = dict(self.model.named_parameters()), dict(self.model.named_buffers())
         ditto = self.personal_model.state_dict() if self.personal_model is not None else {}
+        optim: dict[str, dict[str, torch.Tensor]] = {name: {} for name in self.optimizers}
         with torch.no_grad():
             for key, value in state.items():
                 prefix, _, rest = key.partition("/")
-                if prefix == "buffer":
+                if prefix == "optim":
+                    name, _, entry = rest.partition("/")
+                    optim[name][entry] = value
+                elif prefix == "buffer":
                     buffers[rest].copy_(value)
                 elif prefix == "ditto":
                     ditto[rest].copy_(value)
@@ -200,6 +245,8 @@ class SiteTrainer:
                     self.control.client[rest] = value.clone()
                 else:
                     params[key].copy_(value)
+        for name, flat in optim.items():
+            load_flat_state(self.optimizers[name], flat)
 
     def save_personal(self, path: str | Path, round_num: int) -> None:
         """Atomically write the personal state (tensors + ints only: loads with weights_only)."""
@@ -229,7 +276,11 @@ class SiteTrainer:
         return evaluate_volumes(model, self.val_volumes, self.device, self._retriever(bank), self.task)
 
     def train_round(
-        self, bank: KnowledgeBank | None, round_num: int = 0, server_extras: dict[str, Any] | None = None
+        self,
+        bank: KnowledgeBank | None,
+        round_num: int = 0,
+        server_extras: dict[str, Any] | None = None,
+        num_rounds: int | None = None,
     ) -> RoundResult:
         """Local epochs on the site's data; returns shared weights, prototypes, retrieval counts and extras.
 
@@ -237,9 +288,14 @@ class SiteTrainer:
             bank: the global knowledge bank received this round (None when the algorithm has none).
             round_num: the federated round (0-based); seeds this round's data order and augmentation.
             server_extras: the server's algorithm state (``meta[STATE]``, e.g. FedDG's amplitude bank).
+            num_rounds: the job's number of rounds (the learning-rate schedule's horizon; None: constant).
         """
         anchor = {name: value.to(self.device) for name, value in self.shared_state().items()}
         retriever = self._retriever(bank)
+        lr = self.config.round_lr(round_num, num_rounds)
+        for optimizer in self.optimizers.values():
+            for group in optimizer.param_groups:
+                group["lr"] = lr
         stats = self._train_model(self.model, retriever, anchor, round_num, server_extras or {})
         if self.personal_model is not None:
             self._train_ditto(anchor, round_num)
@@ -253,16 +309,14 @@ class SiteTrainer:
             prototypes=prototypes,
             prototype_counts=counts,
             retrieval_counts=dict(retriever.counts) if retriever else {},
-            metrics=stats.means(),
+            metrics={**stats.means(), "lr": lr},
             extras=self._extras(round_num),
         )
 
     def _train_model(
         self, model: nn.Module, retriever: Retriever | None, anchor: dict, round_num: int, server_extras: dict
     ) -> EpochStats:
-        # A fresh optimizer per round: FLARE may rebuild the executor between tasks, so optimizer
-        # state would not survive anyway; doing it always keeps in-process and FLARE runs equal.
-        optimizer = torch.optim.Adam(model.parameters(), lr=self.config.learning_rate)
+        optimizer = self.optimizers["main"]  # kept across rounds (its state is personal)
         algo = self.algorithm
         align_weight = self.spec["align_weight"] if algo.uses_bank and algo.align else 0.0
         mu = self.spec["prox_mu"]
@@ -284,7 +338,7 @@ class SiteTrainer:
     def _train_ditto(self, anchor: dict[str, torch.Tensor], round_num: int) -> None:
         """Ditto: the personal model, pulled to the received global model by ``ditto_lambda / 2 ||v - w||^2``."""
         model, lam = self.personal_model, self.spec["ditto_lambda"]
-        optimizer = torch.optim.Adam(model.parameters(), lr=self.config.learning_rate)
+        optimizer = self.optimizers["ditto"]
         regularizer = lambda: proximal_term(model.named_parameters(), anchor, lam)  # noqa: E731
         loader = self._loader(round_num, stream=1)
         for epoch in range(self.config.local_epochs):

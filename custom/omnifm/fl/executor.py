@@ -106,7 +106,8 @@ class OmniFMExecutor(Executor):
             return self._validate(trainer, bank, fl_ctx)
         state = dxo.get_meta_prop(wire.STATE) or {}
         current = int(shareable.get_header(AppConstants.CURRENT_ROUND) or 0)
-        return self._run_round(trainer, bank, state, current, fl_ctx, abort_signal)
+        num_rounds = shareable.get_header(AppConstants.NUM_ROUNDS)
+        return self._run_round(trainer, bank, state, (current, num_rounds), fl_ctx, abort_signal)
 
     def _validate(self, trainer: SiteTrainer, bank: KnowledgeBank | None, fl_ctx: FLContext) -> Shareable:
         scores = trainer.evaluate(bank)
@@ -118,14 +119,16 @@ class OmniFMExecutor(Executor):
         trainer: SiteTrainer,
         bank: KnowledgeBank | None,
         state: dict,
-        current: int,
+        rounds: tuple[int, int | None],
         fl_ctx: FLContext,
         abort_signal: Signal,
     ) -> Shareable:
+        """One ``train`` task; ``rounds`` = (current round, the job's number of rounds or None)."""
         site = fl_ctx.get_identity_name()
+        current, num_rounds = rounds
         before = trainer.evaluate(bank)
         self.log_info(fl_ctx, f"round {current}: training on {site} (bank size {0 if bank is None else len(bank)})")
-        result = trainer.train_round(bank, current, state)
+        result = trainer.train_round(bank, current, state, int(num_rounds) if num_rounds else None)
         if abort_signal.triggered:
             return make_reply(ReturnCode.TASK_ABORTED)
         after = trainer.evaluate(bank)
