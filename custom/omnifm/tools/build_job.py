@@ -5,12 +5,15 @@ Example::
     omnifm-build-job jobs/omnifm_seg --out build --mode installed --sites @ALL
     omnifm-build-job jobs/omnifm_seg --out build --mode byoc --name omnifm_seg_byoc \\
         --sites hospital-a,hospital-b --min-clients 2 --num-rounds 10 --set client:executor.local_epochs=2
+    omnifm-build-job jobs/omnifm_seg --out build --mode installed --compress int8
 
 ``installed``: the job carries no ``app/custom``; every site has the ``omnifm`` package installed
 (pip or the Docker image) and allow-lists ``omnifm.`` in ``<site>/local/resources.json``.
 ``byoc``: ``app/custom/omnifm`` holds a copy of the imported ``omnifm`` package (no ``__pycache__``),
 so a site without the package runs the job; the submitter needs FLARE's BYOC right, and the site
 still needs torch, MONAI and the other dependencies.
+``--compress int8`` adds the blockwise int8 filter pair (``omnifm.fl.quantize``) in both directions
+(``docs/COMPRESSION.md``); it is refused for a job that uses homomorphic encryption.
 
 The source folder is never modified; the copy holds real files only (FLARE's job signing refuses
 symlinks) and no leftover signature files. Nothing built is committed (``build/`` is git-ignored).
@@ -30,7 +33,8 @@ from typing import Any
 
 import omnifm
 
-__all__ = ["MODES", "BuildSpec", "build_job", "build_parser", "main", "parse_assignment", "parse_sites"]
+__all__ = ["COMPRESSIONS", "MODES", "BuildSpec", "add_compression", "build_job", "build_parser", "main",
+           "parse_assignment", "parse_sites"]
 
 MODES = ("installed", "byoc")
 ALL_SITES = "@ALL"
@@ -39,6 +43,10 @@ SIGNATURE_FILES = (".__nvfl_sig.json", ".__nvfl_submitter.crt")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _COMPONENT_SECTIONS = ("components", "workflows")
 _IGNORED = shutil.ignore_patterns("__pycache__", "*.pyc", "*.pyo", *SIGNATURE_FILES)
+COMPRESSIONS = ("int8",)
+_QUANTIZE = "omnifm.fl.quantize.QuantizeWeights"
+_DEQUANTIZE = "omnifm.fl.quantize.DequantizeWeights"
+_HE_PATHS = ("omnifm.fl.he_", "nvflare.app_opt.he.")
 
 
 @dataclass
@@ -51,6 +59,7 @@ class BuildSpec:
     min_clients: int | None = None
     num_rounds: int | None = None
     overrides: list[tuple[str, str, Any]] = field(default_factory=list)
+    compress: str | None = None
 
 
 def parse_sites(text: str) -> list[str]:
@@ -181,6 +190,45 @@ def _apply(config: dict, key: str, value: Any, where: str) -> str:
     return f"{where}: {comp_id}.{arg} = {json.dumps(value)}"
 
 
+def add_compression(config: dict, side: str, kind: str = "int8") -> list[str]:
+    """Add the int8 filter pair to one side's config (``server`` or ``client``) in place; returns what changed.
+
+    Sent weights are quantized last (server: ``task_data_filters`` of ``train`` and ``validate``;
+    site: ``task_result_filters`` of ``train``); received weights are dequantized first (site:
+    ``task_data_filters``; server: ``task_result_filters``).
+
+    Raises:
+        ValueError: an unknown ``kind``, a config that already quantizes, or one that uses HE.
+    """
+    if kind not in COMPRESSIONS:
+        raise ValueError(f"--compress {kind!r} is not one of {COMPRESSIONS}")
+    paths = [c.get("path", "") for c in _components(config)]
+    if any(p.startswith(_HE_PATHS) for p in paths):
+        raise ValueError("--compress int8 cannot be added to a job with homomorphic encryption: CKKS ciphertexts "
+                         "cannot be int8-quantized (docs/COMPRESSION.md)")
+    if any(p in (_QUANTIZE, _DEQUANTIZE) for p in paths):
+        raise ValueError(f"the {side} config already has the int8 filters")
+    send = {"tasks": ["train", "validate"] if side == "server" else ["train"],
+            "filters": [{"path": _QUANTIZE, "args": {"block_size": 256}}]}
+    receive = {"tasks": ["train"] if side == "server" else ["train", "validate"],
+               "filters": [{"path": _DEQUANTIZE, "args": {}}]}
+    outgoing, incoming = "task_data_filters", "task_result_filters"  # the server sends tasks, receives results
+    sent, received = (outgoing, incoming) if side == "server" else (incoming, outgoing)
+    config[sent] = [*config.get(sent, []), send]
+    config[received] = [receive, *config.get(received, [])]
+    return [f"config_fed_{side}.json: {sent} += QuantizeWeights, {received} = DequantizeWeights + ..."]
+
+
+def _compress(app: Path, kind: str) -> list[str]:
+    changes = []
+    for side in ("server", "client"):
+        path = app / "config" / f"config_fed_{side}.json"
+        config = _read_json(path)
+        changes += [f"{app.name}/config/{c}" for c in add_compression(config, side, kind)]
+        _write_json(path, config)
+    return changes
+
+
 def _server_settings(spec: BuildSpec) -> list[tuple[str, str, Any]]:
     settings = [("server", "min_clients", spec.min_clients), ("server", "num_rounds", spec.num_rounds)]
     return [s for s in settings if s[2] is not None] + list(spec.overrides)
@@ -242,6 +290,8 @@ def build_job(source: Path, out: Path, spec: BuildSpec, force: bool = False) -> 
         for app in _apps(built, meta):
             _set_custom(app, spec.mode)
             changes += _rewrite_configs(app, spec)
+            if spec.compress:
+                changes += _compress(app, spec.compress)
         if _symlinks(built):
             raise ValueError(f"{source} yields symlinks {_symlinks(built)}; FLARE's job signing refuses them")
         _replace(target, built)
@@ -298,6 +348,8 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="[server:|client:]KEY=VALUE",
         help="set a top-level variable (num_rounds=3) or component arg (client:executor.local_epochs=1); repeatable",
     )
+    parser.add_argument("--compress", choices=COMPRESSIONS,
+                        help="add blockwise int8 compression of the weights in both directions (docs/COMPRESSION.md)")
     parser.add_argument("--force", action="store_true", help="replace an existing built job")
     return parser
 
@@ -305,7 +357,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns 0 on success, 2 on a bad option, source or existing target."""
     args = build_parser().parse_args(argv)
-    spec = BuildSpec(args.mode, args.name, args.sites, args.min_clients, args.num_rounds, args.overrides)
+    spec = BuildSpec(args.mode, args.name, args.sites, args.min_clients, args.num_rounds, args.overrides,
+                     args.compress)
     try:
         target, changes = build_job(args.job, args.out, spec, force=args.force)
     except ValueError as err:
