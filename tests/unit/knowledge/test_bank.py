@@ -13,10 +13,12 @@ import torch
 from omnifm.knowledge import KnowledgeBank
 
 DIM = 8
+# The frequency-pruning mechanics are tested with merging and age pruning off (each has its own tests).
+LEGACY = {"merge_threshold": 2.0, "max_age": 0}
 
 
 def _bank(n: int = 0, dim: int = DIM, seed: int = 0, **config) -> KnowledgeBank:
-    bank = KnowledgeBank(dim, **config)
+    bank = KnowledgeBank(dim, **{**LEGACY, **config})
     if n:
         gen = torch.Generator().manual_seed(seed)
         bank.insert(torch.randn(n, dim, generator=gen))
@@ -25,7 +27,7 @@ def _bank(n: int = 0, dim: int = DIM, seed: int = 0, **config) -> KnowledgeBank:
 
 def _evolved_bank() -> KnowledgeBank:
     """A bank with history: insertions, retrievals, pruning, projection and a cap."""
-    bank = KnowledgeBank(DIM, rho=1.5, delta=0.1, prune_window=2, max_size=6)
+    bank = KnowledgeBank(DIM, rho=1.5, delta=0.1, prune_window=2, max_size=6, **LEGACY)
     gen = torch.Generator().manual_seed(1)
     for round_ in range(4):
         ids = bank.ids.tolist()
@@ -266,7 +268,7 @@ def test_unretrieved_prototype_is_pruned_after_exactly_prune_window_rounds():
 
 
 def test_prune_threshold_is_strict_below_delta():
-    bank = KnowledgeBank(DIM, delta=0.1, prune_window=1)
+    bank = KnowledgeBank(DIM, delta=0.3, prune_window=1, **LEGACY)  # threshold 0.3 / 3 entries = 0.1
     at, below, above = bank.insert(torch.randn(3, DIM)).tolist()
     bank.record_retrievals({at: 10, below: 9, above: 81})  # frequencies 0.10, 0.09, 0.81
     assert bank.prune() == [below]
@@ -274,7 +276,7 @@ def test_prune_threshold_is_strict_below_delta():
 
 
 def test_prototype_retrieved_often_enough_is_kept_forever():
-    bank = KnowledgeBank(DIM, delta=0.2, prune_window=2)
+    bank = KnowledgeBank(DIM, delta=0.6, prune_window=2, **LEGACY)  # threshold 0.6 / 3 = 0.2
     a, b, c = bank.insert(torch.randn(3, DIM)).tolist()
     for _ in range(10):
         bank.update(None, {a: 3, b: 1, c: 1})  # each >= 0.2
@@ -282,7 +284,7 @@ def test_prototype_retrieved_often_enough_is_kept_forever():
 
 
 def test_rounds_without_retrievals_prune_nothing_and_keep_streaks():
-    bank = KnowledgeBank(DIM, delta=0.5, prune_window=2)
+    bank = KnowledgeBank(DIM, delta=0.9, prune_window=2, **LEGACY)
     used, unused = bank.insert(torch.randn(2, DIM)).tolist()
     assert bank.update(None, {used: 4})["pruned"] == 0  # streak 1
     for _ in range(5):
@@ -294,7 +296,7 @@ def test_rounds_without_retrievals_prune_nothing_and_keep_streaks():
 
 
 def test_streak_resets_when_frequency_recovers():
-    bank = KnowledgeBank(DIM, delta=0.3, prune_window=2)
+    bank = KnowledgeBank(DIM, delta=0.6, prune_window=2, **LEGACY)  # threshold 0.6 / 2 = 0.3
     a, b = bank.insert(torch.randn(2, DIM)).tolist()
     for counts in ({a: 9}, {a: 1, b: 1}, {a: 9}, {a: 1, b: 1}, {a: 9}):
         assert bank.update(None, counts)["pruned"] == 0
@@ -302,7 +304,7 @@ def test_streak_resets_when_frequency_recovers():
 
 
 def test_new_prototypes_start_with_a_clean_streak_and_no_same_round_counts():
-    bank = KnowledgeBank(DIM, delta=0.5, prune_window=2)
+    bank = KnowledgeBank(DIM, delta=0.9, prune_window=2, **LEGACY)
     (old,) = bank.insert(torch.randn(1, DIM)).tolist()
     (unused,) = bank.insert(torch.randn(1, DIM)).tolist()
     bank.update(None, {old: 5})  # unused: streak 1
@@ -315,7 +317,7 @@ def test_new_prototypes_start_with_a_clean_streak_and_no_same_round_counts():
 
 
 def test_delta_zero_never_prunes():
-    bank = KnowledgeBank(DIM, delta=0.0, prune_window=1)
+    bank = KnowledgeBank(DIM, delta=0.0, prune_window=1, **LEGACY)
     a, _ = bank.insert(torch.randn(2, DIM)).tolist()
     for _ in range(5):
         bank.update(None, {a: 3})
@@ -323,7 +325,7 @@ def test_delta_zero_never_prunes():
 
 
 def test_record_retrievals_returns_ignored_count_and_accumulates():
-    bank = KnowledgeBank(DIM, delta=0.3, prune_window=1)
+    bank = KnowledgeBank(DIM, delta=0.6, prune_window=1, **LEGACY)  # threshold 0.6 / 2 = 0.3
     a, b = bank.insert(torch.randn(2, DIM)).tolist()
     assert bank.record_retrievals({a: 1, 77: 4, torch.tensor(b): np.int64(1)}) == 4
     assert bank.record_retrievals({b: 2}) == 0
@@ -413,7 +415,7 @@ def test_version_increments_once_per_update_only():
 def test_update_summary_is_plain_ints():
     summary = _bank(3).update(torch.randn(2, DIM), {0: 3, 9: 1})
     assert summary == {
-        "inserted": 2, "pruned": 0, "evicted": 0, "size": 5, "version": 1, "ignored_retrievals": 1
+        "inserted": 2, "merged": 0, "pruned": 0, "evicted": 0, "size": 5, "version": 1, "ignored_retrievals": 1
     }
     assert all(type(value) is int for value in summary.values())
 
@@ -438,7 +440,8 @@ def test_state_dict_round_trips_through_torch_save_weights_only():
 
 def test_state_dict_contains_only_tensors_and_numbers():
     state = _evolved_bank().state_dict()
-    assert all(type(v) in (int, float) or isinstance(v, torch.Tensor) for v in state.values())
+    assert all(type(v) in (int, float) or isinstance(v, torch.Tensor) for k, v in state.items() if k != "owners")
+    assert all(type(o) is str for o in state["owners"]), "owners are site names (weights_only-loadable strings)"
     required = {"dim", "rho", "delta", "prune_window", "max_size", "prototypes", "ids", "next_id", "version"}
     assert required <= set(state)
 
@@ -454,8 +457,10 @@ def test_load_state_dict_restores_config_and_sorts_rows_by_id():
     src = _evolved_bank()
     state = src.state_dict()
     perm = torch.arange(len(src)).flip(0)
-    for key in ("prototypes", "ids", "streaks", "freq_sum", "freq_rounds", "round_counts"):
+    for key in ("prototypes", "values", "ids", "streaks", "freq_sum", "freq_rounds", "round_counts", "refreshed",
+                "round_mass"):
         state[key] = state[key][perm]
+    state["owners"] = [state["owners"][i] for i in perm.tolist()]
     dst = KnowledgeBank(DIM)
     dst.load_state_dict(state)
     _assert_states_equal(dst.state_dict(), src.state_dict())
@@ -519,7 +524,7 @@ def _assert_plain(obj) -> None:
         for value in obj:
             _assert_plain(value)
     else:
-        assert type(obj) in (int, float), type(obj)
+        assert type(obj) in (int, float, str), type(obj)
         assert not isinstance(obj, (torch.Tensor, np.generic, np.ndarray))
 
 
@@ -543,3 +548,82 @@ def test_from_plain_rejects_tensors_and_ragged_lists():
         KnowledgeBank.from_plain({**plain, "prototypes": [[0.0] * DIM, [0.0]]})
     with pytest.raises(ValueError, match="plain ids"):
         KnowledgeBank.from_plain({**plain, "ids": [["a"]]})
+
+
+# --------------------------------------------------------------------------- key -> value memory
+def _kv_bank(**config) -> KnowledgeBank:
+    return KnowledgeBank(2, value_dim=3, **config)
+
+
+def test_uploads_in_one_round_merge_by_member_count_and_keep_unit_keys():
+    bank = _kv_bank(merge_threshold=0.9)
+    keys = torch.tensor([[1.0, 0.0], [0.995, 0.0998], [0.0, 1.0]])
+    values = torch.tensor([[0.0, 0.0, 0.0], [4.0, 4.0, 4.0], [1.0, 2.0, 3.0]])
+    summary = bank.update(keys, None, values, ["site-1", "site-2", "site-1"], torch.tensor([1.0, 3.0, 2.0]))
+    assert (summary["inserted"], summary["merged"], summary["size"]) == (2, 1, 2)
+    torch.testing.assert_close(bank.values[0], torch.full((3,), 3.0))  # (1 * 0 + 3 * 4) / 4
+    torch.testing.assert_close(bank.prototypes.norm(dim=1), torch.ones(2))
+    assert bank.owners == ["site-2", "site-1"], "the owner is the site that contributed most members"
+
+
+def test_a_later_round_is_an_ema_and_refreshes_the_entry():
+    bank = _kv_bank(momentum=0.25, max_age=2)
+    bank.update(torch.tensor([[1.0, 0.0]]), None, torch.zeros(1, 3), ["a"], torch.tensor([10.0]))
+    bank.update(torch.tensor([[1.0, 0.0]]), None, torch.ones(1, 3), ["b"], torch.tensor([1.0]))
+    torch.testing.assert_close(bank.values[0], torch.full((3,), 0.25))
+    assert bank.refreshed.tolist() == [1] and bank.owners == ["b"] and len(bank) == 1
+
+
+def test_entries_not_refreshed_for_max_age_rounds_are_pruned():
+    bank = _kv_bank(max_age=2)
+    bank.update(torch.tensor([[1.0, 0.0]]), None, torch.zeros(1, 3))
+    bank.update(torch.tensor([[0.0, 1.0]]), None, torch.zeros(1, 3))  # entry 0 is 1 round old: kept
+    assert bank.ids.tolist() == [0, 1]
+    owners, ages = bank.entry_info(bank.ids)
+    assert ages.tolist() == [2, 1] and owners == ["", ""]
+    assert bank.update(None, None)["pruned"] == 1 and bank.ids.tolist() == [1]
+
+
+def test_values_are_returned_for_retrieved_ids_and_bounded_by_value_rho():
+    bank = _kv_bank(value_rho=1.0, merge_threshold=2.0)
+    bank.update(torch.tensor([[1.0, 0.0], [0.0, 1.0]]), None, torch.tensor([[3.0, 4.0, 0.0], [0.1, 0.0, 0.0]]))
+    _, ids = bank.retrieve(torch.tensor([[0.1, 1.0]]), k=2)
+    values = bank.values_for(ids)
+    assert values.shape == (1, 2, 3)
+    torch.testing.assert_close(values[0, 1], torch.tensor([0.6, 0.8, 0.0]))  # projected onto ||v|| <= 1
+    torch.testing.assert_close(values[0, 0], torch.tensor([0.1, 0.0, 0.0]))  # inside the ball: unchanged
+
+
+@pytest.mark.parametrize(
+    ("values", "owners", "masses", "match"),
+    [
+        (None, None, None, "values of length 3"),
+        (torch.zeros(1, 2), None, None, r"shape \(M, 3\)"),
+        (torch.full((1, 3), math.nan), None, None, "finite"),
+        (torch.zeros(2, 3), None, None, "needs 1 values"),
+        (torch.zeros(1, 3), ["a", "b"], None, "needs 1 values, owners"),
+        (torch.zeros(1, 3), None, torch.tensor([0.0]), "masses"),
+    ],
+)
+def test_bad_value_uploads_are_rejected_without_side_effects(values, owners, masses, match):
+    bank = _kv_bank()
+    with pytest.raises(ValueError, match=match):
+        bank.update(torch.tensor([[1.0, 0.0]]), None, values, owners, masses)
+    assert len(bank) == 0 and bank.version == 0
+
+
+def test_key_value_bank_round_trips_through_plain_and_state_dict():
+    bank = _kv_bank(max_age=3)
+    gen = torch.Generator().manual_seed(0)
+    for r in range(3):
+        bank.update(torch.randn(2, 2, generator=gen), {int(i): 1 for i in bank.ids}, torch.randn(2, 3, generator=gen),
+                    [f"site-{r}", "site-x"], torch.tensor([2.0, 5.0]))
+    plain = json.loads(json.dumps(bank.to_plain()))
+    clone = KnowledgeBank.from_plain(plain)
+    _assert_states_equal(clone.state_dict(), bank.state_dict())
+    buffer = io.BytesIO()
+    torch.save(bank.state_dict(), buffer)
+    buffer.seek(0)
+    loaded = KnowledgeBank.from_state_dict(torch.load(buffer, weights_only=True))
+    _assert_states_equal(loaded.state_dict(), bank.state_dict())
+    assert KnowledgeBank.from_plain(_kv_bank().to_plain()).values.shape == (0, 3)
