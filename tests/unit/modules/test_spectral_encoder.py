@@ -2,8 +2,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from omnifm.modules import SpectralEncoder, fft_magnitude, low_pass_crop
+from omnifm.modules.spectral_encoder import standardize_rows
 
 SHAPE_CASES = [
     # (spatial_dims, batch, channels, spatial)
@@ -201,3 +203,36 @@ def test_fft_magnitude_bad_args(x, spatial_dims, match):
 def test_low_pass_crop_bad_args(spatial_dims, fraction, match):
     with pytest.raises(ValueError, match=match):
         low_pass_crop(torch.ones(1, 1, 4, 4), spatial_dims, fraction)
+
+
+def test_token_depends_on_which_frequency_holds_which_magnitude():
+    """Permuting the spectral positions (same multiset of values) must change the token."""
+    torch.manual_seed(0)
+    enc = SpectralEncoder(spatial_dims=2, in_channels=1, embed_dim=16, grid=4, low_pass_fraction=1.0)
+    spectrum = torch.rand(1, 1, 4, 4) * 5
+    permuted = spectrum.flatten(2)[..., torch.randperm(16)].reshape(1, 1, 4, 4)
+    a, b = (enc.mlp(standardize_rows(enc.pool(s).flatten(1))) for s in (spectrum, permuted))
+    assert float((F.normalize(a, dim=1) - F.normalize(b, dim=1)).norm()) > 0.1
+
+
+def _phantom_slices(modality: str) -> torch.Tensor:
+    from omnifm.data import volume_slices
+    from omnifm.data.normalize import normalize_intensity
+    from omnifm.data.phantom import make_phantom_case
+
+    slices = []
+    for seed in range(2):
+        image, _, _ = make_phantom_case(modality, seed, (48, 48, 12))
+        slices.append(volume_slices(normalize_intensity(image[None], modality))[2:10:2])
+    return torch.cat(slices)
+
+
+def test_phantom_tokens_of_three_modalities_are_diverse_at_initialisation():
+    torch.manual_seed(0)
+    enc = SpectralEncoder(spatial_dims=2, in_channels=1, embed_dim=32)
+    with torch.no_grad():
+        tokens = torch.cat([enc(_phantom_slices(m)) for m in ("t1ce", "t2", "ct")])
+    cos = tokens @ tokens.T
+    n = tokens.shape[0]
+    mean_cos = float((cos.sum() - cos.diag().sum()) / (n * (n - 1)))
+    assert mean_cos < 0.9, f"mean pairwise cosine {mean_cos:.3f}: the tokenizer maps different images to one token"
