@@ -129,7 +129,8 @@ def inprocess_config(job: str | Path, seed: int = 0, group: str = "parity") -> R
     spec_args = {k: v for k, v in persistor.items() if k not in ("algorithm", "seed", "bank", "source_dir")}
     shape = tuple(executor.get("phantom_shape", (64, 64, 24)))
     data = DataConfig(sites=len(json.loads((job / "meta.json").read_text())["deploy_map"]["app"]) - 1,
-                      cases=executor.get("phantom_cases", 20), shape=shape, val_fraction=0.25, min_cases=2)
+                      cases=executor.get("phantom_cases", 20), shape=shape, val_fraction=0.25,
+                      test_fraction=0.0, min_cases=2)  # the FLARE job's simulated sites have no test split
     return RunConfig(
         persistor["algorithm"], "cross-modality", seed, server["num_rounds"], data,
         {k: executor[k] for k in TRAIN_KEYS if k in executor}, spec_args, persistor.get("bank") or {}, group,

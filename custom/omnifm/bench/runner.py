@@ -8,6 +8,16 @@ and evaluates the model it would use (global shared part + its personal parts, a
 ``GlobalModelEval`` does after the last round); that is the round's Dice. ``dice_local`` is the
 site's model right after local training (before aggregation), as the executor logs it.
 
+The **test split** of every site (``DataConfig.test_fraction``) is evaluated exactly once, after the
+last round, with the model the site would use (``record["test"]``); nothing during the run looks at
+it. Per-round numbers are validation numbers.
+
+**Diagnostics** (``record["diagnostics"]``, one entry per round): per site the trainer's
+``RoundResult.diagnostics`` (e.g. ``token_cos_within``, ``retrieval_own_share``,
+``retrieved_age_rounds``, ``placebo_dice_delta``, ``placebo_logit_rel``) merged with the server's
+per-site ``meta["omnifm_diagnostics"]["sites"]`` (``token_cos_across``), and the server's bank
+statistics (``size``, ``inserted``, ``merged``, ``pruned``). Algorithms without these report ``{}``.
+
 Bytes are the fp32 numeric payload (4 bytes per number): up = shared weights (incl. SCAFFOLD's
 control deltas) + prototypes + prototype counts + retrieval ids/counts + algorithm extras; down =
 global weights + knowledge bank + algorithm server state. The run spec and the per-round metrics
@@ -17,6 +27,7 @@ the executor also sends (a few hundred bytes) are not counted.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import logging
 import math
 import re
@@ -41,6 +52,7 @@ from omnifm.task import SegTask
 
 Progress = Callable[[str], None]
 DICE_KEYS = ("dice", "dice_WT", "dice_TC", "dice_ET")
+SERVER_DIAGNOSTICS = "omnifm_diagnostics"
 _QUIET = logging.getLogger("omnifm.bench.site")
 _QUIET.setLevel(logging.WARNING)
 
@@ -109,9 +121,9 @@ def run_one(config: RunConfig, cache_dir: str | Path, progress: Progress | None 
     sites, summary = load_federation(config.setting, config.data, config.seed, cache_dir, SegTask.from_dict(spec["task"]))
     data_s = time.perf_counter() - start
     if get_algorithm(config.algorithm).federated:
-        rounds = _federated(config, spec, sites, progress)
+        rounds, diagnostics, test = _federated(config, spec, sites, progress)
     else:
-        rounds = _central(config, spec, sites, progress)
+        rounds, diagnostics, test = _central(config, spec, sites, progress)
     return {
         "run_id": config.run_id,
         "config": config.to_dict(),
@@ -119,36 +131,62 @@ def run_one(config: RunConfig, cache_dir: str | Path, progress: Progress | None 
         "sites": summary,
         "rounds": rounds,
         "final": rounds[-1]["sites"],
+        "test": test,
+        "diagnostics": diagnostics,
         "data_s": data_s,
         "wall_s": time.perf_counter() - start,
     }
 
 
 # ---- federated -----------------------------------------------------------------------------
-def _federated(config: RunConfig, spec: dict, sites: dict[str, SiteData], progress: Progress) -> list[dict[str, Any]]:
+def _federated(
+    config: RunConfig, spec: dict, sites: dict[str, SiteData], progress: Progress
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, dict[str, float]]]:
     device = torch.device("cpu")
-    trainers = {
-        name: SiteTrainer(spec, config.train_config(), data.train, data.val, device=device, logger=_QUIET)
-        for name, data in sorted(sites.items())
-    }
+    trainers = {name: _trainer(spec, config, data, device) for name, data in sorted(sites.items())}
     weights, meta = initial_global(spec, config.bank_args)
-    history = []
+    history, diagnostics = [], []
     for round_num in range(config.rounds):
-        weights, meta, record = _round(config, spec, trainers, weights, meta, round_num)
+        weights, meta, record, diag = _round(config, spec, trainers, weights, meta, round_num)
         history.append(record)
+        diagnostics.append(diag)
         progress(_round_line(config, record))
-    return history
+    bank = _bank(meta)
+    test = {}
+    for name, trainer in trainers.items():  # the trainers hold the final global weights (_evaluate_after)
+        if sites[name].test:
+            test[name] = _scores(_evaluate_test(trainer, bank, sites[name].test))
+    return history, diagnostics, test
+
+
+def _trainer(spec: dict, config: RunConfig, data: SiteData, device: torch.device) -> SiteTrainer:
+    """A site's trainer; it gets the test cases only if it takes them (``test_volumes``)."""
+    extra = {"test_volumes": data.test} if "test_volumes" in inspect.signature(SiteTrainer).parameters else {}
+    return SiteTrainer(spec, config.train_config(), data.train, data.val, device=device, logger=_QUIET, **extra)
+
+
+def _evaluate_test(trainer: SiteTrainer, bank: KnowledgeBank | None, volumes: list) -> dict[str, float]:
+    """Test Dice of the model the site would use: ``trainer.evaluate(bank, split="test")`` where the
+    trainer has a test split, else the same evaluation (Ditto: personal model) on ``volumes``."""
+    if "split" in inspect.signature(trainer.evaluate).parameters and getattr(trainer, "test_volumes", None):
+        return trainer.evaluate(bank, split="test")
+    model = trainer.personal_model if trainer.personal_model is not None else trainer.model
+    return evaluate_volumes(model, volumes, trainer.device, trainer._retriever(bank), trainer.task)
+
+
+def _scores(scores: dict[str, float]) -> dict[str, float]:
+    return {k: float(scores[k]) for k in DICE_KEYS}
 
 
 def _round(
     config: RunConfig, spec: dict, trainers: dict[str, SiteTrainer], weights: dict, meta: dict, round_num: int
-) -> tuple[dict, dict, dict[str, Any]]:
+) -> tuple[dict, dict, dict[str, Any], dict[str, Any]]:
     start = time.perf_counter()
     bank, server_state = _bank(meta), meta.get(STATE)
     down = payload_bytes(weights) + payload_bytes(meta.get(BANK)) + payload_bytes(server_state)
-    uploads, sites = [], {}
+    uploads, sites, site_diag = [], {}, {}
     for name, trainer in trainers.items():
-        upload, sites[name] = _site_round(config, name, trainer, weights, bank, server_state, round_num)
+        upload, sites[name], site_diag[name] = _site_round(config, name, trainer, weights, bank, server_state, round_num)
         sites[name]["bytes_down"] = down
         uploads.append(upload)
     t0 = time.perf_counter()
@@ -157,13 +195,36 @@ def _round(
     _evaluate_after(trainers, weights, _bank(meta), sites)
     record = {"round": round_num, "aggregate_s": aggregate_s, "round_s": time.perf_counter() - start, "sites": sites,
               "bank_size": len(_bank(meta)) if meta.get(BANK) else 0}
-    return weights, meta, record
+    return weights, meta, record, round_diagnostics(round_num, site_diag, meta.get(SERVER_DIAGNOSTICS))
+
+
+def round_diagnostics(round_num: int, sites: dict[str, dict], server: Any) -> dict[str, Any]:
+    """One round's diagnostics: the sites' own merged with the server's per-site ones, plus the bank's.
+
+    Tolerates anything missing or malformed (older algorithms report nothing): only numbers are kept.
+    """
+    server = server if isinstance(server, dict) else {}
+    per_site = server.get("sites") if isinstance(server.get("sites"), dict) else {}
+    merged = {name: {**_numbers(values), **_numbers(per_site.get(name))} for name, values in sites.items()}
+    return {"round": round_num, "bank": _numbers(server.get("bank")), "sites": merged}
+
+
+def _numbers(values: Any) -> dict[str, float]:
+    if not isinstance(values, dict):
+        return {}
+    out = {}
+    for key, value in values.items():
+        if isinstance(value, (int, float, np.number)) and not isinstance(value, bool):
+            out[str(key)] = float(value)
+        elif isinstance(value, torch.Tensor) and value.numel() == 1:
+            out[str(key)] = float(value.item())
+    return out
 
 
 def _site_round(
     config: RunConfig, name: str, trainer: SiteTrainer, weights: dict, bank: KnowledgeBank | None,
     server_state: dict | None, round_num: int,
-) -> tuple[Any, dict[str, Any]]:
+) -> tuple[Any, dict[str, Any], dict[str, float]]:
     """What the FLARE executor does for one ``train`` task: load, train, evaluate the local model, upload."""
     trainer.load_global(_to_torch(weights))
     t0 = time.perf_counter()
@@ -180,7 +241,7 @@ def _site_round(
         "n_samples": result.n_samples,
         "step_ms": 1000 * train_s / _steps(config, result.n_samples),
         **_retrieval_timing(trainer, bank),
-    }
+    }, _numbers(getattr(result, "diagnostics", None))
 
 
 def _evaluate_after(trainers: dict[str, SiteTrainer], weights: dict, bank: KnowledgeBank | None, sites: dict) -> None:
@@ -189,7 +250,7 @@ def _evaluate_after(trainers: dict[str, SiteTrainer], weights: dict, bank: Knowl
         t0 = time.perf_counter()
         trainer.load_global(_to_torch(weights))
         scores = trainer.evaluate(bank)
-        sites[name].update({k: scores[k] for k in DICE_KEYS})
+        sites[name].update(_scores(scores))
         sites[name]["eval_s"] += time.perf_counter() - t0
 
 
@@ -241,8 +302,11 @@ def _round_line(config: RunConfig, record: dict[str, Any]) -> str:
 
 
 # ---- central (pooled reference) --------------------------------------------------------------
-def _central(config: RunConfig, spec: dict, sites: dict[str, SiteData], progress: Progress) -> list[dict[str, Any]]:
-    """:func:`~omnifm.engine.central.train_central` on the pooled training cases; Dice on each site's own validation cases."""
+def _central(
+    config: RunConfig, spec: dict, sites: dict[str, SiteData], progress: Progress
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, dict[str, float]]]:
+    """:func:`~omnifm.engine.central.train_central` on the pooled training cases; Dice on each site's
+    own validation cases every round, on its test cases once at the end."""
     device, task = torch.device("cpu"), SegTask.from_dict(spec["task"])
     history: list[dict[str, Any]] = []
     clock = [time.perf_counter()]
@@ -255,7 +319,7 @@ def _central(config: RunConfig, spec: dict, sites: dict[str, SiteData], progress
             t0 = time.perf_counter()
             scores = evaluate_volumes(trainer.model, data.val, device, None, task)
             record_sites[name] = {
-                **{k: scores[k] for k in DICE_KEYS}, "dice_local": scores["dice"], "bytes_up": 0, "bytes_down": 0,
+                **_scores(scores), "dice_local": scores["dice"], "bytes_up": 0, "bytes_down": 0,
                 "train_s": train_s, "eval_s": time.perf_counter() - t0, "n_samples": n_samples,
                 "step_ms": 1000 * train_s / _steps(config, n_samples),
             }
@@ -266,5 +330,9 @@ def _central(config: RunConfig, spec: dict, sites: dict[str, SiteData], progress
         clock[0] = time.perf_counter()
 
     train_volumes = [data.train for _, data in sorted(sites.items())]
-    train_central(spec, config.train_config(), train_volumes, config.rounds, device=device, logger=_QUIET, on_round=on_round)
-    return history
+    trainer = train_central(
+        spec, config.train_config(), train_volumes, config.rounds, device=device, logger=_QUIET, on_round=on_round
+    )
+    test = {name: _scores(evaluate_volumes(trainer.model, data.test, device, None, task))
+            for name, data in sorted(sites.items()) if data.test}
+    return history, [{"round": r["round"], "bank": {}, "sites": {}} for r in history], test

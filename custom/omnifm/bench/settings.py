@@ -1,21 +1,24 @@
 """The benchmark's data settings: which phantom cases each simulated site holds.
 
 Every setting goes through the same loading code as a FLARE site (:func:`omnifm.data.site.load_site_data`:
-datalist, integrity gate, per-modality normalisation, train/val split), so a benchmark site sees
-exactly the arrays a simulated FLARE client would see.
+datalist, integrity gate, per-modality normalisation (CT: brain window), train/val/test split), so a
+benchmark site sees exactly the arrays a simulated FLARE client would see. The test split
+(``DataConfig.test_fraction``) is evaluated once, after the last round, for the final table only.
 
 - ``cross-modality``: site ``k`` images modality ``k`` of :data:`omnifm.data.phantom.SITE_MODALITIES`
-  (T1, T2, CT, ...) -- the same config the job's simulator fallback uses
-  (:func:`omnifm.data.site.simulator_config`), so FLARE and in-process runs share their data.
-- ``same-modality``: the control; every site images T1, each with its own acquisition (sequence
+  (T1CE, CT, T2, PET, FLAIR: the tumour is visible in each but looks different) -- the same config
+  the job's simulator fallback uses (:func:`omnifm.data.site.simulator_config`), so FLARE and
+  in-process runs share their data.
+- ``cross-modality+t1``: the ``cross-modality`` sites plus one more site imaging native T1, where
+  the tumour is barely visible (the hard case; the report shows that site separately).
+- ``same-modality``: the control; every site images T1CE, each with its own acquisition (sequence
   timing, bias field, noise, slice thickness) and its own anatomy draws.
-- ``same-modality-t2``: the same control with T2 (the modality in which the phantom's tumour is
-  most visible; T1 is the hardest one, so the T1 control alone can be too hard to show anything).
+- ``same-modality-t2``: the same control with T2.
 - ``dirichlet``: cross-modality sites with a label and size skew. Site sizes are drawn from
   ``Dirichlet(alpha)`` over the pooled ``sites x cases`` case budget (at least ``min_cases`` each)
   and each site's tumour-presence fraction from ``Dirichlet(alpha, alpha)`` (i.e. ``Beta``). Each
   site picks that many tumour / tumour-free cases from a larger phantom pool rendered in its own
-  modality. Every site keeps at least one tumour case in training and one in validation (else its
+  modality. Every site keeps at least one tumour case in training, validation and test (else its
   Dice is undefined); the achieved sizes and fractions are reported, not only the drawn ones.
 """
 
@@ -36,8 +39,9 @@ from omnifm.data.site_config import SiteConfig, parse_site_config
 from omnifm.task import SegTask
 from omnifm.validation import check_int, check_range
 
-SETTINGS = ("cross-modality", "same-modality", "dirichlet", "same-modality-t2")
-_SAME_MODALITY = {"same-modality": "t1", "same-modality-t2": "t2"}
+SETTINGS = ("cross-modality", "cross-modality+t1", "same-modality", "dirichlet", "same-modality-t2")
+HARD_MODALITY = "t1"
+_SAME_MODALITY = {"same-modality": "t1ce", "same-modality-t2": "t2"}
 DIRICHLET_DATALIST = "datalist_dirichlet.json"
 _DIRICHLET_STREAM = 5  # seed-sequence tag: independent of the phantom's own random streams
 
@@ -51,15 +55,18 @@ class DataConfig:
         cases: cases per site (the pooled budget is ``sites * cases`` for ``dirichlet``).
         shape: phantom volume size ``(H, W, D)``.
         val_fraction: each site's validation share.
+        test_fraction: each site's test share (evaluated once after the last round; 0: none, as
+            in the FLARE job).
         alpha: Dirichlet concentration of the ``dirichlet`` setting.
         min_cases: smallest site of the ``dirichlet`` setting.
         pool_factor: ``dirichlet`` renders ``pool_factor * size`` candidate cases per site.
     """
 
-    sites: int = 3
+    sites: int = 5
     cases: int = 12
     shape: tuple[int, int, int] = (32, 32, 16)
     val_fraction: float = 0.25
+    test_fraction: float = 0.25
     alpha: float = 0.5
     min_cases: int = 4
     pool_factor: int = 6
@@ -68,6 +75,9 @@ class DataConfig:
         check_int("sites", self.sites)
         check_int("cases", self.cases, 2)
         check_range("val_fraction", self.val_fraction, 0, 1, low_open=True, high_open=True)
+        check_range("test_fraction", self.test_fraction, 0, 1, high_open=True)
+        if self.val_fraction + self.test_fraction >= 1:
+            raise ValueError(f"val_fraction + test_fraction must be < 1, got {self.val_fraction} + {self.test_fraction}")
         check_range("alpha", self.alpha, 0, low_open=True)
         check_int("min_cases", self.min_cases, 2)
         check_int("pool_factor", self.pool_factor, 1)
@@ -106,7 +116,7 @@ def load_federation(
 
     Returns:
         ``({site: SiteData}, {site: summary})`` where a summary holds the site's modality, train /
-        val case counts and tumour-case counts (safe to log).
+        val / test case counts and tumour-case counts (safe to log).
     """
     workspace = Path(root) / check_setting(setting) / f"seed-{check_int('seed', seed, 0)}"
     configs = _site_configs(setting, data, seed, workspace)
@@ -115,10 +125,13 @@ def load_federation(
 
 
 def _site_configs(setting: str, data: DataConfig, seed: int, workspace: Path) -> dict[str, SiteConfig]:
+    names = site_names(data.sites + (setting == "cross-modality+t1"))
     configs = {
-        site: simulator_config(site, data.cases, tuple(data.shape), data.val_fraction, seed)
-        for site in site_names(data.sites)
+        site: simulator_config(site, data.cases, tuple(data.shape), data.val_fraction, seed, data.test_fraction)
+        for site in names
     }
+    if setting == "cross-modality+t1":
+        configs[names[-1]] = dataclasses.replace(configs[names[-1]], modalities=(HARD_MODALITY,))
     if setting in _SAME_MODALITY:
         modality = _SAME_MODALITY[setting]
         return {site: dataclasses.replace(config, modalities=(modality,)) for site, config in configs.items()}
@@ -153,35 +166,38 @@ def dirichlet_plan(sites: int, cases: int, alpha: float, seed: int, min_cases: i
 
 
 def pick_cases(
-    tumour_free: list[bool], size: int, fraction: float, val_fraction: float, seed: int
+    tumour_free: list[bool], size: int, fraction: float, val_fraction: float, seed: int, test_fraction: float = 0.0
 ) -> list[int]:
-    """Pool indices for one ``dirichlet`` site, ordered so its split has a tumour case on both sides.
+    """Pool indices for one ``dirichlet`` site, ordered so each non-empty split part has a tumour case.
 
     Args:
         tumour_free: per pool case, whether it has no tumour.
         size: cases wanted (>= 2).
-        fraction: wanted share of tumour cases; at least 2 tumour cases are always taken, and
-            missing tumour-free cases are replaced by tumour cases.
+        fraction: wanted share of tumour cases; at least one tumour case per split part is always
+            taken, and missing tumour-free cases are replaced by tumour cases.
         val_fraction: the site's validation share (the split is :func:`~omnifm.data.loading.split_cases`).
+        test_fraction: the site's test share.
         seed: split and shuffle seed.
 
     Raises:
-        ValueError: the pool has fewer than ``size`` cases or fewer than 2 tumour cases.
+        ValueError: the pool has fewer than ``size`` cases or too few tumour cases.
     """
+    parts = [p for p in split_cases(check_int("size", size, 2), val_fraction, seed, test_fraction) if p]
+    need = len(parts)
     tumour = [i for i, free in enumerate(tumour_free) if not free]
     free = [i for i, f in enumerate(tumour_free) if f]
-    if check_int("size", size, 2) > len(tumour_free) or len(tumour) < 2:
+    if size > len(tumour_free) or len(tumour) < need:
         raise ValueError(f"pool of {len(tumour_free)} cases ({len(tumour)} with tumour) cannot give {size} cases")
-    n_free = min(size - min(max(round(fraction * size), 2), size), len(free))
+    n_free = min(size - min(max(round(fraction * size), need), size), len(free))
     n_tumour = size - n_free
     if n_tumour > len(tumour):
         raise ValueError(f"pool has {len(tumour)} tumour cases, {n_tumour} needed; raise pool_factor")
-    train_idx, val_idx = split_cases(size, val_fraction, seed)
     rng = np.random.default_rng([_DIRICHLET_STREAM, seed, size])
-    rest = list(tumour[2:n_tumour]) + list(free[:n_free])
+    rest = list(tumour[need:n_tumour]) + list(free[:n_free])
     rng.shuffle(rest)
     order: list[int | None] = [None] * size
-    order[val_idx[0]], order[train_idx[0]] = tumour[0], tumour[1]
+    for part, case in zip(parts, tumour):
+        order[part[0]] = case
     slots = iter(rest)
     return [slot if slot is not None else next(slots) for slot in order]
 
@@ -193,7 +209,7 @@ def _dirichlet_site(
     pool = max(data.pool_factor * size, size)
     entries = write_phantom_site(pool_dir, modality, pool, seed, tuple(data.shape), site_index(site))
     flags = [bool(c["tumour_free"]) for c in read_phantom_manifest(pool_dir)["cases"]]
-    chosen = pick_cases(flags, size, fraction, data.val_fraction, seed)
+    chosen = pick_cases(flags, size, fraction, data.val_fraction, seed, data.test_fraction)
     datalist = {"cases": [_relative(entries[i], pool_dir) for i in chosen]}
     _write_if_changed(pool_dir / DIRICHLET_DATALIST, datalist)
     raw = {
@@ -202,7 +218,7 @@ def _dirichlet_site(
         "datalist": DIRICHLET_DATALIST,
         "modalities": [modality],
         "label_map": BRATS_LABEL_MAP,
-        "split": {"val_fraction": data.val_fraction, "seed": seed},
+        "split": {"val_fraction": data.val_fraction, "test_fraction": data.test_fraction, "seed": seed},
     }
     return parse_site_config(raw, pool_dir)
 
@@ -231,6 +247,8 @@ def _summary(config: SiteConfig, data: SiteData) -> dict[str, Any]:
         "modality": "+".join(config.modalities),
         "train_cases": len(data.train),
         "val_cases": len(data.val),
+        "test_cases": len(data.test),
         "train_tumour_cases": tumours(data.train),
         "val_tumour_cases": tumours(data.val),
+        "test_tumour_cases": tumours(data.test),
     }

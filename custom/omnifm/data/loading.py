@@ -79,27 +79,51 @@ def load_volumes(
     return volumes
 
 
-def split_cases(n: int, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
-    """Deterministically split case indices into training and validation sets.
+def split_cases(
+    n: int, val_fraction: float, seed: int, test_fraction: float = 0.0
+) -> tuple[list[int], list[int], list[int]]:
+    """Deterministically split case indices into training, validation and test sets.
+
+    One seeded permutation of ``range(n)``: its first ``n_test`` entries are the test set, the next
+    ``n_val`` the validation set, the rest training. With ``test_fraction == 0`` the train and
+    validation sets are exactly those of a two-way split with the same seed.
 
     Args:
         n: Number of cases, >= 1.
         val_fraction: Fraction of cases used for validation, in ``(0, 1)``. The number of
             validation cases is ``round(n * val_fraction)`` clipped to ``[1, n - 1]``, so both
-            sets are non-empty when ``n >= 2``; with ``n == 1`` the only case is for training.
+            training and validation are non-empty when ``n >= 2``; with ``n == 1`` the only case
+            is for training.
         seed: Non-negative seed of the permutation.
+        test_fraction: Fraction held out as a test set, in ``[0, 1)``; ``n_test =
+            round(n * test_fraction)``, at least 1 when ``test_fraction > 0``, and never so many
+            that training or validation (for ``n >= 3``) would be empty.
 
     Returns:
-        ``(train_indices, val_indices)``, each sorted, disjoint, together ``range(n)``.
+        ``(train_indices, val_indices, test_indices)``, each sorted, disjoint, together ``range(n)``.
 
     Raises:
-        ValueError: If ``n``, ``val_fraction`` or ``seed`` is out of range.
+        ValueError: If an argument is out of range or ``val_fraction + test_fraction >= 1``.
+
+    Examples::
+
+        >>> split_cases(10, 0.2, seed=0, test_fraction=0.2)
+        ([0, 1, 3, 5, 8, 9], [2, 7], [4, 6])
     """
     n = check_int("n", n)
     check_range("val_fraction", val_fraction, 0, 1, low_open=True, high_open=True)
+    check_range("test_fraction", test_fraction, 0, 1, high_open=True)
+    if val_fraction + test_fraction >= 1:
+        raise ValueError(f"val_fraction + test_fraction must be < 1, got {val_fraction} + {test_fraction}")
     order = np.random.default_rng(check_int("seed", seed, 0)).permutation(n)
-    n_val = min(max(round(n * val_fraction), 1), n - 1)
-    return sorted(int(i) for i in order[n_val:]), sorted(int(i) for i in order[:n_val])
+    n_test = min(max(round(n * test_fraction), 1), max(n - 2, 0)) if test_fraction > 0 else 0
+    rest = order[n_test:]
+    n_val = min(max(round(n * val_fraction), 1), len(rest) - 1)
+    return (
+        sorted(int(i) for i in rest[n_val:]),
+        sorted(int(i) for i in rest[:n_val]),
+        sorted(int(i) for i in order[:n_test]),
+    )
 
 
 def volume_slices(volume: np.ndarray | torch.Tensor) -> torch.Tensor:

@@ -18,6 +18,7 @@ import numpy as np
 
 from omnifm.data.integrity import resolve_cases, verify_cases
 from omnifm.data.loading import split_cases
+from omnifm.data.normalize import normalize_intensity
 from omnifm.data.phantom import BRATS_LABELS, modality_for_site, write_phantom_site
 from omnifm.data.site_config import SITE_CONFIG_NAME, SiteConfig, SiteConfigError, load_site_config, parse_site_config
 from omnifm.task import BRATS_CLASSES, SegTask
@@ -28,7 +29,11 @@ BRATS_LABEL_MAP = {str(value): name for value, name in zip(BRATS_LABELS, BRATS_C
 
 @dataclass
 class SiteData:
-    """A site's loaded, checked cases and a log-safe description (no paths, no names, no ids)."""
+    """A site's loaded, checked cases and a log-safe description (no paths, no names, no ids).
+
+    ``test`` is empty unless the site config sets ``split.test_fraction``; it is held out for a
+    final evaluation only (the benchmark's test table), never for training or model selection.
+    """
 
     train: list[dict[str, np.ndarray]]
     val: list[dict[str, np.ndarray]]
@@ -36,6 +41,7 @@ class SiteData:
     synthetic: bool
     skipped: int
     problems: list[str]
+    test: list[dict[str, np.ndarray]] = dataclasses.field(default_factory=list)
 
 
 def site_index(site_name: str) -> int:
@@ -44,13 +50,19 @@ def site_index(site_name: str) -> int:
     return int(match.group(1)) - 1 if match else zlib.crc32(site_name.encode()) % 1000
 
 
-def simulator_config(site_name: str, cases: int, shape: tuple[int, int, int], val_fraction: float, seed: int) -> SiteConfig:
-    """The phantom config a simulated site uses when it has no ``omnifm_site.json``."""
+def simulator_config(
+    site_name: str, cases: int, shape: tuple[int, int, int], val_fraction: float, seed: int, test_fraction: float = 0.0
+) -> SiteConfig:
+    """The phantom config a simulated site uses when it has no ``omnifm_site.json``.
+
+    The site images :func:`~omnifm.data.phantom.modality_for_site` of its index; CT uses the
+    default brain window. ``test_fraction`` 0 (the FLARE simulator's) gives no test split.
+    """
     raw = {
         "format": "phantom",
         "modalities": [modality_for_site(site_index(site_name))],
         "label_map": BRATS_LABEL_MAP,
-        "split": {"val_fraction": val_fraction, "seed": seed},
+        "split": {"val_fraction": val_fraction, "test_fraction": test_fraction, "seed": seed},
         "phantom": {"cases": cases, "seed": seed, "shape": list(shape)},
     }
     return parse_site_config(raw, Path("."), check_paths=False)
@@ -106,17 +118,26 @@ def _mtime(path: Path | None) -> float:
 
 def _verified_site_data(config: SiteConfig, task: SegTask, synthetic: bool) -> SiteData:
     cases = resolve_cases(config)
-    report = verify_cases(cases, config, list(task.classes), keep_loaded=True)
+    report = verify_cases(cases, config, list(task.classes), keep_loaded=True, normalize=False)
     if not report.usable:
         raise SiteConfigError("no usable cases at this site:\n" + "\n".join(report.lines()))
-    volumes = [report.loaded[i] for i in report.good]
-    train_idx, val_idx = split_cases(len(volumes), config.val_fraction, config.split_seed)
+    volumes = [_normalized(report.loaded[i], cases[i]["modality"], config) for i in report.good]
+    train_idx, val_idx, test_idx = split_cases(len(volumes), config.val_fraction, config.split_seed, config.test_fraction)
     kind = "SYNTHETIC phantom" if synthetic else "site data"
+    counts = f"{len(train_idx)} train / {len(val_idx)} val / {len(test_idx)} test cases"
     return SiteData(
         train=[volumes[i] for i in train_idx],
         val=[volumes[i] for i in val_idx],
-        description=f"{kind}: {config.describe()}; {len(train_idx)} train / {len(val_idx)} val cases",
+        test=[volumes[i] for i in test_idx],
+        description=f"{kind}: {config.describe()}; {counts}",
         synthetic=synthetic,
         skipped=len(report.bad),
         problems=[line for line in report.lines() if line.startswith("case ")],
     )
+
+
+def _normalized(loaded: dict[str, np.ndarray], modality: str, config: SiteConfig) -> dict[str, np.ndarray]:
+    """A good case as training uses it: intensities normalised for its modality with the site's CT window."""
+    window = {"ct_window": config.ct_window} if config.ct_window is not None else {}
+    image = normalize_intensity(np.asarray(loaded["image"], dtype=np.float32), modality, **window)
+    return {**loaded, "image": np.ascontiguousarray(image, dtype=np.float32)}

@@ -13,7 +13,8 @@ Schema (keys starting with ``_`` are comments and ignored; any other unknown key
       "datalist": "datalist.json",       # file inside data_root (default); must exist unless phantom
       "modalities": ["t1", "flair"],     # non-empty, from MODALITIES; phantom: exactly one
       "label_map": {"0": "background", "1": "tumour"},  # raw label value -> class name; "0" -> "background"
-      "split": {"val_fraction": 0.2, "seed": 0},        # optional, these are the defaults
+      "split": {"val_fraction": 0.2, "test_fraction": 0.0, "seed": 0},  # optional, these are the defaults
+      "normalization": {"ct_window": [0, 80]},          # optional; CT HU window (default: brain window)
       "spacing": [1.0, 1.0, 1.0],        # target spacing in mm, or null to keep native (default)
       "phantom": {"cases": 24, "seed": 0, "shape": [64, 64, 24]}  # only for "phantom", optional
     }
@@ -44,7 +45,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from omnifm.data.modalities import MODALITIES
-from omnifm.validation import check_int, check_range, is_int
+from omnifm.validation import check_int, check_range, is_int, is_real
 
 __all__ = [
     "BACKGROUND",
@@ -64,8 +65,11 @@ README = "site_configs/README.md"
 FORMATS = ("nifti", "dicom", "phantom")
 DEFAULT_DATALIST = "datalist.json"
 BACKGROUND = "background"
-TOP_LEVEL_KEYS = ("format", "data_root", "datalist", "modalities", "label_map", "split", "spacing", "phantom")
-SPLIT_KEYS = ("val_fraction", "seed")
+TOP_LEVEL_KEYS = (
+    "format", "data_root", "datalist", "modalities", "label_map", "split", "spacing", "phantom", "normalization"
+)
+SPLIT_KEYS = ("val_fraction", "test_fraction", "seed")
+NORMALIZATION_KEYS = ("ct_window",)
 PHANTOM_KEYS = ("cases", "seed", "shape")
 PHANTOM_MIN_SIDE = 8  # the smallest volume side omnifm.data.phantom renders
 _RAW_LABEL = re.compile(r"0|[1-9][0-9]*")
@@ -122,9 +126,13 @@ class SiteConfig:
         data_root: Absolute data folder (``None`` only for a phantom site without one).
         datalist: The datalist's file name inside ``data_root``.
         val_fraction: Fraction of the site's cases held out for validation, in ``(0, 1)``.
-        split_seed: Seed of the training/validation split.
+        test_fraction: Fraction held out as a test split, in ``[0, 1)`` with
+            ``val_fraction + test_fraction < 1``; 0 (the default) means no test split.
+        split_seed: Seed of the training/validation/test split.
         spacing: Target voxel spacing in mm, or ``None`` to keep each case's native spacing.
         phantom: What to generate (phantom sites only).
+        ct_window: The CT HU window ``(low, high)``, or ``None`` for the default brain window
+            (:data:`omnifm.data.normalize.CT_BRAIN_WINDOW`).
     """
 
     format: str
@@ -136,6 +144,8 @@ class SiteConfig:
     split_seed: int = 0
     spacing: tuple[float, float, float] | None = None
     phantom: PhantomSpec | None = None
+    test_fraction: float = 0.0
+    ct_window: tuple[float, float] | None = None
 
     @property
     def datalist_path(self) -> Path | None:
@@ -231,7 +241,7 @@ def parse_site_config(data: Mapping[str, Any], base_dir: str | Path, *, check_pa
     _check_keys(data, TOP_LEVEL_KEYS, "")
     fmt = _parse_format(data)
     root = _parse_data_root(data, fmt, Path(base_dir), check_paths)
-    val_fraction, seed = _parse_split(data)
+    val_fraction, test_fraction, seed = _parse_split(data)
     return SiteConfig(
         format=fmt,
         modalities=_parse_modalities(data, fmt),
@@ -242,6 +252,8 @@ def parse_site_config(data: Mapping[str, Any], base_dir: str | Path, *, check_pa
         split_seed=seed,
         spacing=_parse_spacing(data),
         phantom=_parse_phantom(data, fmt),
+        test_fraction=test_fraction,
+        ct_window=_parse_normalization(data),
     )
 
 
@@ -334,7 +346,7 @@ def _label_entry(key: Any, name: Any) -> tuple[int, str]:
     return int(key), name
 
 
-def _parse_split(data: Mapping[str, Any]) -> tuple[float, int]:
+def _parse_split(data: Mapping[str, Any]) -> tuple[float, float, int]:
     split = data.get("split", {})
     if not isinstance(split, Mapping):
         raise _error(f'"split" must be an object, got {split!r}', 'write e.g. {"val_fraction": 0.2, "seed": 0}')
@@ -342,8 +354,28 @@ def _parse_split(data: Mapping[str, Any]) -> tuple[float, int]:
     fraction = split.get("val_fraction", 0.2)
     name = '"split.val_fraction"'
     _checked("set it to e.g. 0.2", check_range, name, fraction, 0, 1, low_open=True, high_open=True)
+    test = split.get("test_fraction", 0.0)
+    _checked("set it to e.g. 0.2, or 0 for no test split", check_range, '"split.test_fraction"', test, 0, 1, high_open=True)
+    if fraction + test >= 1:
+        problem = f'"split.val_fraction" + "split.test_fraction" must be < 1 (training needs cases), got {fraction} + {test}'
+        raise _error(problem, "lower one of them")
     seed = _checked("set it to e.g. 0", check_int, '"split.seed"', split.get("seed", 0), 0)
-    return float(fraction), seed
+    return float(fraction), float(test), seed
+
+
+def _parse_normalization(data: Mapping[str, Any]) -> tuple[float, float] | None:
+    value = data.get("normalization", {})
+    if not isinstance(value, Mapping):
+        raise _error(f'"normalization" must be an object, got {value!r}', 'write e.g. {"ct_window": [0, 80]}')
+    _check_keys(value, NORMALIZATION_KEYS, "normalization.")
+    window = value.get("ct_window")
+    if window is None:
+        return None
+    ok = isinstance(window, list) and len(window) == 2 and all(is_real(v) and math.isfinite(v) for v in window)
+    if not ok or not window[0] < window[1]:
+        problem = f'"normalization.ct_window" must be [low, high] in HU with low < high, got {window!r}'
+        raise _error(problem, "write e.g. [0, 80] (brain window) or [-100, 200] (soft tissue)")
+    return float(window[0]), float(window[1])
 
 
 def _parse_spacing(data: Mapping[str, Any]) -> tuple[float, float, float] | None:

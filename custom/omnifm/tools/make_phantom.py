@@ -18,7 +18,9 @@ import time
 from pathlib import Path
 
 from omnifm.data.modalities import MODALITIES
-from omnifm.data.phantom import DEFAULT_SHAPE, FORMATS, MANIFEST_NAME, make_phantom_federation, read_phantom_manifest
+from omnifm.data.phantom import (
+    DEFAULT_SHAPE, FORMATS, MANIFEST_NAME, SITE_MODALITIES, make_phantom_federation, read_phantom_manifest,
+)
 
 __all__ = ["build_parser", "main", "summary_table"]
 
@@ -37,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--modalities",
         nargs="+",
         choices=MODALITIES,
-        help="modality per site, cycled (default: t1 t2 ct flair pet t1ce)",
+        help=f"modality per site, cycled (default: {' '.join(SITE_MODALITIES)})",
     )
     parser.add_argument("--format", choices=FORMATS, default="nifti", help="image format (default nifti)")
     parser.add_argument(

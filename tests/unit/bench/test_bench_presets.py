@@ -9,6 +9,7 @@ import pytest
 from omnifm.bench.cli import main
 from omnifm.bench.presets import ABLATIONS, SENSITIVITY, build_grid, customize, get_preset
 from omnifm.bench.runner import RunConfig
+from omnifm.bench.settings import SETTINGS
 
 
 def test_every_run_of_a_grid_gets_the_same_budget():
@@ -17,7 +18,7 @@ def test_every_run_of_a_grid_gets_the_same_budget():
     assert len({r.run_id for r in grid}) == len(grid), "run ids are unique"
     main = [r for r in grid if r.group == "main"]
     assert {r.seed for r in main} >= {0, 1, 2}
-    assert {r.setting for r in main} == {"cross-modality", "same-modality", "dirichlet", "same-modality-t2"}
+    assert {r.setting for r in main} == set(SETTINGS)
     assert {r.algorithm for r in grid if r.group == "ablation"} == set(ABLATIONS)
     assert len([r for r in grid if r.group == "sensitivity"]) == len(SENSITIVITY) * len(get_preset("full").sensitivity_seeds)
 

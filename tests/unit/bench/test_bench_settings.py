@@ -41,15 +41,16 @@ def test_dirichlet_plan_rejects_bad_arguments(kwargs, message):
         dirichlet_plan(**kwargs)
 
 
-@pytest.mark.parametrize("size, fraction", [(4, 0.0), (8, 0.5), (10, 1.0), (6, 0.01)])
-def test_pick_cases_puts_a_tumour_case_on_both_sides_of_the_split(size, fraction):
+@pytest.mark.parametrize("size, fraction, test_fraction", [(4, 0.0, 0.0), (8, 0.5, 0.0), (10, 1.0, 0.25), (6, 0.01, 0.25)])
+def test_pick_cases_puts_a_tumour_case_in_every_split_part(size, fraction, test_fraction):
     flags = [i % 3 == 0 for i in range(40)]  # every third pool case is tumour-free
-    chosen = pick_cases(flags, size, fraction, 0.25, seed=3)
+    chosen = pick_cases(flags, size, fraction, 0.25, seed=3, test_fraction=test_fraction)
     assert len(chosen) == size == len(set(chosen))
-    train, val = split_cases(size, 0.25, 3)
-    assert any(not flags[chosen[i]] for i in val) and any(not flags[chosen[i]] for i in train)
+    parts = [p for p in split_cases(size, 0.25, 3, test_fraction) if p]
+    assert len(parts) == (3 if test_fraction else 2)
+    assert all(any(not flags[chosen[i]] for i in part) for part in parts)
     n_free = sum(flags[i] for i in chosen)
-    assert n_free == min(size - max(round(fraction * size), 2), sum(flags))
+    assert n_free == min(size - max(round(fraction * size), len(parts)), sum(flags))
 
 
 def test_pick_cases_needs_tumour_cases():
@@ -60,6 +61,8 @@ def test_pick_cases_needs_tumour_cases():
 def test_data_config_and_setting_checks():
     with pytest.raises(ValueError, match="min_cases"):
         DataConfig(cases=3, min_cases=4)
+    with pytest.raises(ValueError, match="val_fraction \\+ test_fraction"):
+        DataConfig(val_fraction=0.5, test_fraction=0.5)
     with pytest.raises(ValueError, match="unknown setting 'iid'"):
         check_setting("iid")
     assert DataConfig(shape=(16, 16, 4)).to_dict()["shape"] == [16, 16, 4]
@@ -68,7 +71,7 @@ def test_data_config_and_setting_checks():
 @pytest.fixture(scope="module")
 def federations(tmp_path_factory):
     root = tmp_path_factory.mktemp("bench_cache")
-    data = DataConfig(sites=3, cases=4, shape=(16, 16, 8), min_cases=2, pool_factor=4)
+    data = DataConfig(sites=3, cases=4, shape=(16, 16, 8), min_cases=2, pool_factor=4, test_fraction=0.0)
     task = SegTask.from_dict(None)
     return {s: load_federation(s, data, 0, root, task) for s in SETTINGS}
 
@@ -76,16 +79,23 @@ def federations(tmp_path_factory):
 def test_settings_give_the_promised_modalities(federations):
     modalities = {s: [v["modality"] for _, v in sorted(summary.items())] for s, (_, summary) in federations.items()}
     assert modalities == {
-        "cross-modality": ["t1", "t2", "ct"], "same-modality": ["t1", "t1", "t1"], "dirichlet": ["t1", "t2", "ct"],
-        "same-modality-t2": ["t2", "t2", "t2"],
+        "cross-modality": ["t1ce", "ct", "t2"], "cross-modality+t1": ["t1ce", "ct", "t2", "t1"],
+        "same-modality": ["t1ce"] * 3, "dirichlet": ["t1ce", "ct", "t2"], "same-modality-t2": ["t2"] * 3,
     }
+
+
+def test_the_test_split_is_held_out(tmp_path):
+    data = DataConfig(sites=2, cases=8, shape=(16, 16, 8), val_fraction=0.25, test_fraction=0.25)
+    sites, summary = load_federation("cross-modality", data, 1, tmp_path, SegTask.from_dict(None))
+    assert all((v["train_cases"], v["val_cases"], v["test_cases"]) == (4, 2, 2) for v in summary.values())
+    assert all(len(d.test) == 2 for d in sites.values())
 
 
 def test_cross_modality_matches_the_simulator_fallback_data(federations, tmp_path):
     from omnifm.data.site import load_site_data, simulator_config
 
     sites, _ = federations["cross-modality"]
-    config = simulator_config("site-2", 4, (16, 16, 8), 0.25, 0)
+    config = simulator_config("site-2", 4, (16, 16, 8), 0.25, 0)  # the FLARE executor's call: no test split
     flare = load_site_data(config, tmp_path, "site-2", SegTask.from_dict(None))
     assert [c["image"].tobytes() for c in flare.train] == [c["image"].tobytes() for c in sites["site-2"].train]
 

@@ -115,10 +115,29 @@ def test_load_volumes_rejects_bad_datalist_and_mismatched_label(tmp_path, site) 
     [(1, 0.2, 0), (2, 0.01, 1), (2, 0.99, 1), (5, 0.2, 1), (10, 0.2, 2), (10, 0.5, 5), (20, 0.25, 5), (3, 0.9, 2)],
 )
 def test_split_cases_sizes_and_partition(n: int, val_fraction: float, n_val: int) -> None:
-    train, val = split_cases(n, val_fraction, seed=0)
-    assert len(val) == n_val and len(train) == n - n_val
+    train, val, test = split_cases(n, val_fraction, seed=0)
+    assert len(val) == n_val and len(train) == n - n_val and test == []
     assert sorted(train + val) == list(range(n))
     assert train == sorted(train) and val == sorted(val)
+
+
+@pytest.mark.parametrize(
+    ("n", "val_fraction", "test_fraction", "sizes"),
+    [(10, 0.2, 0.2, (6, 2, 2)), (20, 0.25, 0.25, (10, 5, 5)), (12, 0.25, 0.01, (8, 3, 1)), (3, 0.3, 0.6, (1, 1, 1)),
+     (2, 0.3, 0.6, (1, 1, 0)), (1, 0.3, 0.6, (1, 0, 0))],
+)
+def test_split_cases_three_way(n, val_fraction, test_fraction, sizes) -> None:
+    train, val, test = split_cases(n, val_fraction, seed=3, test_fraction=test_fraction)
+    assert (len(train), len(val), len(test)) == sizes
+    assert sorted(train + val + test) == list(range(n))
+
+
+def test_a_test_split_keeps_the_permutation_and_leaves_validation_disjoint() -> None:
+    two_way = split_cases(20, 0.25, seed=1)
+    train, val, test = split_cases(20, 0.25, seed=1, test_fraction=0.2)
+    assert set(test) | set(val) | set(train) == set(range(20)) and not set(test) & set(val)
+    assert set(train) <= set(two_way[0]) | set(two_way[1])
+    assert split_cases(20, 0.25, seed=1, test_fraction=0.0) == two_way
 
 
 def test_split_cases_is_deterministic_per_seed() -> None:
@@ -145,6 +164,15 @@ def test_split_cases_is_deterministic_per_seed() -> None:
 def test_split_cases_rejects_bad_arguments(n, val_fraction, seed, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         split_cases(n, val_fraction, seed)
+
+
+@pytest.mark.parametrize(
+    ("test_fraction", "match"),
+    [(-0.1, "test_fraction"), (1.0, "test_fraction"), (0.8, "val_fraction \\+ test_fraction"), ("0.1", "test_fraction")],
+)
+def test_split_cases_rejects_bad_test_fraction(test_fraction, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        split_cases(10, 0.2, 0, test_fraction=test_fraction)
 
 
 # ------------------------------------------------------------------ SliceDataset

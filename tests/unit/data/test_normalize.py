@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from omnifm.data.modalities import MODALITIES, MR_SEQUENCES
-from omnifm.data.normalize import MR_CLIP, PET_MAX, normalize_intensity
+from omnifm.data.normalize import CT_BRAIN_WINDOW, MR_CLIP, PET_MAX, normalize_intensity
 
 
 def _head(rng: np.random.Generator, scale: float = 1000.0) -> np.ndarray:
@@ -27,8 +27,15 @@ def test_ct_window_maps_to_unit_interval_monotonically() -> None:
     assert out.min() == 0.0 and out.max() == 1.0
     flat = out.ravel()
     assert np.all(np.diff(flat) >= 0)  # monotonic in HU
-    edges = np.array([-100.0, 50.0, 200.0]).reshape(1, 3, 1, 1)
-    np.testing.assert_allclose(normalize_intensity(edges, "ct").ravel(), [0, 0.5, 1])
+    edges = np.array([-10.0, 0.0, 40.0, 80.0, 90.0]).reshape(1, 5, 1, 1)
+    np.testing.assert_allclose(normalize_intensity(edges, "ct").ravel(), [0, 0, 0.5, 1, 1])
+
+
+def test_ct_default_is_the_brain_window() -> None:
+    # grey matter ~40 HU and white matter ~30 HU must be far apart on the [0, 1] scale
+    assert CT_BRAIN_WINDOW == (0.0, 80.0)
+    gm_wm = normalize_intensity(np.array([40.0, 30.0]).reshape(1, 2, 1, 1), "ct").ravel()
+    assert gm_wm[0] - gm_wm[1] == pytest.approx(0.125)
 
 
 def test_ct_custom_window() -> None:

@@ -84,7 +84,7 @@ def _read_series(folder: str) -> tuple[np.ndarray, list]:
 
 @pytest.mark.parametrize(
     ("site", "modality"),
-    [(0, "t1"), (1, "t2"), (2, "ct"), (3, "flair"), (4, "pet"), (5, "t1ce"), (6, "t1"), (13, "t2")],
+    [(0, "t1ce"), (1, "ct"), (2, "t2"), (3, "pet"), (4, "flair"), (5, "t1"), (6, "t1ce"), (13, "ct")],
 )
 def test_modality_for_site(site: int, modality: str) -> None:
     assert modality_for_site(site) == modality
@@ -422,7 +422,7 @@ def test_make_phantom_federation(tmp_path) -> None:
     calls = []
     result = make_phantom_federation(tmp_path, 3, 1, seed=0, shape=(16, 16, 4), on_site=lambda *a: calls.append(a))
     assert list(result) == ["site-1", "site-2", "site-3"] == [c[0] for c in calls]
-    assert [r[0]["modality"] for r in result.values()] == ["t1", "t2", "ct"]
+    assert [r[0]["modality"] for r in result.values()] == ["t1ce", "ct", "t2"]
     assert all(Path(r[0]["image"]).parent.parent == tmp_path / name for name, r in result.items())
     chosen = make_phantom_federation(tmp_path / "m", 3, 1, seed=0, modalities=["pet", "t1ce"], shape=(16, 16, 4))
     assert [r[0]["modality"] for r in chosen.values()] == ["pet", "t1ce", "pet"]

@@ -71,7 +71,15 @@ BAD = [
     (_with(NIFTI, split={"val_fraction": 0}), '"split.val_fraction"', "got 0"),
     (_with(NIFTI, split={"val_fraction": "0.2"}), '"split.val_fraction"', "got '0.2'"),
     (_with(NIFTI, split={"seed": -1}), '"split.seed"', ">= 0"),
-    (_with(NIFTI, split={"fraction": 0.2}), '"split.fraction"', "allowed: val_fraction, seed"),
+    (_with(NIFTI, split={"fraction": 0.2}), '"split.fraction"', "allowed: val_fraction, test_fraction, seed"),
+    (_with(NIFTI, split={"test_fraction": -0.1}), '"split.test_fraction"', "got -0.1"),
+    (_with(NIFTI, split={"test_fraction": 1}), '"split.test_fraction"', "got 1"),
+    (_with(NIFTI, split={"val_fraction": 0.5, "test_fraction": 0.5}), '"split.val_fraction" + "split.test_fraction"', "< 1"),
+    (_with(NIFTI, normalization={"ct_window": [80, 0]}), '"normalization.ct_window"', "low < high"),
+    (_with(NIFTI, normalization={"ct_window": [0, "80"]}), '"normalization.ct_window"', "[low, high]"),
+    (_with(NIFTI, normalization={"ct_window": [0, float("inf")]}), '"normalization.ct_window"', "inf"),
+    (_with(NIFTI, normalization={"window": [0, 80]}), '"normalization.window"', "allowed: ct_window"),
+    (_with(NIFTI, normalization=[0, 80]), '"normalization"', "object"),
     (_with(NIFTI, split=0.2), '"split"', "object"),
     (_with(NIFTI, spacing=[1.0, -1.0, 1.0]), '"spacing[1]"', "got -1.0"),
     (_with(NIFTI, spacing=[1.0, 1.0]), '"spacing"', "[x, y, z]"),
@@ -126,6 +134,13 @@ def test_good_dicom_config_with_defaults_and_absolute_root(base: Path):
     config = parse_site_config(data, "/somewhere/else")
     assert config.data_root == (base / "data").resolve()
     assert (config.val_fraction, config.split_seed, config.spacing) == (0.2, 0, None)
+    assert (config.test_fraction, config.ct_window) == (0.0, None)
+
+
+def test_test_split_and_ct_window(base: Path):
+    config = parse_site_config(_with(NIFTI, split={"val_fraction": 0.2, "test_fraction": 0.25},
+                                     normalization={"ct_window": [-20, 100]}), base)
+    assert (config.val_fraction, config.test_fraction, config.ct_window) == (0.2, 0.25, (-20.0, 100.0))
 
 
 def test_good_phantom_config_needs_no_paths(tmp_path: Path):

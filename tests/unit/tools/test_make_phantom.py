@@ -15,10 +15,10 @@ def test_cli_writes_a_federation_and_reuses_it(tmp_path, capsys) -> None:
     out = tmp_path / "fed"
     assert main(["--out", str(out), *TINY]) == 0
     printed = capsys.readouterr().out
-    assert "[1/2] site-1: t1, 2 cases" in printed and "[2/2] site-2: t2, 2 cases" in printed
+    assert "[1/2] site-1: t1ce, 2 cases" in printed and "[2/2] site-2: ct, 2 cases" in printed
     assert "tumour-free" in printed and "spacing" in printed
     table = [line.split() for line in printed.splitlines() if line.startswith("site-")]
-    assert [row[:3] for row in table] == [["site-1", "t1", "2"], ["site-2", "t2", "2"]]
+    assert [row[:3] for row in table] == [["site-1", "t1ce", "2"], ["site-2", "ct", "2"]]
     for site in ("site-1", "site-2"):
         datalist = json.loads((out / site / "datalist.json").read_text())
         assert [case["id"] for case in datalist["cases"]] == ["case_000", "case_001"]
