@@ -70,3 +70,38 @@ def test_meta_deploys_existing_apps(job: Path):
     meta = json.loads((job / "meta.json").read_text())
     for app in meta["deploy_map"]:
         assert (job / app / "config").is_dir(), f"{job.name}: app {app} has no config folder"
+
+
+SERVER_CONFIGS = [p for p in CONFIGS if p.name == "config_fed_server.json"]
+
+
+def _component(config: dict, path_suffix: str) -> dict:
+    (found,) = [c for c in _components(config) if c["path"].endswith(path_suffix)]
+    return found
+
+
+@pytest.mark.parametrize("path", SERVER_CONFIGS, ids=lambda p: p.parts[-4])
+def test_rounds_survive_a_lost_site(path: Path):
+    """Finite timeouts and a quorum below the number of sites (issue 13, items 13 and 14).
+
+    ``train_timeout: 0`` waits forever for a dead site; ``wait_time_after_min_received: 0`` closes
+    the round at the quorum's first replies (error replies count) without waiting for the others.
+    """
+    config = _resolved(path)
+    meta = json.loads((path.parents[2] / "meta.json").read_text())
+    sag = _component(config, "ScatterAndGather")["args"]
+    sites = [s for members in meta["deploy_map"].values() for s in members if s != "server"]
+    assert 0 < sag["wait_time_after_min_received"] < sag["train_timeout"], sag
+    assert 1 <= sag["min_clients"] < len(sites), f"quorum {sag['min_clients']} of {sites}: no site may be lost"
+    assert meta["min_clients"] == sag["min_clients"], "meta.json and ScatterAndGather must name the same quorum"
+    assert sag["ignore_result_error"] is None, "dynamic mode: an error reply is ignored while the quorum is reachable"
+    assert 0 < _component(config, "GlobalModelEval")["args"]["validation_timeout"] <= sag["train_timeout"]
+
+
+@pytest.mark.parametrize("path", SERVER_CONFIGS, ids=lambda p: p.parts[-4])
+def test_server_guards_the_unsigned_meta(path: Path):
+    config = _resolved(path)
+    guard = _component(config, "omnifm.fl.job_guard.JobGuard")["args"]
+    assert guard["min_clients"] == _component(config, "ScatterAndGather")["args"]["min_clients"]
+    meta = json.loads((path.parents[2] / "meta.json").read_text())
+    assert guard["mandatory_clients"] == meta["mandatory_clients"]

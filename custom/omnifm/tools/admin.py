@@ -44,12 +44,16 @@ __all__ = [
     "format_jobs_table",
     "format_metrics_table",
     "format_status",
+    "identity_conflicts",
     "main",
+    "missing_sites_text",
     "monitor",
+    "parse_rounds",
     "parse_site_metrics",
     "progress_line",
     "progress_text",
     "reason_lines",
+    "stale_jobs",
     "submit",
 ]
 
@@ -58,6 +62,17 @@ COMPLETED = "FINISHED:COMPLETED"
 ADMIN_CONFIG = "fed_admin.json"
 _METRIC_LINE = re.compile(r"round (\d+) ([A-Za-z0-9][\w.@-]*): n=(\d+)((?: [\w.-]+=\S+)*)\s*$")
 _ROUND_LINE = re.compile(r"Round (\d+) (started|finished)\.")
+# ScatterAndGather's lines for a site's reply to round R: accepted/rejected, an ignored error reply, a fatal one.
+_REPLY_LINES = (
+    re.compile(r"Contribution from ([\w.@-]+) (?:ACCEPTED|REJECTED) by the aggregator at round (\d+)"),
+    re.compile(r"Ignore the result from ([\w.@-]+) at round (\d+)"),
+    re.compile(r"Result from ([\w.@-]+) is bad\b.*? at round (\d+)"),
+)
+# FLARE's client manager (server log) when two processes hold one site identity.
+_CONFLICT = re.compile(r"Failed to re-activate the client:\s*([\w.@-]+): already registered with another token")
+_RELOGIN = re.compile(r"Client: ([\w.@-]+) already registered\. Re-login the client with a new token")
+_STAMP = re.compile(r"^(\d{4}-\d\d-\d\d[ T]\d\d:\d\d:\d\d)")
+REPEAT_WAITING_S = 60.0
 _REASON = re.compile(
     r"\bERROR\b|\bCRITICAL\b|panic|FATAL|Traceback|\w+(Error|Exception)\b:|rejected contribution"
     r"|asked to abort|Abort signal received"
@@ -162,11 +177,57 @@ def format_metrics_table(rows: dict[tuple[int, str], dict[str, float]]) -> str:
     return "\n".join(lines)
 
 
-def _round_text(group: dict) -> str:
+@dataclass
+class RoundLog:
+    """What the server's job log says about rounds: started / finished indices and who replied to which."""
+
+    started: list[int] = field(default_factory=list)
+    finished: set[int] = field(default_factory=set)
+    replies: dict[int, set[str]] = field(default_factory=dict)
+
+    @property
+    def start(self) -> int | None:
+        """The job's first round index (its ``start_round``), once the log shows it."""
+        return self.started[0] if self.started else None
+
+    @property
+    def sites(self) -> set[str]:
+        """Every site that replied to any round."""
+        return set().union(*self.replies.values()) if self.replies else set()
+
+    def last_reply(self, site: str) -> int | None:
+        """The last round ``site`` replied to, or None."""
+        return max((r for r, names in self.replies.items() if site in names), default=None)
+
+
+def parse_rounds(log_text: str) -> RoundLog:
+    """Rounds and per-round replies from ScatterAndGather's server log lines."""
+    rounds = RoundLog()
+    for line in log_text.splitlines():
+        for number, event in _ROUND_LINE.findall(line):
+            if event == "started" and int(number) not in rounds.started:
+                rounds.started.append(int(number))
+            elif event == "finished":
+                rounds.finished.add(int(number))
+        for pattern in _REPLY_LINES:
+            match = pattern.search(line)
+            if match:
+                rounds.replies.setdefault(int(match.group(2)), set()).add(match.group(1))
+                break
+    return rounds
+
+
+def _round_text(group: dict, start: int | None) -> str:
+    """Round indices from 0, as in the server log, the checkpoints' ``round``, the metrics table and ``start_round``."""
     current, total, phase = int(group["current_round"]), group.get("num_rounds"), str(group.get("phase", ""))
-    if "finished" in phase or (total and current >= total):
-        return f"{total if total else current} rounds done"
-    return f"round {current + 1}/{total}" if total else f"round {current + 1}"
+    if start is None or not total:
+        span = f"{total} rounds in this job" if total else ""
+        done = "finished" in phase
+        return f"{span} done" if done and span else f"round {current}" + (f" ({span})" if span else "")
+    span = f"rounds {start}-{start + total - 1}"
+    if "finished" in phase or current >= start + total:
+        return f"{span} done"
+    return f"round {current} ({span})"
 
 
 def progress_text(stats: dict | None, log_text: str = "") -> str | None:
@@ -174,10 +235,13 @@ def progress_text(stats: dict | None, log_text: str = "") -> str | None:
 
     ``stats`` is ``Session.show_stats(job_id, "server")``: ScatterAndGather reports ``current_round``,
     ``num_rounds`` and ``phase``, every controller its tasks and the sites they were sent to, and the
-    ServerRunner the running workflow.
+    ServerRunner the running workflow. The job's first round (its ``start_round``, not in the stats)
+    comes from the log's first ``Round N started.`` line; rounds are numbered from 0 like everywhere else.
     """
     groups = (stats or {}).get("server") or {}
-    rounds = [_round_text(g) for g in groups.values() if isinstance(g, dict) and g.get("current_round") is not None]
+    start = parse_rounds(log_text).start
+    trained = [g for g in groups.values() if isinstance(g, dict) and g.get("current_round") is not None]
+    rounds = [_round_text(g, start) for g in trained]
     tasks = [
         f"{task}: {', '.join(sites)}"
         for g in groups.values()
@@ -192,8 +256,82 @@ def progress_text(stats: dict | None, log_text: str = "") -> str | None:
     found = _ROUND_LINE.findall(log_text)
     if found:
         number, event = found[-1]
-        return f"round {int(number) + 1} {event}"
+        return f"round {int(number)} {event}"
     return None
+
+
+def _seconds(value: float) -> str:
+    value = int(round(value))
+    return f"{value // 60} min {value % 60} s" if value >= 60 else f"{value} s"
+
+
+def missing_sites_text(rounds: RoundLog, current: int, expected: set[str], since: dict[str, float], now: float) -> str:
+    """``waiting for site-2 (missing 45 s; last reply: round 0)`` while others already replied to ``current``.
+
+    ``since`` maps a site to the monitor's clock when it was first seen missing (kept across rounds
+    until the site replies again); it is updated here. Empty text when nobody or everybody replied.
+    """
+    replied = rounds.replies.get(current, set())
+    for site in replied:
+        since.pop(site, None)
+    missing = sorted(expected - replied) if replied else []
+    parts = []
+    for site in missing:
+        last = rounds.last_reply(site)
+        seen = now - since.setdefault(site, now)
+        parts.append(f"{site} (missing {_seconds(seen)}; last reply: {'none' if last is None else f'round {last}'})")
+    return f"replied: {', '.join(sorted(replied))}; waiting for {', '.join(parts)}" if parts else ""
+
+
+def stale_jobs(jobs: list[dict], system_info: Any) -> list[str]:
+    """Jobs the job store lists as RUNNING although the server runs no process for them (a server restart)."""
+    running = {str(getattr(j, "job_id", "")) for j in (getattr(system_info, "job_info", None) or [])}
+    return [str(j.get("job_id")) for j in jobs if j.get("status") == "RUNNING" and str(j.get("job_id")) not in running]
+
+
+def identity_conflicts(log_text: str) -> dict[str, dict[str, Any]]:
+    """Per site: heartbeats the server refused because another process re-registered the same identity.
+
+    FLARE's client manager logs (INFO) ``Client: X already registered. Re-login the client with a new
+    token.`` when a process registers as ``X`` while ``X`` is registered, and then ``Failed to
+    re-activate the client:X: already registered with another token.`` for every heartbeat of the
+    process that lost its registration. The second line means two live processes use ``X``'s kit.
+    """
+    found: dict[str, dict[str, Any]] = {}
+    relogins: dict[str, int] = {}
+    for line in log_text.splitlines():
+        stamp = _STAMP.match(line)
+        when = stamp.group(1) if stamp else "?"
+        relogin = _RELOGIN.search(line)
+        if relogin:
+            relogins[relogin.group(1)] = relogins.get(relogin.group(1), 0) + 1
+        conflict = _CONFLICT.search(line)
+        if conflict:
+            entry = found.setdefault(conflict.group(1), {"refused": 0, "first": when, "last": when})
+            entry["refused"] += 1
+            entry["last"] = when
+    for site, entry in found.items():
+        entry["relogins"] = relogins.get(site, 0)
+    return found
+
+
+def _conflict_warning(site: str, entry: dict[str, Any]) -> str:
+    return (
+        f"warning: identity conflict for {site}: the server refused {entry['refused']} heartbeat(s) of a {site} "
+        f"process whose registration another process with {site}'s certificate took over (first {entry['first']}, "
+        f"last {entry['last']}; {entry['relogins']} re-registration(s) of {site}). Two processes run {site}'s kit: "
+        "a copy of the kit elsewhere, or the kit started twice. The last to register is the one connected; the "
+        f"other is locked out until it restarts. Check with {site}'s IT which one is theirs; to revoke a copied kit "
+        "see docs/DEPLOYMENT.md, 'One kit, one place'."
+    )
+
+
+def _stale_warning(job_id: str) -> str:
+    return (
+        f"warning: job {job_id} is RUNNING in the job store, but the server runs no process for it: it was "
+        "interrupted by a server restart, and FLARE 2.9 neither resumes nor aborts it (abort answers 'is not "
+        "running'). Continue with a new job and clear the stale entry: docs/DEPLOYMENT.md, section 8."
+    )
 
 
 def progress_line(job_meta: dict, progress: str | None = None) -> str:
@@ -284,8 +422,15 @@ def status(session: Any, job_id: str | None = None) -> str:
         details = [f"{key}: {meta[key]}" for key in _DETAIL_KEYS if meta.get(key) not in (None, "")]
         details.append(f"deploy_map: {json.dumps(meta.get('deploy_map', {}))}")
         return "\n".join([progress_line(meta, _progress(session, meta)), *details])
-    system = format_status(session.get_system_info(), _safe(session.get_client_job_status))
-    return "\n".join([system, "", format_jobs_table(session.list_jobs())])
+    system_info, jobs = session.get_system_info(), session.list_jobs()
+    lines = [format_status(system_info, _safe(session.get_client_job_status)), "", format_jobs_table(jobs)]
+    warnings = [_stale_warning(job) for job in stale_jobs(jobs, system_info)]
+    server_log = _safe(session.grep_target, "server", pattern="registered", file="log.txt")
+    if server_log is None:
+        warnings.append("note: identity-conflict check skipped: this admin may not run shell commands on the server "
+                        "(grep of its log.txt); a project_admin can")
+    warnings += [_conflict_warning(site, e) for site, e in sorted(identity_conflicts(server_log or "").items())]
+    return "\n".join(lines + ([""] + warnings if warnings else []))
 
 
 def download(session: Any, job_id: str, out: Path | None = None) -> str:
@@ -324,21 +469,69 @@ def _without_duration(line: str) -> str:
 
 @dataclass
 class MonitorState:
-    """What ``monitor`` has already shown."""
+    """What ``monitor`` has already shown, and since when (its clock) each site has been missing."""
 
     last_line: str = ""
+    last_emit: float = 0.0
     shown: set = field(default_factory=set)
+    missing_since: dict = field(default_factory=dict)
+    closed: set = field(default_factory=set)
 
 
-def _poll(session: Any, job_id: str, state: MonitorState, emit: Callable[[str], None]) -> dict:
+def _training(stats: dict | None) -> dict | None:
+    groups = (stats or {}).get("server") or {}
+    for group in groups.values():
+        if isinstance(group, dict) and group.get("current_round") is not None and group.get("phase") == "train":
+            return group
+    return None
+
+
+def _expected_sites(meta: dict, stats: dict | None, rounds: RoundLog) -> set[str]:
+    named = {s for members in (meta.get("deploy_map") or {}).values() for s in members if s not in ("server", "@ALL")}
+    groups = (stats or {}).get("server") or {}
+    tasks = [g.get("tasks") or {} for g in groups.values() if isinstance(g, dict)]
+    sent = {site for task in tasks for sites in task.values() for site in sites}
+    return named | sent | rounds.sites
+
+
+def _waiting(meta: dict, stats: dict | None, rounds: RoundLog, state: MonitorState, now: float) -> str:
+    group = _training(stats)
+    if group is None or int(group["current_round"]) in rounds.finished:
+        return ""
+    expected = _expected_sites(meta, stats, rounds)
+    return missing_sites_text(rounds, int(group["current_round"]), expected, state.missing_since, now)
+
+
+def _closed_without(meta: dict, stats: dict | None, rounds: RoundLog, state: MonitorState) -> list[str]:
+    lines = []
+    expected = _expected_sites(meta, stats, rounds)
+    for number in sorted(rounds.finished - state.closed):
+        state.closed.add(number)
+        absent = sorted(expected - rounds.replies.get(number, set()))
+        if absent:
+            lines.append(f"round {number} closed without {', '.join(absent)} (no reply within the round's wait)")
+    return lines
+
+
+def _key(line: str) -> str:
+    """A status line without its changing durations, to decide whether it is news."""
+    return re.sub(r"\(missing [^;]*;", "(missing;", _without_duration(line))
+
+
+def _poll(session: Any, job_id: str, state: MonitorState, emit: Callable[[str], None], now: float = 0.0) -> dict:
     meta = session.get_job_meta(job_id)
     log_text = _server_log(session, job_id) if meta.get("status") != "SUBMITTED" else ""
     stats = _safe(session.show_stats, job_id, "server") if meta.get("status") == "RUNNING" else None
     progress = progress_text(stats, log_text) if meta.get("status") == "RUNNING" else None
-    line = progress_line(meta, progress)
-    if _without_duration(line) != _without_duration(state.last_line):
+    rounds = parse_rounds(log_text)
+    waiting = _waiting(meta, stats, rounds, state, now) if meta.get("status") == "RUNNING" else ""
+    line = progress_line(meta, ", ".join(p for p in (progress, waiting) if p) or None)
+    if _key(line) != _key(state.last_line) or (waiting and now - state.last_emit >= REPEAT_WAITING_S):
         emit(line)
+        state.last_emit = now
     state.last_line = line
+    for closed in _closed_without(meta, stats, rounds, state):
+        emit(closed)
     rows = {k: v for k, v in parse_site_metrics(log_text).items() if k not in state.shown}
     if rows:
         emit(format_metrics_table(rows))
@@ -390,7 +583,7 @@ def monitor(
         raise AdminError(f"--poll {poll} must be > 0 and --timeout {timeout} >= 0")
     state, start = MonitorState(), clock()
     while True:
-        meta = _poll(session, job_id, state, emit)
+        meta = _poll(session, job_id, state, emit, clock())
         status_text = str(meta.get("status", ""))
         if status_text.startswith("FINISHED"):
             return _finish(session, job_id, status_text, emit)

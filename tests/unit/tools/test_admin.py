@@ -22,10 +22,14 @@ from omnifm.tools.admin import (
     find_admin_kit,
     format_jobs_table,
     format_metrics_table,
+    identity_conflicts,
+    missing_sites_text,
     monitor,
+    parse_rounds,
     parse_site_metrics,
     progress_text,
     reason_lines,
+    stale_jobs,
     submit,
 )
 
@@ -43,6 +47,9 @@ SERVER_LOG_ROUND_1 = f"""\
 2026-11-22 05:56:40,441 - OmniFMAggregator - INFO - {CTX} - round 1 site-1: n=31 align_loss=0.0180 dice_global=0.0081 loss=2.2238
 2026-11-22 05:56:40,441 - OmniFMAggregator - INFO - {CTX} - round 1 site-2: n=32 align_loss=0.0166 dice_global=0.0147 loss=2.2439
 """
+RESUMED_LOG = SERVER_LOG_ROUND_0.replace("Round 0", "Round 2").replace("round 0", "round 2") + (
+    f"2026-11-22 05:56:10,510 - ScatterAndGather - INFO - {CTX} - Round 3 started.\n"
+)
 FATAL = (
     f"2026-11-22 05:53:56,968 - ServerRunner - ERROR - {CTX} - Aborting current RUN due to FATAL_SYSTEM_ERROR "
     "received: Result from site-1 is bad, error code: BAD_TASK_DATA."
@@ -53,11 +60,13 @@ SITE_ERROR = (
 )
 
 
-def _stats(current: int, phase: str = "train", tasks: dict | None = None, workflow: str = "scatter_and_gather") -> dict:
+def _stats(
+    current: int, phase: str = "train", tasks: dict | None = None, workflow: str = "scatter_and_gather", rounds: int = 2
+) -> dict:
     return {
         "server": {
             "GlobalModelEval": {"tasks": {}},
-            "ScatterAndGather": {"current_round": current, "num_rounds": 2, "phase": phase, "tasks": tasks or {}},
+            "ScatterAndGather": {"current_round": current, "num_rounds": rounds, "phase": phase, "tasks": tasks or {}},
             "ServerRunner": {"job_id": JOB, "status": "started", "workflow": workflow},
         }
     }
@@ -246,17 +255,22 @@ def test_metrics_table_has_one_row_per_round_and_site_and_marks_missing_values()
     [
         (
             _stats(0, tasks={"train": ["site-2", "site-1"]}),
-            "",
-            "round 1/2, train: site-2, site-1, workflow scatter_and_gather",
+            SERVER_LOG_ROUND_0,
+            "round 0 (rounds 0-1), train: site-2, site-1, workflow scatter_and_gather",
         ),
-        (_stats(1), "", "round 2/2, workflow scatter_and_gather"),
-        (_stats(2, "_finished_", workflow="final_evaluation"), "", "2 rounds done, workflow final_evaluation"),
-        ({"server": {}}, SERVER_LOG_ROUND_0, "round 1 finished"),
-        (None, SERVER_LOG_ROUND_0 + SERVER_LOG_ROUND_1, "round 2 started"),
+        (_stats(1), SERVER_LOG_ROUND_0, "round 1 (rounds 0-1), workflow scatter_and_gather"),
+        (_stats(1), "", "round 1 (2 rounds in this job), workflow scatter_and_gather"),
+        (_stats(2, "_finished_", workflow="final_evaluation"), SERVER_LOG_ROUND_0, "rounds 0-1 done, workflow final_evaluation"),
+        ({"server": {}}, SERVER_LOG_ROUND_0, "round 0 finished"),
+        (None, SERVER_LOG_ROUND_0 + SERVER_LOG_ROUND_1, "round 1 started"),
         (None, "", None),
+        # a resumed job (start_round 2, num_rounds 2): round 3 is its last round, not "done"
+        (_stats(3), RESUMED_LOG, "round 3 (rounds 2-3), workflow scatter_and_gather"),
+        (_stats(4, "_finished_", workflow="final_evaluation"), RESUMED_LOG, "rounds 2-3 done, workflow final_evaluation"),
     ],
 )
 def test_progress_text(stats, log, expected):
+    """One numbering everywhere: round indices from 0, as in the log, the checkpoints and start_round."""
     assert progress_text(stats, log) == expected
 
 
@@ -319,8 +333,9 @@ def test_monitor_shows_rounds_and_each_site_metric_once_and_exits_0_on_completio
     code, lines = _run_monitor(FakeSession(states))
     assert code == 0
     text = "\n".join(lines)
-    assert "round 1/2, train: site-1, site-2" in text and "round 2/2" in text and "2 rounds done" in text
-    assert sum(line.startswith("job ") and "round 2/2" in line for line in lines) == 1, "unchanged status not repeated"
+    assert "round 0 (2 rounds in this job), train: site-1, site-2" in text
+    assert "round 1 (rounds 0-1)" in text and "rounds 0-1 done" in text
+    assert sum(line.startswith("job ") and "round 1 (" in line for line in lines) == 1, "unchanged status not repeated"
     rows = [line.split()[:2] for line in text.splitlines() if line.strip()[:1].isdigit()]
     assert rows == [["0", "site-1"], ["0", "site-2"], ["1", "site-1"], ["1", "site-2"]]
     assert lines[-1] == f"job {JOB} completed"
@@ -381,3 +396,113 @@ def test_importing_the_tool_loads_no_nvflare():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]", "omnifm-admin must import nvflare inside functions (test_import_rules.py)"
+
+
+# ---------------------------------------------------------------- a lost site, a stale job, a copied kit
+
+
+def _contribution(site: str, rnd: int, second: int) -> str:
+    return (f"2026-11-22 05:57:{second:02d},000 - ScatterAndGather - INFO - {CTX} - "
+            f"Contribution from {site} ACCEPTED by the aggregator at round {rnd}.")
+
+
+LOST_SITE_LOG = "\n".join([
+    f"2026-11-22 05:57:00,000 - ScatterAndGather - INFO - {CTX} - Round 0 started.",
+    _contribution("site-1", 0, 10), _contribution("site-2", 0, 12),
+    f"2026-11-22 05:57:13,000 - ScatterAndGather - INFO - {CTX} - Round 0 finished.",
+    f"2026-11-22 05:57:13,100 - ScatterAndGather - INFO - {CTX} - Round 1 started.",
+    _contribution("site-1", 1, 25),
+])
+ROUND_1_CLOSED = LOST_SITE_LOG + f"\n2026-11-22 05:57:45,000 - ScatterAndGather - INFO - {CTX} - Round 1 finished.\n"
+
+
+def test_parse_rounds_reads_replies_of_every_kind():
+    log = "\n".join([
+        LOST_SITE_LOG,
+        f"... - ScatterAndGather - WARNING - {CTX} - Ignore the result from site-3 at round 1. Result error code: "
+        "EXECUTION_EXCEPTION. Remaining good clients (2) >= min_responses (2).",
+    ])
+    rounds = parse_rounds(log)
+    assert rounds.start == 0 and rounds.started == [0, 1] and rounds.finished == {0}
+    assert rounds.replies == {0: {"site-1", "site-2"}, 1: {"site-1", "site-3"}}
+    assert rounds.last_reply("site-2") == 0 and rounds.last_reply("site-9") is None
+
+
+def test_missing_sites_text_names_the_site_and_how_long_it_has_been_missing():
+    rounds, since = parse_rounds(LOST_SITE_LOG), {}
+    expected = {"site-1", "site-2"}
+    assert missing_sites_text(parse_rounds(LOST_SITE_LOG.split("Round 1 started")[0]), 0, expected, since, 0) == ""
+    first = missing_sites_text(rounds, 1, expected, since, 100.0)
+    assert first == "replied: site-1; waiting for site-2 (missing 0 s; last reply: round 0)"
+    later = missing_sites_text(rounds, 1, expected, since, 175.0)
+    assert later == "replied: site-1; waiting for site-2 (missing 1 min 15 s; last reply: round 0)"
+    assert missing_sites_text(parse_rounds(LOST_SITE_LOG + "\n" + _contribution("site-2", 1, 50)), 1, expected,
+                              since, 180.0) == ""
+    assert since == {}, "a site that replies is no longer missing"
+
+
+def test_monitor_says_which_site_is_missing_for_how_long_and_that_the_round_closed_without_it():
+    train = {"train": ["site-1", "site-2"]}
+    states = [
+        {"status": "RUNNING", "stats": _stats(1, tasks=train, rounds=3), "log": LOST_SITE_LOG},
+        *[{"status": "RUNNING", "stats": _stats(1, tasks=train, rounds=3), "log": LOST_SITE_LOG}] * 13,
+        {"status": "RUNNING", "stats": _stats(2, tasks={"train": ["site-1"]}, rounds=3), "log": ROUND_1_CLOSED},
+        {"status": "FINISHED:COMPLETED", "duration": "0:02:00", "log": ROUND_1_CLOSED},
+    ]
+    code, lines = _run_monitor(FakeSession(states))
+    assert code == 0
+    waiting = [line for line in lines if "waiting for" in line]
+    assert "round 1 (rounds 0-2)" in waiting[0] and "waiting for site-2 (missing 0 s; last reply: round 0)" in waiting[0]
+    assert len(waiting) == 2 and "missing 1 min 0 s" in waiting[1], "repeated once a minute, not every poll"
+    assert "round 1 closed without site-2 (no reply within the round's wait)" in lines
+    assert "round 0 closed without" not in "\n".join(lines)
+
+
+def test_stale_jobs_are_running_in_the_store_without_a_server_process():
+    jobs = [{"job_id": "a", "status": "RUNNING"}, {"job_id": "b", "status": "RUNNING"},
+            {"job_id": "c", "status": "FINISHED:COMPLETED"}]
+    info = SimpleNamespace(job_info=[SimpleNamespace(job_id="b", app_name="app")])
+    assert stale_jobs(jobs, info) == ["a"]
+
+
+CONFLICT_LOG = """\
+2026-11-22 06:10:01,100 - ClientManager - INFO - Client: site-1 already registered. Re-login the client with a new token.
+2026-11-22 06:10:04,000 - ClientManager - INFO - Failed to re-activate the client:site-1: already registered with another token.
+2026-11-22 06:10:19,000 - ClientManager - INFO - Failed to re-activate the client:site-1: already registered with another token.
+2026-11-22 06:11:00,000 - ClientManager - INFO - Client: site-2 already registered. Re-login the client with a new token.
+"""
+
+
+def test_identity_conflicts_count_refused_heartbeats_per_site():
+    found = identity_conflicts(CONFLICT_LOG)
+    assert found == {"site-1": {"refused": 2, "first": "2026-11-22 06:10:04", "last": "2026-11-22 06:10:19",
+                                "relogins": 1}}, "a re-login alone (site-2 restarted) is not a conflict"
+
+
+def _system(job_ids=()):
+    server = SimpleNamespace(start_time=0, status="started")
+    clients = [SimpleNamespace(name="site-1", last_connect_time=0)]
+    return SimpleNamespace(server_info=server, client_info=clients,
+                           job_info=[SimpleNamespace(job_id=j, app_name="app") for j in job_ids])
+
+
+def test_status_warns_about_stale_jobs_and_identity_conflicts():
+    session = SimpleNamespace(
+        get_system_info=lambda: _system(), get_client_job_status=lambda: [],
+        list_jobs=lambda: [{"job_id": JOB, "job_name": "omnifm_seg", "status": "RUNNING"}],
+        grep_target=lambda target, pattern, file: CONFLICT_LOG,
+    )
+    text = admin.status(session)
+    assert f"warning: job {JOB} is RUNNING in the job store, but the server runs no process for it" in text
+    assert "warning: identity conflict for site-1: the server refused 2 heartbeat(s)" in text
+    assert "site-2" not in text.split("identity conflict")[1]
+
+
+def test_status_says_when_it_cannot_check_identities():
+    def refused(target, pattern, file):
+        raise PermissionError("not authorized for shell commands")
+
+    session = SimpleNamespace(get_system_info=lambda: _system([JOB]), get_client_job_status=lambda: [],
+                              list_jobs=lambda: [{"job_id": JOB, "status": "RUNNING"}], grep_target=refused)
+    text = admin.status(session)
+    assert "identity-conflict check skipped" in text and "warning" not in text
