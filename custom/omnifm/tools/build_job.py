@@ -22,6 +22,7 @@ symlinks) and no leftover signature files. Nothing built is committed (``build/`
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import re
 import shutil
@@ -47,6 +48,9 @@ COMPRESSIONS = ("int8",)
 _QUANTIZE = "omnifm.fl.quantize.QuantizeWeights"
 _DEQUANTIZE = "omnifm.fl.quantize.DequantizeWeights"
 _HE_PATHS = ("omnifm.fl.he_", "nvflare.app_opt.he.")
+_GUARD = "omnifm.fl.job_guard.JobGuard"
+_SAG = "nvflare.app_common.workflows.scatter_and_gather.ScatterAndGather"
+_EVAL = "nvflare.app_common.workflows.global_model_eval.GlobalModelEval"
 
 
 @dataclass
@@ -259,6 +263,66 @@ def _rewrite_meta(job: Path, meta: dict, spec: BuildSpec, name: str) -> list[str
     return changes
 
 
+def _default_quorum(spec: BuildSpec, meta: dict) -> BuildSpec:
+    """With named ``--sites`` and no ``--min-clients``: a quorum that lets one site be lost.
+
+    The source's ``min_clients`` is kept unless it would need every named site (or more); then it
+    becomes ``len(sites) - 1`` (at least 1), so a round can close without a dead site.
+    """
+    named = spec.sites and spec.sites != [ALL_SITES]
+    source = meta.get("min_clients")
+    if not named or spec.min_clients is not None or not isinstance(source, int):
+        return spec
+    return dataclasses.replace(spec, min_clients=min(source, max(1, len(spec.sites) - 1)))
+
+
+def _pin_guard(app: Path, spec: BuildSpec) -> list[str]:
+    """Write ``--sites`` into the signed app config's ``job_guard`` (it compares them with meta.json)."""
+    path = app / "config" / "config_fed_server.json"
+    if not spec.sites or not path.is_file():
+        return []
+    config = _read_json(path)
+    guards = [c for c in _components(config) if c.get("path") == _GUARD]
+    value = ALL_SITES if spec.sites == [ALL_SITES] else list(spec.sites)
+    for guard in guards:
+        guard.setdefault("args", {})["sites"] = value
+    _write_json(path, config)
+    return [f"{app.name}/config/{path.name}: {g.get('id')}.sites = {json.dumps(value)}" for g in guards]
+
+
+def _resolved_int(config: dict, value: Any) -> Any:
+    match = re.fullmatch(r"\{(\w+)\}", value) if isinstance(value, str) else None
+    return config.get(match.group(1)) if match else value
+
+
+def _round_policy(app: Path, sites: list[str] | None) -> list[str]:
+    """Refuse timeouts that wait forever; warn about a quorum that tolerates no lost site or waits for no one.
+
+    Raises:
+        ValueError: ``train_timeout`` or ``validation_timeout`` is 0 (FLARE waits forever for a dead site).
+    """
+    path = app / "config" / "config_fed_server.json"
+    config = _read_json(path) if path.is_file() else {}
+    where, warnings = f"{app.name}/config/config_fed_server.json", []
+    named = len(sites) if sites and sites != [ALL_SITES] else None
+    for comp in _components(config):
+        args = {k: _resolved_int(config, v) for k, v in (comp.get("args") or {}).items()}
+        for key in ("train_timeout", "validation_timeout"):
+            if comp.get("path") in (_SAG, _EVAL) and args.get(key, 1) == 0:
+                raise ValueError(f"{where}: {comp.get('id')}.{key} is 0, which waits forever for a site that died: "
+                                 "set a finite number of seconds (the shipped jobs use 3600 / 1800)")
+        if comp.get("path") != _SAG:
+            continue
+        quorum, wait = args.get("min_clients"), args.get("wait_time_after_min_received")
+        if named and quorum == named:
+            warnings.append(f"warning: min_clients {quorum} = every site: no site may be lost (a dead site stops "
+                            "the job once FLARE notices it)")
+        if wait == 0 and (named is None or (isinstance(quorum, int) and quorum < named)):
+            warnings.append(f"warning: {comp.get('id')}.wait_time_after_min_received is 0: a round closes as soon "
+                            "as min_clients sites replied (error replies count) and never waits for the others")
+    return warnings
+
+
 def _symlinks(folder: Path) -> list[Path]:
     return [p for p in folder.rglob("*") if p.is_symlink()]
 
@@ -278,6 +342,7 @@ def build_job(source: Path, out: Path, spec: BuildSpec, force: bool = False) -> 
     source = Path(source)
     meta = _check_source(source)
     name = spec.name or source.resolve().name
+    spec = _default_quorum(spec, meta)
     _check_spec(spec, name)
     target = Path(out) / name
     _check_out(target, source, force)
@@ -290,8 +355,10 @@ def build_job(source: Path, out: Path, spec: BuildSpec, force: bool = False) -> 
         for app in _apps(built, meta):
             _set_custom(app, spec.mode)
             changes += _rewrite_configs(app, spec)
+            changes += _pin_guard(app, spec)
             if spec.compress:
                 changes += _compress(app, spec.compress)
+            changes += _round_policy(app, spec.sites)
         if _symlinks(built):
             raise ValueError(f"{source} yields symlinks {_symlinks(built)}; FLARE's job signing refuses them")
         _replace(target, built)

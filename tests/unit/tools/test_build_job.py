@@ -203,3 +203,55 @@ def test_parse_assignment(text, expected):
 def test_parse_sites_all():
     assert parse_sites("@ALL") == ["@ALL"]
     assert parse_sites(" a , b ") == ["a", "b"]
+
+
+# ---------------------------------------------------------------- a federation that survives losing a site
+
+
+def _guard_args(job: Path) -> dict:
+    server = _json(job / "app" / "config" / "config_fed_server.json")
+    (guard,) = [c for c in server["components"] if c["path"] == "omnifm.fl.job_guard.JobGuard"]
+    return {k: server["min_clients"] if v == "{min_clients}" else v for k, v in guard["args"].items()}
+
+
+@pytest.mark.parametrize(
+    "sites, min_clients, expected",
+    [
+        (["a", "b", "c"], None, 2),  # the source's 2 lets one of three be lost: kept
+        (["a", "b"], None, 1),  # 2 of 2 would need every site: one below
+        (["a"], None, 1),
+        (["a", "b", "c", "d"], None, 2),
+        (["a", "b"], 2, 2),  # an explicit --min-clients is kept (with a warning)
+    ],
+)
+def test_named_sites_get_a_quorum_below_their_number_and_the_guard_pins_them(tmp_path, sites, min_clients, expected):
+    from omnifm.fl.job_guard import JobGuard, mismatches
+
+    job, changes = build_job(SOURCE, tmp_path, BuildSpec(mode="installed", sites=sites, min_clients=min_clients))
+    meta, server = _json(job / "meta.json"), _json(job / "app" / "config" / "config_fed_server.json")
+    assert meta["min_clients"] == server["min_clients"] == expected
+    guard = JobGuard(**_guard_args(job))
+    assert guard.sites == tuple(sorted(sites)) and guard.min_clients == expected
+    assert mismatches(meta, sites, guard.sites, guard.min_clients, guard.mandatory) == [], "the build passes its guard"
+    assert any(f"job_guard.sites = {json.dumps(sites)}" in c for c in changes)
+    assert any("no site may be lost" in c for c in changes) == (expected == len(sites))
+
+
+def test_all_sites_leave_the_guard_unpinned(tmp_path):
+    job, _ = build_job(SOURCE, tmp_path, BuildSpec(mode="installed", sites=["@ALL"]))
+    assert _guard_args(job)["sites"] == "@ALL"
+
+
+@pytest.mark.parametrize("key", ["scatter_and_gather.train_timeout", "final_evaluation.validation_timeout"])
+def test_a_timeout_that_waits_forever_is_refused(tmp_path, capsys, key):
+    assert main([str(SOURCE), "--out", str(tmp_path), "--mode", "installed", "--set", f"{key}=0"]) == 2
+    err = capsys.readouterr().err
+    assert f"{key} is 0, which waits forever for a site that died" in err
+    assert not (tmp_path / "omnifm_seg").exists()
+
+
+def test_a_round_that_waits_for_no_one_is_warned_about(tmp_path, capsys):
+    args = ["--set", "scatter_and_gather.wait_time_after_min_received=0", "--sites", "a,b,c"]
+    assert main([str(SOURCE), "--out", str(tmp_path), "--mode", "installed", *args]) == 0
+    assert "wait_time_after_min_received is 0: a round closes as soon as min_clients sites replied" in \
+        capsys.readouterr().out
