@@ -13,7 +13,15 @@ and baseline, JPEG-LS and JPEG 2000 through the pylibjpeg plugins). Then
 - an enhanced multi-frame file (one file, many frames) gets its geometry and its
   ``RescaleSlope``/``RescaleIntercept`` from the functional groups (MONAI stacks its frames along
   the wrong axis with an identity affine and no rescale);
-- a single-slice file becomes a one-slice 3D volume whose third axis is the slice normal.
+- a single-slice file becomes a one-slice 3D volume whose third axis is the slice normal;
+- slices (or enhanced frames) with different ``ImageOrientationPatient`` (a localizer or a
+  rotated slice mixed into the series) are rejected: MONAI would use slice 0's orientation for all.
+
+Geometry is checked before it is used: an affine (voxel-to-world matrix) holding NaN/Inf or
+singular is rejected, for a NIfTI on the matrix its header declares (MONAI silently replaces a
+broken sform by the qform or the pixel sizes); the image/label affine comparison fails on NaN;
+a target ``spacing`` outside ``SPACING_RANGE_MM`` or one that would resample a case beyond
+4096 voxels per side / 2**29 voxels is refused before anything is allocated.
 
 MONAI's own series path applies ``RescaleSlope``/``RescaleIntercept`` per slice, so values are
 ``slope * stored + intercept`` (e.g. Hounsfield units) in every case.
@@ -52,6 +60,7 @@ import logging
 import math
 import os
 import re
+import tempfile
 import time
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
@@ -69,6 +78,7 @@ from monai.utils import MetaKeys, SpaceKeys, convert_to_numpy, optional_import
 
 from omnifm.data.modalities import MODALITIES
 from omnifm.data.normalize import normalize_intensity
+from omnifm.data.site_config import SPACING_RANGE_MM
 from omnifm.validation import check_range, is_int
 
 pydicom, _HAS_PYDICOM = optional_import("pydicom")
@@ -91,6 +101,9 @@ _PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 _POSITION_TOL_MM = 1e-3  # slices closer than this share a position
 _GAP_TOL = 0.05  # relative tolerance of the slice gap before a series counts as uneven
 _GEOMETRY_TOL_MM = 1e-2  # allowed affine difference between an image and its label
+_ORIENTATION_TOL = 1e-3  # allowed difference of direction cosines between the slices of one series
+_MIN_SINGULAR = 1e-6  # smallest singular value (mm) of an affine's 3x3 part; below: singular
+_MAX_RESAMPLED_SIDE, _MAX_RESAMPLED_VOXELS = 4096, 2**29  # a resampled case beyond these is implausible
 
 
 class CaseError(ValueError):
@@ -118,7 +131,7 @@ def _check_spacing(spacing: Sequence[float] | None) -> tuple[float, float, float
     if isinstance(spacing, (str, bytes)) or not isinstance(spacing, Sequence) or len(spacing) != 3:
         raise ValueError(f"spacing must be three positive numbers (mm) or None, got {spacing!r}")
     for i, value in enumerate(spacing):
-        check_range(f"spacing[{i}]", value, 0, math.inf, low_open=True, high_open=True)
+        check_range(f"spacing[{i}] (mm)", value, *SPACING_RANGE_MM)
     return tuple(float(v) for v in spacing)  # type: ignore[return-value]
 
 
@@ -219,11 +232,30 @@ def _source_files(data: Sequence[str]) -> tuple[list[str], bool]:
     return [str(p) for p in data], False
 
 
+def _check_orientations(orientations: Sequence[np.ndarray | None], what: str) -> None:
+    """Every slice (or frame) must share one ``ImageOrientationPatient`` (or none may have one)."""
+    known = [o for o in orientations if o is not None]
+    if not known:
+        return
+    if len(known) != len(orientations):
+        raise CaseError(f"{len(orientations) - len(known)} of {len(orientations)} {what} have no valid orientation")
+    distinct = [known[0]]
+    for o in known[1:]:
+        if all(np.abs(o - d).max() > _ORIENTATION_TOL for d in distinct):
+            distinct.append(o)
+    if len(distinct) > 1:
+        raise CaseError(
+            f"the {what} have {len(distinct)} different orientations (a localizer, rotated or reformatted slice "
+            "mixed in?); export one orientation per series"
+        )
+
+
 def _check_series(datasets: list[Any]) -> None:
     if any(int(_number(ds.get("SamplesPerPixel"), 1)) != 1 for ds in datasets):
         raise CaseError("not single-channel (colour images are not supported)")
     if len(datasets) == 1:
         return
+    _check_orientations([_floats(ds.get("ImageOrientationPatient"), 6) for ds in datasets], "slices of the series")
     if any(int(_number(ds.get("NumberOfFrames"), 1)) > 1 for ds in datasets):
         raise CaseError("a series of multi-frame files is not supported; give one multi-frame file per case")
     if len({str(ds.get("SeriesInstanceUID", "")) for ds in datasets}) > 1:
@@ -292,7 +324,9 @@ def _frames(ds: Any) -> _Frames:
     intercepts = np.array([_number(_functional(ds, i, transform, "RescaleIntercept"), 0.0) for i in range(n)])
     pixels = stored.astype(np.float32) * slopes[:, None, None].astype(np.float32)
     pixels += intercepts[:, None, None].astype(np.float32)
-    orientation = _floats(_functional(ds, 0, "PlaneOrientationSequence", "ImageOrientationPatient"), 6)
+    orientations = [_floats(_functional(ds, i, "PlaneOrientationSequence", "ImageOrientationPatient"), 6) for i in range(n)]
+    _check_orientations(orientations, "frames of the file")
+    orientation = orientations[0]
     spacing = _floats(_functional(ds, 0, "PixelMeasuresSequence", "PixelSpacing"), 2)
     positions = [_floats(_functional(ds, i, "PlanePositionSequence", "ImagePositionPatient"), 3) for i in range(n)]
     between = _number(_functional(ds, 0, "PixelMeasuresSequence", "SpacingBetweenSlices"), 0.0)
@@ -416,6 +450,8 @@ def _reader_for(source: Any) -> NibabelReader | _DicomReader:
 def _read(source: Any, what: str) -> MetaTensor:
     """One image through ``LoadImage``; any failure becomes a path-free :class:`CaseError`."""
     sources = [str(s) for s in source] if isinstance(source, (list, tuple)) else str(source)
+    if isinstance(source, (str, Path)) and _is_nifti(source):
+        _check_nifti_affine(source, what)
     try:
         with _quiet():
             image = _loader()(sources, reader=_reader_for(source))
@@ -425,7 +461,31 @@ def _read(source: Any, what: str) -> MetaTensor:
         raise CaseError(f"{what} unreadable: {type(err).__name__}") from None
     if image.ndim != 4:
         raise CaseError(f"{what} is not a 3D volume")
+    _check_affine(image, what)
     return image
+
+
+def _check_nifti_affine(path: str | Path, what: str) -> None:
+    """The affine a NIfTI header declares (MONAI silently replaces a broken sform by the qform or pixdim)."""
+    import nibabel
+
+    try:
+        affine = nibabel.load(str(path)).header.get_best_affine()
+    except Exception as err:  # nibabel raises many types on malformed headers
+        raise CaseError(f"{what} unreadable: {type(err).__name__}") from None
+    _check_affine_matrix(np.asarray(affine, dtype=np.float64), what)
+
+
+def _check_affine(image: MetaTensor, what: str) -> None:
+    """The voxel-to-world matrix must be finite and invertible (else geometry checks mean nothing)."""
+    _check_affine_matrix(convert_to_numpy(image.affine, dtype=np.float64), what)
+
+
+def _check_affine_matrix(affine: np.ndarray, what: str) -> None:
+    if affine.shape != (4, 4) or not np.isfinite(affine).all():
+        raise CaseError(f"{what} geometry is invalid: its affine (voxel-to-world matrix) holds NaN or Inf")
+    if np.linalg.svd(affine[:3, :3], compute_uv=False).min() < _MIN_SINGULAR:
+        raise CaseError(f"{what} geometry is invalid: its affine is singular (a zero-length or repeated voxel axis)")
 
 
 def _labels_to_index(label: MetaTensor) -> MetaTensor:
@@ -442,7 +502,7 @@ def _check_geometry(image: MetaTensor, label: MetaTensor) -> None:
     if tuple(label.shape) != tuple(image.shape):
         raise CaseError(f"label shape {tuple(label.shape)} does not match image shape {tuple(image.shape)}")
     difference = float(np.abs(convert_to_numpy(label.affine) - convert_to_numpy(image.affine)).max())
-    if difference > _GEOMETRY_TOL_MM:
+    if not difference <= _GEOMETRY_TOL_MM:  # written so that NaN fails
         raise CaseError("label position or orientation does not match the image")
 
 
@@ -459,9 +519,21 @@ def _load_tensors(case: Mapping[str, Any], spacing: tuple[float, float, float] |
     if "label" in data:
         _check_geometry(data["image"], data["label"])
     if spacing is not None:
+        _check_resampled_size(data["image"], spacing)
         modes = ["bilinear" if key == "image" else "nearest" for key in keys]
         data = Spacingd(keys=keys, pixdim=spacing, mode=modes)(data)
     return data, slices
+
+
+def _check_resampled_size(image: MetaTensor, spacing: tuple[float, float, float]) -> None:
+    """Refuse a target spacing that would blow the case up to an implausible grid (before allocating it)."""
+    native = np.linalg.norm(convert_to_numpy(image.affine, dtype=np.float64)[:3, :3], axis=0)
+    shape = np.ceil(np.asarray(image.shape[1:], dtype=np.float64) * native / np.asarray(spacing)).astype(np.int64)
+    if shape.max() > _MAX_RESAMPLED_SIDE or float(np.prod(shape, dtype=np.float64)) > _MAX_RESAMPLED_VOXELS:
+        raise CaseError(
+            f'resampling to "spacing" {list(spacing)} mm would make a {tuple(shape.tolist())} volume '
+            f"(native spacing {tuple(np.round(native, 3).tolist())} mm): choose a coarser spacing"
+        )
 
 
 def _integral(label: np.ndarray) -> np.ndarray:
@@ -857,7 +929,24 @@ def _check_output(input_dir: str | Path, output_dir: str | Path) -> Path:
     inp = Path(input_dir).resolve()
     if out == inp or inp in out.parents:
         raise ValueError(f"output_dir must not be inside input_dir, got {str(output_dir)!r}")
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"output_dir {str(output_dir)!r} is a file, not a folder: choose a folder path")
     return out
+
+
+def _make_output(out: Path, output_dir: str | Path) -> None:
+    """Create ``images/`` and ``labels/`` in ``out`` and check that files can be written there."""
+    try:
+        for sub in ("images", "labels"):
+            (out / sub).mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out, prefix=".write-test-"):
+            pass
+    except OSError as err:
+        reason = err.strerror or type(err).__name__
+        raise ValueError(
+            f"output_dir {str(output_dir)!r} cannot be created or written ({reason}): choose a writable folder "
+            "(an existing images/ or labels/ inside it must be folders)"
+        ) from None
 
 
 def _write_datalist(out: Path, entries: list[dict[str, Any]]) -> None:
@@ -900,7 +989,9 @@ def prepare_dataset(
         A :class:`PrepareSummary`.
 
     Raises:
-        ValueError: If an argument is invalid (not for bad cases).
+        ValueError: If an argument is invalid (not for bad cases), including an ``output_dir``
+            that is a file or cannot be created or written.
+        OSError: If writing fails later (e.g. the disk fills up).
     """
     start = time.perf_counter()
     spacing = _check_spacing(spacing)
@@ -909,8 +1000,7 @@ def prepare_dataset(
     summary = PrepareSummary(cases_found=0)
     cases = _discover(input_dir, fmt, summary.notes)
     summary.cases_found = len(cases)
-    for sub in ("images", "labels"):
-        (out / sub).mkdir(parents=True, exist_ok=True)
+    _make_output(out, output_dir)
     entries = []
     for index, case in enumerate(cases):
         outcome = _prepare_one(index, case, out, spacing, modality, summary, entries)

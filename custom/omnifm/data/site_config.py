@@ -72,6 +72,8 @@ SPLIT_KEYS = ("val_fraction", "test_fraction", "seed")
 NORMALIZATION_KEYS = ("ct_window",)
 PHANTOM_KEYS = ("cases", "seed", "shape")
 PHANTOM_MIN_SIDE = 8  # the smallest volume side omnifm.data.phantom renders
+PHANTOM_MAX_SIDE, PHANTOM_MAX_CASES, PHANTOM_MAX_VOXELS = 512, 1000, 2**30  # plausibility: <= 4 GiB of float32
+SPACING_RANGE_MM = (0.05, 20.0)  # plausible target voxel spacing; outside it resampling makes absurd volumes
 _RAW_LABEL = re.compile(r"0|[1-9][0-9]*")
 _T = TypeVar("_T")
 
@@ -385,9 +387,10 @@ def _parse_spacing(data: Mapping[str, Any]) -> tuple[float, float, float] | None
     if not isinstance(value, list) or len(value) != 3:
         fix = "write e.g. [1.0, 1.0, 1.0], or null to keep the native spacing"
         raise _error(f'"spacing" must be [x, y, z] in mm or null, got {value!r}', fix)
+    low, high = SPACING_RANGE_MM
     for i, s in enumerate(value):
         name = f'"spacing[{i}]"'
-        _checked("use positive millimetres, e.g. 1.0", check_range, name, s, 0, math.inf, low_open=True, high_open=True)
+        _checked(f"use millimetres between {low} and {high}, e.g. 1.0", check_range, name, s, low, high)
     return tuple(float(s) for s in value)  # type: ignore[return-value]
 
 
@@ -404,13 +407,20 @@ def _parse_phantom(data: Mapping[str, Any], fmt: str) -> PhantomSpec | None:
     _check_keys(value, PHANTOM_KEYS, "phantom.")
     default = PhantomSpec()
     cases = _checked("set it to e.g. 24", check_int, '"phantom.cases"', value.get("cases", default.cases), 2)
+    _checked("set it to e.g. 24", check_range, '"phantom.cases"', cases, 2, PHANTOM_MAX_CASES)
     seed = _checked("set it to e.g. 0", check_int, '"phantom.seed"', value.get("seed", default.seed), 0)
-    return PhantomSpec(cases=cases, seed=seed, shape=_phantom_shape(value.get("shape", list(default.shape))))
+    shape = _phantom_shape(value.get("shape", list(default.shape)))
+    voxels = cases * shape[0] * shape[1] * shape[2]
+    if voxels > PHANTOM_MAX_VOXELS:
+        problem = (f'"phantom.cases" x "phantom.shape" is {voxels:,} voxels ({voxels * 4 / 2**30:.1f} GiB as float32), '
+                   f"more than the {PHANTOM_MAX_VOXELS:,} a phantom may hold")
+        raise _error(problem, "use fewer cases or a smaller shape, e.g. 24 cases of [64, 64, 24]")
+    return PhantomSpec(cases=cases, seed=seed, shape=shape)
 
 
 def _phantom_shape(shape: Any) -> tuple[int, int, int]:
     ok = isinstance(shape, list) and len(shape) == 3
-    if not ok or any(not is_int(s) or s < PHANTOM_MIN_SIDE for s in shape):
-        problem = f'"phantom.shape" must be three integers >= {PHANTOM_MIN_SIDE}, got {shape!r}'
+    if not ok or any(not is_int(s) or not PHANTOM_MIN_SIDE <= s <= PHANTOM_MAX_SIDE for s in shape):
+        problem = f'"phantom.shape" must be three integers >= {PHANTOM_MIN_SIDE} and <= {PHANTOM_MAX_SIDE}, got {shape!r}'
         raise _error(problem, "write e.g. [64, 64, 24]")
     return tuple(int(s) for s in shape)  # type: ignore[return-value]

@@ -9,7 +9,9 @@ Writes ``images/case_000.nii.gz``, ``labels/case_000.nii.gz`` and ``datalist.jso
 ``--output``, prints one line per case (index, anonymous id, outcome) and then a summary table.
 Nothing printed contains a path, file name, patient name or DICOM tag value.
 
-Exit codes: 0 at least one case was converted, 1 none was, 2 invalid arguments.
+Exit codes: 0 at least one case was converted, 1 none was, 2 invalid arguments (including an
+``--output`` that is a file or cannot be written) or output that could not be written; errors are
+one line on stderr, never a traceback.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="omnifm-prepare-data",
         description="Convert DICOM series or NIfTI volumes into anonymous, RAS-oriented NIfTI cases "
         "plus a datalist.json. Bad cases are skipped and reported by index and anonymous id.",
-        epilog="Exit codes: 0 at least one case converted, 1 none, 2 invalid arguments. "
+        epilog="Exit codes: 0 at least one case converted, 1 none, 2 invalid arguments or output not writable. "
         "Layouts: see omnifm.data.ingest.",
     )
     parser.add_argument("--input", required=True, type=Path, help="folder with the site's export")
@@ -53,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run ``omnifm-prepare-data``; returns the exit code (0 converted, 1 nothing, 2 bad arguments)."""
+    """Run ``omnifm-prepare-data``; returns the exit code (0 converted, 1 nothing, 2 bad arguments or unwritable output)."""
     args = build_parser().parse_args(argv)
     try:
         summary = prepare_dataset(
@@ -66,6 +68,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     except ValueError as err:
         print(f"omnifm-prepare-data: error: {err}", file=sys.stderr)
+        return EXIT_BAD_ARGS
+    except OSError as err:  # e.g. the disk filled up while writing
+        reason = err.strerror or type(err).__name__
+        print(f"omnifm-prepare-data: error: writing to --output failed ({reason}); free space or fix its permissions "
+              "and run again", file=sys.stderr)
         return EXIT_BAD_ARGS
     print(summary.table())
     return EXIT_CONVERTED if summary.converted else EXIT_NOTHING

@@ -705,3 +705,110 @@ def test_prepare_dataset_rejects_bad_arguments(tmp_path: Path) -> None:
     empty = prepare_dataset(tmp_path / "in", tmp_path / "out", progress=False)
     assert empty.cases_found == 0 and empty.converted == []
     assert json.loads((tmp_path / "out" / "datalist.json").read_text()) == {"cases": []}
+
+
+# ------------------------------------------------------------------ geometry that cannot be trusted (issue 13)
+
+
+def _raw_affine_nifti(path: Path, data: np.ndarray, affine) -> str:
+    """A NIfTI whose sform holds ``affine`` exactly as given: nibabel refuses to write NaN itself."""
+    import struct
+
+    img = nib.Nifti1Image(data, np.eye(4))
+    img.set_qform(None)
+    img.set_sform(np.eye(4), code=1)
+    img.header.set_data_offset(352)
+    raw = bytearray(img.header.binaryblock)
+    for row, offset in zip(np.asarray(affine, dtype=float)[:3], (280, 296, 312)):
+        raw[offset : offset + 16] = struct.pack("<4f", *row)
+    with gzip.open(path, "wb") as f:
+        f.write(bytes(raw) + b"\0" * 4 + data.astype(img.get_data_dtype()).tobytes(order="F"))
+    return str(path)
+
+
+NAN_ORIGIN = [[1, 0, 0, np.nan], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]]
+
+
+@pytest.mark.parametrize(
+    ("image_affine", "label_affine", "match"),
+    [
+        (NAN_ORIGIN, [[1, 0, 0, 40.0], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]], "image geometry.*NaN or Inf"),
+        (NAN_ORIGIN, None, "image geometry.*NaN or Inf"),
+        (np.eye(4), np.diag([1, np.inf, 1, 1.0]), "label geometry.*NaN or Inf"),
+        (np.diag([1, 0, 1, 1.0]), None, "image geometry.*singular"),
+        (np.eye(4), [[1, 1, 0, 0], [0, 0, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]], "label geometry.*singular"),
+    ],
+    ids=["nan-origin-other-grid-label", "nan-origin-no-label", "inf-label", "zero-column", "parallel-axes-label"],
+)
+def test_non_finite_or_singular_affines_are_refused(tmp_path: Path, image_affine, label_affine, match) -> None:
+    """A NaN affine used to pass the label check (``nan > tol`` is False) and MONAI rewrites a broken sform."""
+    rng = np.random.default_rng(0)
+    case = {"image": _raw_affine_nifti(tmp_path / "i.nii.gz", rng.random((9, 11, 6)).astype(np.float32), image_affine),
+            "modality": "t1"}
+    if label_affine is not None:
+        case["label"] = _raw_affine_nifti(tmp_path / "l.nii.gz", np.zeros((9, 11, 6), np.uint8), label_affine)
+    with pytest.raises(CaseError, match=match) as err:
+        load_case(case)
+    _assert_path_free(str(err.value), case["image"], case.get("label", case["image"]))
+
+
+def test_a_nan_affine_is_a_bad_case_of_the_integrity_gate(tmp_path: Path) -> None:
+    from omnifm.data.integrity import verify_cases
+
+    rng = np.random.default_rng(0)
+    cases = []
+    for i, affine in enumerate([np.eye(4), NAN_ORIGIN, np.eye(4)]):
+        image = _raw_affine_nifti(tmp_path / f"i{i}.nii.gz", rng.random((9, 11, 6)).astype(np.float32), affine)
+        label = _raw_affine_nifti(tmp_path / f"l{i}.nii.gz", np.zeros((9, 11, 6), np.uint8), np.eye(4))
+        cases.append({"image": image, "label": label, "modality": "t1"})
+    config = parse_site_config({"format": "nifti", "data_root": str(tmp_path), "modalities": ["t1"],
+                                "label_map": {"0": "background", "1": "tumour"}}, tmp_path, check_paths=False)
+    report = verify_cases(cases, config, ["background", "tumour"])
+    assert report.good == [0, 2] and [i for i, _ in report.bad] == [1]
+    assert "image geometry is invalid" in report.bad[0][1]
+
+
+def _rotate_slice(path: Path, orientation) -> None:
+    ds = pydicom.dcmread(path)
+    ds.ImageOrientationPatient = [f"{v:.6f}" for v in orientation]
+    ds.save_as(path)
+
+
+_TILT = np.radians(20)
+
+
+@pytest.mark.dicom
+@pytest.mark.parametrize(
+    ("slice_index", "orientation"),
+    [(3, (0, 1, 0, -1, 0, 0)), (0, (0, 1, 0, -1, 0, 0)), (5, (1, 0, 0, 0, np.cos(_TILT), np.sin(_TILT)))],
+    ids=["middle-slice-90deg", "first-slice-90deg", "tilted-20deg"],
+)
+def test_a_series_with_slices_of_different_orientations_is_refused(tmp_path: Path, stored, slice_index, orientation):
+    files = sorted(write_series(tmp_path / "s", stored))
+    _rotate_slice(files[slice_index], orientation)
+    with pytest.raises(CaseError, match="2 different orientations") as err:
+        load_case({"image": str(tmp_path / "s"), "modality": "t1"})
+    _assert_path_free(str(err.value), tmp_path, values=(PATIENT,))
+    summary = prepare_dataset(tmp_path / "s", tmp_path / "out", fmt="dicom", progress=False)
+    assert not summary.converted and "different orientations" in summary.skipped[0].reason
+
+
+@pytest.mark.dicom
+def test_orientations_equal_up_to_rounding_are_one_orientation(tmp_path: Path, stored) -> None:
+    files = sorted(write_series(tmp_path / "s", stored))
+    _rotate_slice(files[2], (1, 0, 0, 0, 1, 1e-5))  # DS rounding noise, well below 0.1 degree
+    assert load_case({"image": str(tmp_path / "s"), "modality": "t1"})["image"].shape[-1] == len(stored)
+
+
+@pytest.mark.parametrize("spacing", [(0.001, 0.001, 0.001), (1.0, 1.0, 500.0)])
+def test_implausible_target_spacing_is_refused_naming_the_field(nifti_case, spacing) -> None:
+    with pytest.raises(ValueError, match=r"spacing\[\d\] \(mm\) must be in \[0.05, 20.0\]"):
+        load_case(nifti_case, spacing=spacing)
+
+
+def test_a_resampled_grid_beyond_the_size_bound_is_refused_before_allocating(tmp_path: Path) -> None:
+    # 9 x 11 x 6 voxels of 400 mm (a broken export) at 0.1 mm would be 36000 x 44000 x 24000 voxels
+    huge = np.diag([400.0, 400.0, 400.0, 1.0])
+    case = {"image": _nifti(tmp_path / "i.nii.gz", np.ones((9, 11, 6), np.float32), huge), "modality": "t1"}
+    with pytest.raises(CaseError, match=r'resampling to "spacing" \[0.1, 0.1, 0.1\] mm would make a \(36000, 44000, 24000\)'):
+        load_case(case, spacing=(0.1, 0.1, 0.1))

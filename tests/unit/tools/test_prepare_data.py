@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -121,3 +124,65 @@ def test_cli_exits_2_on_invalid_arguments(tmp_path: Path, capsys) -> None:
 def test_entry_point_is_declared() -> None:
     text = (REPO / "pyproject.toml").read_text()  # (tomllib needs Python 3.11; the package supports 3.10)
     assert 'omnifm-prepare-data = "omnifm.tools.prepare_data:main"' in text
+
+
+def _nifti_export(tmp_path: Path) -> Path:
+    import nibabel as nib
+
+    (tmp_path / "in").mkdir()
+    nib.save(nib.Nifti1Image(np.ones((6, 6, 4), np.float32), np.eye(4)), tmp_path / "in" / "c_image.nii.gz")
+    return tmp_path / "in"
+
+
+def _run_cli(*args: str) -> subprocess.CompletedProcess:
+    """The command as a user runs it (a traceback would only show on a real stderr)."""
+    return subprocess.run([sys.executable, "-m", "omnifm.tools.prepare_data", *args], capture_output=True, text=True,
+                          timeout=300)
+
+
+@pytest.mark.parametrize(
+    ("make_output", "message"),
+    [
+        (lambda t: (t / "out").write_text("x") and t / "out", "is a file, not a folder"),
+        (lambda t: (t / "f").write_text("x") and t / "f" / "out", r"cannot be created or written \(Not a directory\)"),
+        (lambda t: ((t / "out").mkdir(), (t / "out" / "images").write_text("x")) and t / "out",
+         r"cannot be created or written \(File exists\)"),
+    ],
+    ids=["output-is-a-file", "output-below-a-file", "images-is-a-file"],
+)
+def test_unusable_output_is_a_one_line_error_with_exit_2(tmp_path: Path, make_output, message, capsys) -> None:
+    assert main(["--input", str(_nifti_export(tmp_path)), "--output", str(make_output(tmp_path)), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and re.search(message, err), err
+
+
+def test_read_only_output_is_a_one_line_error_with_exit_2(tmp_path: Path) -> None:
+    target = Path("/sys/omnifm-prepare-data-test")  # /sys refuses new entries, even for root
+    try:
+        target.mkdir()
+    except OSError:
+        pass
+    else:
+        target.rmdir()
+        pytest.skip("this machine's /sys accepts new folders")
+    run = _run_cli("--input", str(_nifti_export(tmp_path)), "--output", str(target))
+    assert run.returncode == 2 and "Traceback" not in run.stderr and len(run.stderr.strip().splitlines()) == 1
+    assert "cannot be created or written" in run.stderr
+
+
+def test_implausible_spacing_is_an_argument_error(tmp_path: Path, capsys) -> None:
+    assert main(["--input", str(_nifti_export(tmp_path)), "--output", str(tmp_path / "out"),
+                 "--spacing", "0.001", "0.001", "0.001"]) == 2
+    assert "spacing[0] (mm) must be in [0.05, 20.0]" in capsys.readouterr().err
+
+
+def test_a_write_failure_after_the_start_is_a_one_line_error(tmp_path: Path, monkeypatch, capsys) -> None:
+    from omnifm.data import ingest
+
+    def full_disk(out, entries):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(ingest, "_write_datalist", full_disk)
+    assert main(["--input", str(_nifti_export(tmp_path)), "--output", str(tmp_path / "out"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "No space left on device" in err
