@@ -230,13 +230,14 @@ def test_bytes_are_far_smaller_on_the_wire_than_vectors_with_their_context(conte
     assert bare < with_context / 2
 
 
-@pytest.mark.parametrize("algorithm", ["omnifm", "fedavg", "fedprox", "fedper"])
+@pytest.mark.parametrize("algorithm", ["omnifm", "fedavg", "fedprox", "fedper", "fedrep", "fedper-fusion"])
 def test_weighted_mean_algorithms_are_accepted(algorithm):
     assert he.check_he_algorithm(algorithm) == algorithm
     assert OmniFMHEPersistor(algorithm=algorithm).spec["algorithm"] == algorithm
 
 
-@pytest.mark.parametrize("algorithm, reason", [("scaffold", "control variates"), ("local", "nothing is shared"),
+@pytest.mark.parametrize("algorithm, reason", [("scaffold", "control variates"), ("feddyn", "FedDyn's next model"),
+                                               ("local", "nothing is shared"),
                                                ("central", "not a federation"), ("nope", "unknown algorithm")])
 def test_other_algorithms_are_refused_when_the_job_is_configured(algorithm, reason):
     with pytest.raises(ValueError, match=reason):

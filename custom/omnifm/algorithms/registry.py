@@ -3,7 +3,9 @@
 Every algorithm uses the same FLARE components, the same data and the same round protocol
 (:mod:`omnifm.algorithms.server`); the rules that differ are the fields of :class:`Algorithm`,
 selected by the one ``algorithm`` job argument. The site side of each rule lives in
-:class:`omnifm.engine.SiteTrainer`, the server side in :func:`omnifm.algorithms.server_round`.
+:class:`omnifm.engine.SiteTrainer`, the server side in :func:`omnifm.algorithms.server_round`;
+a strategy that needs more than these switches is one file of this package holding its whole
+rule (``fedrep.py``, ``feddyn.py``), named by ``Algorithm.rule`` (see :mod:`omnifm.algorithms.rule`).
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from torch import nn
+
+from omnifm.algorithms.rule import RULES
 
 PERSONAL_PARTS = ("head", "norm", "all")
 
@@ -37,6 +41,9 @@ class Algorithm:
         affine_norm: the network needs normalisation layers with affine parameters (a non-affine
             ``instance`` norm becomes ``batch``).
         federated: False for references that are not a federation (``central``): FLARE refuses them.
+        rule: the strategy file holding the rest of the rule (``fedrep``, ``feddyn``; see
+            :mod:`omnifm.algorithms.rule`), or ``""``. It cannot be combined with ``proximal``,
+            ``ditto`` or ``scaffold`` (they use the same training hooks).
         description: one line for logs and docs.
     """
 
@@ -52,6 +59,7 @@ class Algorithm:
     scaffold: bool = False
     affine_norm: bool = False
     federated: bool = True
+    rule: str = ""
     description: str = ""
 
     def __post_init__(self) -> None:
@@ -60,6 +68,10 @@ class Algorithm:
             raise ValueError(f"unknown personal parts {sorted(unknown)}; choose from {PERSONAL_PARTS}")
         if self.retrieval not in ("topk", "mean"):
             raise ValueError(f"retrieval must be 'topk' or 'mean', got {self.retrieval!r}")
+        if self.rule not in ("", *RULES):
+            raise ValueError(f"rule must be one of {RULES} or '', got {self.rule!r}")
+        if self.rule and (self.proximal or self.ditto or self.scaffold):
+            raise ValueError(f"rule {self.rule!r} cannot be combined with proximal, ditto or scaffold")
 
     def personal_parameter_names(self, model: nn.Module) -> set[str]:
         """Names of the parameters that never leave the site."""
@@ -113,6 +125,10 @@ ALGORITHMS: dict[str, Algorithm] = _algorithms(
               description="FedProx: FedAvg with a proximal term pulling local weights to the global ones"),
     Algorithm("fedper", _PLAIN, personal=_HEAD,
               description="FedPer: the plain network, encoder averaged, decoder (task head) kept on the site"),
+    Algorithm("fedper-fusion", {"spectral": False, "eca": False, "prompting": True}, personal=_HEAD,
+              description="Control: FedPer + OmniFM's fusion transformer layer and suffix prompts, no spectral input"),
+    Algorithm("fedrep", _PLAIN, personal=_HEAD, rule="fedrep",
+              description="FedRep: encoder (body) averaged, decoder (head) personal; head epochs, then body epochs"),
     Algorithm("ditto", _PLAIN, ditto=True,
               description="Ditto: FedAvg global model + a personal model pulled to it by ditto_lambda/2 ||v - w||^2"),
     Algorithm("fedbn", _PLAIN, personal=frozenset({"norm"}), affine_norm=True,
@@ -121,6 +137,8 @@ ALGORITHMS: dict[str, Algorithm] = _algorithms(
               description="FedDG-style: FedAvg + low-frequency amplitude interpolation from a pooled amplitude bank"),
     Algorithm("scaffold", _PLAIN, scaffold=True,
               description="SCAFFOLD: FedAvg with server/client control variates correcting local drift"),
+    Algorithm("feddyn", _PLAIN, rule="feddyn",
+              description="FedDyn: dynamic regulariser -<g_i, w> + feddyn_alpha/2 ||w - w_global||^2, server state h"),
     Algorithm("local", _PLAIN, personal=frozenset({"all"}),
               description="Local: every site trains alone, nothing is shared (lower reference)"),
     Algorithm("central", _PLAIN, federated=False,

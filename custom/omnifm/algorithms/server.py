@@ -21,7 +21,7 @@ The round protocol (FLARE's executor/aggregator and ``omnifm.bench`` both call e
   A site uploads the same names; for control names it uploads its control *delta*.
 * ``meta``: plain Python (JSON-able) dict sent to every site with the next task. Keys:
   :data:`BANK` (the spectral knowledge bank as :meth:`KnowledgeBank.to_plain`, or None) and
-  :data:`STATE` (algorithm server state, e.g. FedDG's pooled amplitude bank); every other key
+  :data:`STATE` (algorithm server state, e.g. FedDG's pooled amplitude bank, FedDyn's ``h``); every other key
   (e.g. the FLARE run spec) is carried forward unchanged.
 * :class:`Upload`: one accepted site result. ``extras`` is plain Python (see :func:`to_plain`);
   the site never sends per-image data (prototypes and amplitudes are group means).
@@ -43,6 +43,7 @@ import torch
 
 from omnifm.algorithms.aggregation import update_bank, weighted_average
 from omnifm.algorithms.registry import get_algorithm
+from omnifm.algorithms.rule import server_rule
 from omnifm.algorithms.spec import build_model, shared_state
 from omnifm.knowledge import KnowledgeBank
 
@@ -115,22 +116,30 @@ def server_round(
         raise ValueError("server_round needs at least one upload")
     algo = get_algorithm(spec["algorithm"])
     uploads = sorted(uploads, key=lambda u: u.site)
-    weights = _average_model(global_weights, uploads)
+    weights = _average_model(algo, spec, global_weights, uploads, dict(global_meta.get(STATE) or {}))
     weights.update(_update_controls(global_weights, uploads))
     meta = dict(global_meta)
     if meta.get(BANK):
         bank = KnowledgeBank.from_plain(meta[BANK])
         update_bank(bank, [u.prototypes for u in uploads], [u.retrievals for u in uploads])
         meta[BANK] = bank.to_plain()
-    meta[STATE] = _next_state(algo, dict(global_meta.get(STATE) or {}), uploads)
+    meta[STATE] = _next_state(algo, dict(global_meta.get(STATE) or {}), uploads, spec, global_weights)
     return weights, meta
 
 
-def _average_model(global_weights: dict[str, np.ndarray], uploads: list[Upload]) -> dict[str, np.ndarray]:
-    """Sample-weighted mean of the model weights; an empty model (``local``) stays empty."""
+def _average_model(
+    algo: Any, spec: dict[str, Any], global_weights: dict[str, np.ndarray], uploads: list[Upload], state: dict[str, Any]
+) -> dict[str, np.ndarray]:
+    """Sample-weighted mean of the model weights, unless the algorithm's strategy file has its own
+    (FedDyn, from this round's ``state``); an empty model (``local``) stays empty."""
     names = [k for k in global_weights if not k.startswith(CONTROL_PREFIX)]
     if not names:
         return {}
+    rule = server_rule(algo)
+    model = {k: global_weights[k] for k in names}
+    weights = rule.average(spec, model, uploads, state) if rule is not None else None
+    if weights is not None:
+        return weights
     return weighted_average([({k: u.weights[k] for k in names}, u.n_samples) for u in uploads])
 
 
@@ -144,10 +153,16 @@ def _update_controls(global_weights: dict[str, np.ndarray], uploads: list[Upload
     return out
 
 
-def _next_state(algo: Any, state: dict[str, Any], uploads: list[Upload]) -> dict[str, Any]:
-    """Algorithm server state for the next round (plain Python)."""
+def _next_state(
+    algo: Any, state: dict[str, Any], uploads: list[Upload], spec: dict[str, Any], global_weights: dict[str, np.ndarray]
+) -> dict[str, Any]:
+    """Algorithm server state for the next round (plain Python), from this round's ``state``."""
     if algo.amplitude_aug:
         state[AMPLITUDES] = _pool_amplitudes(uploads)
+    rule = server_rule(algo)
+    if rule is not None:
+        state = rule.next_state(spec, {k: v for k, v in global_weights.items() if not k.startswith(CONTROL_PREFIX)},
+                                state, uploads)
     return state
 
 

@@ -18,7 +18,7 @@ from omnifm.task import SegTask
 from omnifm.validation import check_int, check_range
 
 SPEC_KEYS = ("algorithm", "task", "model", "omnifm", "top_k", "align_weight", "num_prototypes", "prox_mu", "seed")
-OPTIONAL_SPEC_KEYS = ("ditto_lambda", "amplitude_ratio")
+OPTIONAL_SPEC_KEYS = ("ditto_lambda", "amplitude_ratio", "feddyn_alpha", "fedrep_head_epochs")
 
 
 def make_run_spec(
@@ -33,6 +33,8 @@ def make_run_spec(
     seed: int = 0,
     ditto_lambda: float = 0.1,
     amplitude_ratio: float = 0.1,
+    feddyn_alpha: float = 0.01,
+    fedrep_head_epochs: int = 1,
 ) -> dict[str, Any]:
     """Validate and assemble a run spec.
 
@@ -50,6 +52,9 @@ def make_run_spec(
         seed: seed of the initial weights.
         ditto_lambda: Ditto's pull of the personal model to the global one (``ditto`` only).
         amplitude_ratio: FedDG's low-frequency window, as a fraction of the slice size (``feddg`` only).
+        feddyn_alpha: FedDyn's dynamic-regularisation weight alpha, > 0 (``feddyn`` only).
+        fedrep_head_epochs: FedRep's head-only epochs at the start of every round, >= 1; the
+            remaining local epochs train the body (``fedrep`` only; see :func:`omnifm.algorithms.fedrep.head_steps`).
     """
     get_algorithm(algorithm)
     seg_task = SegTask.from_dict(task)
@@ -66,6 +71,8 @@ def make_run_spec(
     prox_mu = check_range("prox_mu", prox_mu, 0.0)
     ditto_lambda = check_range("ditto_lambda", ditto_lambda, 0.0)
     amplitude_ratio = check_range("amplitude_ratio", amplitude_ratio, 0.0, 0.5)
+    feddyn_alpha = check_range("feddyn_alpha", feddyn_alpha, 0.0, low_open=True)
+    fedrep_head_epochs = check_int("fedrep_head_epochs", fedrep_head_epochs)
     return {
         "algorithm": algorithm,
         "task": seg_task.to_dict(),
@@ -78,6 +85,8 @@ def make_run_spec(
         "seed": int(seed),
         "ditto_lambda": float(ditto_lambda),
         "amplitude_ratio": float(amplitude_ratio),
+        "feddyn_alpha": float(feddyn_alpha),
+        "fedrep_head_epochs": fedrep_head_epochs,
     }
 
 

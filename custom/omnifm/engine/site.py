@@ -23,6 +23,7 @@ from torch import nn
 
 from omnifm.algorithms import build_model, get_algorithm
 from omnifm.algorithms.server import AMPLITUDES, CONTROL_PREFIX, Upload, to_plain
+from omnifm.algorithms.rule import site_rule
 from omnifm.algorithms.spec import shared_state
 from omnifm.checkpoint import atomic_torch_save
 from omnifm.data import SliceDataset
@@ -170,6 +171,7 @@ class SiteTrainer:
         self.control = (
             ControlVariates({n: params[n].shape for n in self.shared_names}) if self.algorithm.scaffold else None
         )
+        self.rule = site_rule(self.algorithm, spec, self.model, self.shared_names)  # FedRep, FedDyn (one file each)
         self.optimizers = {"main": torch.optim.Adam(self.model.parameters(), lr=config.learning_rate)}
         if self.personal_model is not None:
             self.optimizers["ditto"] = torch.optim.Adam(self.personal_model.parameters(), lr=config.learning_rate)
@@ -214,8 +216,9 @@ class SiteTrainer:
 
     def personal_state(self) -> dict[str, torch.Tensor]:
         """Everything the site keeps: personal parameters (by name), ``buffer/`` model buffers,
-        ``ditto/`` the personal model, ``control/`` SCAFFOLD's site control, ``optim/<name>/`` the
-        optimizers' state (Adam moments and step counts)."""
+        ``ditto/`` the personal model, ``control/`` SCAFFOLD's site control, ``<rule prefix>/`` a
+        strategy file's state (``feddyn/``: FedDyn's ``g_i``), ``optim/<name>/`` the optimizers'
+        state (Adam moments and step counts)."""
         shared = set(self.shared_names)
         state = {n: p.detach().cpu().clone() for n, p in self.model.named_parameters() if n not in shared}
         state.update({f"buffer/{n}": b.detach().cpu().clone() for n, b in self.model.named_buffers()})
@@ -223,6 +226,8 @@ class SiteTrainer:
             state.update({f"ditto/{n}": v.detach().cpu().clone() for n, v in self.personal_model.state_dict().items()})
         if self.control is not None:
             state.update({f"control/{n}": v.clone() for n, v in self.control.client.items()})
+        if self.rule is not None:
+            state.update({f"{self.rule.prefix}/{n}": v.detach().cpu().clone() for n, v in self.rule.state().items()})
         for name, optimizer in self.optimizers.items():
             state.update({f"{OPTIM_PREFIX}{name}/{k}": v for k, v in flat_state(optimizer).items()})
         return state
@@ -231,6 +236,7 @@ class SiteTrainer:
         params, buffers = dict(self.model.named_parameters()), dict(self.model.named_buffers())
         ditto = self.personal_model.state_dict() if self.personal_model is not None else {}
         optim: dict[str, dict[str, torch.Tensor]] = {name: {} for name in self.optimizers}
+        rule_state: dict[str, torch.Tensor] = {}
         with torch.no_grad():
             for key, value in state.items():
                 prefix, _, rest = key.partition("/")
@@ -243,10 +249,14 @@ class SiteTrainer:
                     ditto[rest].copy_(value)
                 elif prefix == "control":
                     self.control.client[rest] = value.clone()
+                elif self.rule is not None and prefix == self.rule.prefix:
+                    rule_state[rest] = value
                 else:
                     params[key].copy_(value)
         for name, flat in optim.items():
             load_flat_state(self.optimizers[name], flat)
+        if rule_state:
+            self.rule.load_state(rule_state)
 
     def save_personal(self, path: str | Path, round_num: int) -> None:
         """Atomically write the personal state (tensors + ints only: loads with weights_only)."""
@@ -327,12 +337,17 @@ class SiteTrainer:
             self.control.start_round()
             after_backward = self.control.correct
         loader = self._loader(round_num, stream=0)
+        if self.rule is not None:  # the registry refuses a rule combined with proximal/scaffold hooks
+            hooks = self.rule.start_round(model, anchor, len(loader), self.config.local_epochs)
+            regularizer, after_backward = hooks.regularizer or regularizer, hooks.after_backward or after_backward
         for epoch in range(self.config.local_epochs):
             stats = train_epoch(
                 model, loader, optimizer, self.loss_fn, self.device, retriever, align_weight,
                 self.logger, self.config.log_every, regularizer, augment, after_backward,
             )
             self.logger.info("epoch %d/%d: %s", epoch + 1, self.config.local_epochs, _fmt(stats.means()))
+        if self.rule is not None:
+            self.rule.finish_round(model, anchor)
         return stats
 
     def _train_ditto(self, anchor: dict[str, torch.Tensor], round_num: int) -> None:

@@ -41,6 +41,8 @@ def _refusal(algo: Algorithm) -> str | None:
         return "nothing is shared, so there is nothing to encrypt"
     if algo.scaffold:
         return "SCAFFOLD's control variates are not a sample-weighted mean"
+    if algo.rule == "feddyn":
+        return "FedDyn's next model is the plain mean minus h / alpha, and h needs the plaintext weights"
     if algo.amplitude_aug:
         return "its pooled amplitude bank would travel as plaintext meta beside the encrypted weights"
     return None

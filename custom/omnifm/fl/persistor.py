@@ -54,6 +54,8 @@ class OmniFMPersistor(ModelPersistor):
         seed: seed of the initial weights.
         ditto_lambda: Ditto's pull of the personal model to the global one (``ditto`` only).
         amplitude_ratio: FedDG's low-frequency window fraction (``feddg`` only).
+        feddyn_alpha: FedDyn's dynamic-regularisation weight, > 0 (``feddyn`` only).
+        fedrep_head_epochs: FedRep's head-only epochs per round (``fedrep`` only).
         bank: :class:`~omnifm.knowledge.KnowledgeBank` arguments (``rho``, ``delta``, ``prune_window``, ``max_size``).
         source_dir: start from a previous job's saved model and bank (folder holding ``FL_global_model.pt``);
             a relative path is taken from the server's workspace root.
@@ -72,6 +74,8 @@ class OmniFMPersistor(ModelPersistor):
         seed: int = 0,
         ditto_lambda: float = 0.1,
         amplitude_ratio: float = 0.1,
+        feddyn_alpha: float = 0.01,
+        fedrep_head_epochs: int = 1,
         bank: dict | None = None,
         source_dir: str = "",
     ) -> None:
@@ -79,7 +83,8 @@ class OmniFMPersistor(ModelPersistor):
         self.spec = make_run_spec(
             algorithm=algorithm, task=task, model=model, omnifm=omnifm, top_k=top_k,
             align_weight=align_weight, num_prototypes=num_prototypes, prox_mu=prox_mu, seed=seed,
-            ditto_lambda=ditto_lambda, amplitude_ratio=amplitude_ratio,
+            ditto_lambda=ditto_lambda, amplitude_ratio=amplitude_ratio, feddyn_alpha=feddyn_alpha,
+            fedrep_head_epochs=fedrep_head_epochs,
         )
         self.bank_args = dict(bank or {})
         try:

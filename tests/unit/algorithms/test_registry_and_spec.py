@@ -4,20 +4,22 @@ import numpy as np
 import pytest
 import torch
 
-from omnifm.algorithms import ALGORITHMS, build_model, check_run_spec, get_algorithm, make_run_spec, weighted_average
+from omnifm.algorithms import ALGORITHMS, Algorithm, build_model, check_run_spec, get_algorithm, make_run_spec, weighted_average
 
 SMALL = {"channels": [8, 16, 32], "strides": [2, 2]}
 
 
 def test_the_issue_algorithms_are_registered():
-    issue = {"omnifm", "fedavg", "fedprox", "fedper", "ditto", "fedbn", "feddg", "scaffold", "local", "central"}
+    issue = {"omnifm", "fedavg", "fedprox", "fedper", "ditto", "fedbn", "feddg", "scaffold", "local", "central",
+             "fedrep", "feddyn", "fedper-fusion"}
     ablations = {"omnifm-noretrieval", "omnifm-noeca", "omnifm-noprompt", "omnifm-noalign"}
     assert issue | ablations <= set(ALGORITHMS)
     assert all(a.description for a in ALGORITHMS.values())
 
 
 def test_unknown_algorithm_lists_the_choices():
-    choices = r"\['central', 'ditto', 'fedavg', 'fedbn', 'feddg', 'fedper', 'fedprox', 'local', 'omnifm'"
+    choices = (r"\['central', 'ditto', 'fedavg', 'fedbn', 'feddg', 'feddyn', 'fedper', 'fedper-fusion', 'fedprox', "
+               r"'fedrep', 'local', 'omnifm'")
     with pytest.raises(ValueError, match=r"unknown algorithm 'fedx'; choose one of " + choices):
         get_algorithm("fedx")
 
@@ -56,6 +58,10 @@ def test_same_spec_same_initial_weights_without_touching_global_rng():
         ({"algorithm": "x"}, "unknown algorithm 'x'"),
         ({"model": {"out_channels": 2}}, "model.out_channels is 2 but the task has 4 classes"),
         ({"task": {"classes": ["tumour"]}}, "start with 'background'"),
+        ({"feddyn_alpha": 0.0}, r"feddyn_alpha must be > 0.0, got 0.0"),
+        ({"feddyn_alpha": "0.1"}, r"feddyn_alpha must be > 0.0, got '0.1'"),
+        ({"fedrep_head_epochs": 0}, "fedrep_head_epochs must be an int >= 1, got 0"),
+        ({"fedrep_head_epochs": 1.5}, "fedrep_head_epochs must be an int >= 1, got 1.5"),
     ],
 )
 def test_bad_spec(kwargs, match):
@@ -85,3 +91,20 @@ def test_weighted_average_matches_hand_computation():
         weighted_average([])
     with pytest.raises(ValueError, match="total sample weight"):
         weighted_average([({"w": np.zeros(1, np.float32)}, 0)])
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [({"rule": "fedx"}, r"rule must be one of \('fedrep', 'feddyn'\) or '', got 'fedx'"),
+     ({"rule": "feddyn", "proximal": True}, "rule 'feddyn' cannot be combined with proximal, ditto or scaffold"),
+     ({"rule": "fedrep", "scaffold": True}, "rule 'fedrep' cannot be combined")],
+)
+def test_bad_strategy_rule(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        Algorithm("x", **kwargs)
+
+
+def test_strategy_files_are_named_by_the_registry():
+    assert (get_algorithm("fedrep").rule, get_algorithm("feddyn").rule, get_algorithm("fedper").rule) == ("fedrep", "feddyn", "")
+    assert get_algorithm("fedrep").personal == get_algorithm("fedper").personal, "FedRep's head is FedPer's decoder"
+    assert not get_algorithm("feddyn").personal and not get_algorithm("fedper-fusion").uses_bank

@@ -178,3 +178,22 @@ def test_central_pools_the_sites_and_is_not_a_federation():
         train_central(make_run_spec("fedavg", model=SMALL), config, [_volumes(1, 0)], rounds=1)
     with pytest.raises(ValueError, match="rounds must be >= 1"):
         train_central(spec, config, [_volumes(1, 0)], rounds=0)
+
+
+def test_fedper_fusion_has_the_fusion_layer_without_spectral_inputs_and_trains():
+    """Control for OmniFM: FedPer + the same fusion transformer layer and suffix prompts, no spectral encoder/ECA/bank."""
+    trainer = _trainer("fedper-fusion", lr=1e-2)
+    model = trainer.model
+    assert model.spectral_encoder is None and model.eca is None
+    assert isinstance(model.fusion, torch.nn.TransformerEncoderLayer) and model.prompt is not None
+    omnifm_fusion = _trainer("omnifm").model.fusion
+    assert [p.shape for p in model.fusion.parameters()] == [p.shape for p in omnifm_fusion.parameters()]
+    assert "prompt.suffix" in trainer.personal_state() and "prompt.suffix" not in trainer.shared_names
+    assert any(n.startswith("fusion.") for n in trainer.shared_names), "the fusion layer is averaged like OmniFM's"
+    before = trainer.shared_state()
+    result = trainer.train_round(None, 0)
+    assert np.isfinite(result.metrics["loss"]) and result.prototypes.numel() == 0 and result.retrieval_counts == {}
+    fusion = [n for n in before if n.startswith("fusion.")]
+    assert any(not torch.equal(before[n], result.weights[n]) for n in fusion), "the fusion layer receives gradient"
+    initial_suffix = _trainer("fedper-fusion").personal_state()["prompt.suffix"]
+    assert not torch.equal(trainer.personal_state()["prompt.suffix"], initial_suffix), "the suffix prompts train"

@@ -50,7 +50,9 @@ def _run(spec: dict, rebuild: bool, folder, rounds: int = 2):
     return weights, meta, {s: t.personal_state() for s, t in alive.items()}
 
 
-@pytest.mark.parametrize("algorithm", ["omnifm", "fedavg", "ditto", "fedbn", "feddg", "scaffold", "local"])
+@pytest.mark.parametrize(
+    "algorithm", ["omnifm", "fedavg", "ditto", "fedbn", "feddg", "scaffold", "local", "fedrep", "feddyn", "fedper-fusion"]
+)
 def test_kept_alive_equals_rebuilt_with_personal_state(algorithm, tmp_path):
     spec = make_run_spec(algorithm, model=SMALL, num_prototypes=2)
     (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()

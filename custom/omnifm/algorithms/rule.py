@@ -1,0 +1,124 @@
+"""The two hooks a strategy file plugs into: its site part and its server part.
+
+A strategy that needs more than the :class:`~omnifm.algorithms.registry.Algorithm` switches
+(FedRep's alternating head/body updates, FedDyn's dynamic regulariser and server state) lives in
+ONE file of this package holding the whole rule, Flower style: ``fedrep.py``, ``feddyn.py``.
+The registry names it in ``Algorithm.rule``; the generic code only calls these hooks:
+
+* :class:`SiteRule` -- :class:`omnifm.engine.SiteTrainer` creates one per trainer, asks it for
+  the round's training hooks (:meth:`SiteRule.start_round`) and calls :meth:`SiteRule.finish_round`
+  after the local epochs; its :meth:`SiteRule.state` is part of the site's personal state under
+  ``<prefix>/`` (saved, restored, survives a rebuilt trainer).
+* :class:`ServerRule` -- :func:`omnifm.algorithms.server_round` asks it for the next algorithm
+  state (``meta[STATE]``) and for the next global weights; both calls see this round's state.
+
+Examples::
+
+    >>> from omnifm.algorithms import get_algorithm
+    >>> server_rule(get_algorithm("fedavg")) is None
+    True
+    >>> type(server_rule(get_algorithm("feddyn"))).__name__
+    'FedDynServer'
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch import nn
+
+if TYPE_CHECKING:
+    from omnifm.algorithms.registry import Algorithm
+    from omnifm.algorithms.server import Upload
+
+RULES = ("fedrep", "feddyn")
+"""Strategy files of this package that an ``Algorithm.rule`` may name."""
+
+
+@dataclass(frozen=True)
+class RoundHooks:
+    """What a site rule adds to every local step (see :func:`omnifm.engine.train_epoch`).
+
+    Args:
+        regularizer: extra loss term evaluated every step, or None.
+        after_backward: called with the model after ``backward`` and before the optimizer step, or None.
+    """
+
+    regularizer: Callable[[], torch.Tensor] | None = None
+    after_backward: Callable[[nn.Module], None] | None = None
+
+
+class SiteRule:
+    """A strategy's site part; the defaults do nothing.
+
+    Args:
+        spec: the run spec (holds the strategy's hyper-parameters).
+        model: the site's model (on its device).
+        shared_names: names of the parameters exchanged with the server, in model order.
+    """
+
+    prefix = ""
+    """Personal-state prefix of :meth:`state` (keys become ``<prefix>/<name>``)."""
+
+    def __init__(self, spec: dict[str, Any], model: nn.Module, shared_names: list[str]) -> None:
+        self.spec, self.shared_names = spec, list(shared_names)
+
+    def state(self) -> dict[str, torch.Tensor]:
+        """Tensors the site keeps across rounds (CPU); the same keys before and after any round."""
+        return {}
+
+    def load_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Restore entries of :meth:`state`.
+
+        Raises:
+            ValueError: a key :meth:`state` does not have.
+        """
+        unknown = set(state) - set(self.state())
+        if unknown:
+            raise ValueError(f"{self.prefix or type(self).__name__} state has no entries {sorted(unknown)[:5]}")
+
+    def start_round(
+        self, model: nn.Module, anchor: dict[str, torch.Tensor], steps_per_epoch: int, local_epochs: int
+    ) -> RoundHooks:
+        """Hooks for this round's local steps; ``anchor`` = the shared weights received this round."""
+        return RoundHooks()
+
+    def finish_round(self, model: nn.Module, anchor: dict[str, torch.Tensor]) -> None:
+        """Called once after the round's local epochs."""
+
+
+class ServerRule:
+    """A strategy's server part; the defaults are the plain protocol (state unchanged, weighted mean)."""
+
+    def next_state(
+        self, spec: dict[str, Any], global_weights: dict[str, np.ndarray], state: dict[str, Any], uploads: list[Upload]
+    ) -> dict[str, Any]:
+        """The algorithm state (plain Python) for the next round, from this round's ``state``."""
+        return state
+
+    def average(
+        self, spec: dict[str, Any], global_weights: dict[str, np.ndarray], uploads: list[Upload], state: dict[str, Any]
+    ) -> dict[str, np.ndarray] | None:
+        """The next global weights from this round's ``state``, or None for the sample-weighted mean."""
+        return None
+
+
+def _module(algo: Algorithm) -> Any:
+    from omnifm.algorithms import feddyn, fedrep  # the strategy files import this module
+
+    return {"fedrep": fedrep, "feddyn": feddyn}[algo.rule]
+
+
+def site_rule(algo: Algorithm, spec: dict[str, Any], model: nn.Module, shared_names: list[str]) -> SiteRule | None:
+    """The site part of ``algo``'s strategy file, or None when it has none."""
+    site = getattr(_module(algo), "SITE", None) if algo.rule else None
+    return None if site is None else site(spec, model, shared_names)
+
+
+def server_rule(algo: Algorithm) -> ServerRule | None:
+    """The server part of ``algo``'s strategy file, or None when its server rule is the plain protocol."""
+    return getattr(_module(algo), "SERVER", None) if algo.rule else None
