@@ -113,6 +113,8 @@ def _encrypt(site: str, weights: dict, meta: dict, as_bytes: bool = False, encry
     encryptor = _started(encryptor or OmniFMHEModelEncryptor(), _ctx(site))
     shareable = encryptor.process(_shareable(site, weights, meta), _ctx(site))
     assert all(isinstance(v, ts.CKKSVector) for v in from_shareable(shareable).data.values())
+    assert set(from_shareable(shareable).data) == ({he.PACKED} if isinstance(encryptor, OmniFMHEModelEncryptor) else
+                                                   set(weights))
     return SerializeCiphertexts().process(shareable, _ctx(site)) if as_bytes else shareable
 
 
@@ -163,7 +165,7 @@ def test_server_holds_no_plaintext_weights_and_cannot_decrypt(contexts):
     server_context = ts.context_from((contexts / he.SERVER_CONTEXT).read_bytes())
     assert not server_context.has_secret_key()
     with pytest.raises(ValueError):
-        averaged["conv.bias"].decrypt()  # the vector's own (public) context has no secret key either
+        averaged[he.PACKED].decrypt()  # the vector's own (public) context has no secret key either
 
 
 @pytest.mark.parametrize(
@@ -184,14 +186,59 @@ def test_bad_contribution_is_rejected_with_a_reason(contexts, change, reason, ca
     assert reason in caplog.text
 
 
-def test_wrong_size_ciphertext_is_rejected(contexts, caplog):
+def test_wrong_size_tensor_in_the_pack_is_rejected(contexts, caplog):
     shapes = SHAPE_SETS["conv+bias"]
     site, weights, meta = _site_results(shapes, 0)[0]
     weights = {**weights, "conv.bias": np.zeros(15, np.float32)}
     encrypted = _encrypt(site, weights, meta, as_bytes=True)
     ctx = _global(shapes, _bank())
     assert not _started(OmniFMHEAggregator(), ctx).accept(_over_the_wire(encrypted), ctx)
-    assert "holds 15 values, expected 16" in caplog.text
+    assert "packed layout differs from the global model's: conv.bias has 15 values, expected 16" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "tamper, reason",
+    [
+        (lambda d: d.set_meta_prop(he.LAYOUT, None), "no packing layout"),
+        (lambda d: d.set_meta_prop(he.LAYOUT, [["conv.bias", 16], ["conv.weightX", 144]]), "parameter names differ"),
+        (lambda d: d.data.update({"extra": d.data[he.PACKED]}), "expected one packed CKKS vector"),
+    ],
+)
+def test_a_packed_result_with_a_wrong_layout_is_rejected(contexts, caplog, tamper, reason):
+    shapes = SHAPE_SETS["conv+bias"]
+    dxo = from_shareable(_encrypt(*_site_results(shapes, 0)[0]))
+    tamper(dxo)
+    shareable = dxo.to_shareable()
+    shareable.set_peer_props({ReservedKey.IDENTITY_NAME: "site-1"})
+    shareable.add_cookie(AppConstants.CONTRIBUTION_ROUND, 0)
+    ctx = _global(shapes, _bank())
+    assert not _started(OmniFMHEAggregator(), ctx).accept(shareable, ctx)
+    assert reason in caplog.text
+
+
+def test_a_per_tensor_encrypted_result_is_rejected(contexts, caplog):
+    """FLARE's stock encryptor (one vector per tensor), even with the marker set, is not the packed format."""
+    shapes = SHAPE_SETS["mixed"]
+    dxo = from_shareable(_encrypt(*_site_results(shapes, 0)[0], encryptor=HEModelEncryptor(weigh_by_local_iter=False)))
+    dxo.set_meta_prop(he.UNWEIGHTED, True)
+    shareable = dxo.to_shareable()
+    shareable.set_peer_props({ReservedKey.IDENTITY_NAME: "site-1"})
+    shareable.add_cookie(AppConstants.CONTRIBUTION_ROUND, 0)
+    ctx = _global(shapes, _bank())
+    assert not _started(OmniFMHEAggregator(), ctx).accept(shareable, ctx)
+    assert "encrypts each tensor separately" in caplog.text
+
+
+def test_packing_uses_as_few_ciphertexts_as_the_slots_allow(contexts):
+    shapes = SHAPE_SETS["mixed"]  # 6 + 4 + 576 + 1 + 5000 = 5587 values: 2 ciphertexts of 4096 slots, not 6
+    site, weights, meta = _site_results(shapes, 0)[0]
+    packed = from_shareable(_encrypt(site, weights, meta)).data
+    assert len(packed[he.PACKED].ciphertext()) == 2
+    per_tensor = from_shareable(_encrypt(site, weights, meta, encryptor=HEModelEncryptor(weigh_by_local_iter=False)))
+    assert sum(len(v.ciphertext()) for v in per_tensor.data.values()) == 6
+    packed_bytes = len(fobs.dumps(_encrypt(site, weights, meta, as_bytes=True)))
+    per_tensor_bytes = len(fobs.dumps(SerializeCiphertexts().process(per_tensor.to_shareable(), _ctx(site))))
+    assert packed_bytes < per_tensor_bytes / 2.5
 
 
 def test_results_of_the_pre_weighting_stock_encryptor_are_rejected(contexts, caplog):
@@ -210,7 +257,7 @@ def test_mean_stays_exact_with_large_and_unequal_sample_counts(contexts):
     agg = _started(OmniFMHEAggregator(), server_ctx)
     for site, weights, meta in results:
         assert agg.accept(_over_the_wire(_encrypt(site, weights, meta, as_bytes=True)), server_ctx)
-    averaged = from_shareable(agg.aggregate(server_ctx)).data["w"]
+    averaged = from_shareable(agg.aggregate(server_ctx)).data[he.PACKED]
     client = ts.context_from((contexts / he.CLIENT_CONTEXT).read_bytes())
     expected = weighted_average([(w, m[MetaKey.NUM_STEPS_CURRENT_ROUND]) for _, w, m in results])["w"]
     assert np.abs(np.array(ts.ckks_vector_from(client, averaged.serialize()).decrypt()) - expected).max() < 1e-3
@@ -252,8 +299,20 @@ def test_a_site_refuses_to_encrypt_nan_weights():
 
 
 def test_restore_shapes_refuses_values_that_do_not_fit():
-    with pytest.raises(ValueError, match="do not fit shape"):
-        he.unflatten({"a": [0.0] * 5}, {"a": [2, 3]})
+    with pytest.raises(ValueError, match="5 decrypted values do not fit the 6 values"):
+        he.unflatten({he.PACKED: [0.0] * 5}, {"a": [2, 3]})
+    with pytest.raises(ValueError, match="expected the packed vector"):
+        he.unflatten({"a": [0.0] * 6}, {"a": [2, 3]})
+
+
+def test_pack_and_unflatten_restore_every_shape_in_any_name_order():
+    rng = np.random.default_rng(3)
+    weights = {"z": rng.normal(size=(2, 3)), "a": rng.normal(size=4), "m": rng.normal(size=(1, 2, 2))}
+    flat, layout = he.pack(weights)
+    assert layout == [["a", 4], ["m", 4], ["z", 6]] and flat.dtype == np.float32
+    restored = he.unflatten({he.PACKED: flat.tolist()}, he.shapes_of(dict(reversed(list(weights.items())))))
+    for name, value in weights.items():
+        assert restored[name].shape == value.shape and np.allclose(restored[name], value, atol=1e-6)
 
 
 def test_encrypted_mean_refuses_empty_input():
@@ -274,8 +333,8 @@ def test_encrypted_model_is_saved_weights_only_and_resumed_and_located(contexts,
     assert shapes == he.shapes_of(initial[ModelLearnableKey.WEIGHTS])
     client = ts.context_from((contexts / he.CLIENT_CONTEXT).read_bytes())
     plain = {k: np.asarray(v, np.float32) for k, v in initial[ModelLearnableKey.WEIGHTS].items()}
-    encrypted = {k: ts.ckks_vector(client, v.ravel()) for k, v in plain.items()}
-    meta = {**initial[ModelLearnableKey.META], MetaKey.PROCESSED_KEYS: {k: True for k in plain}}
+    encrypted = {he.PACKED: ts.ckks_vector(client, he.pack(plain)[0])}
+    meta = {**initial[ModelLearnableKey.META], MetaKey.PROCESSED_KEYS: {he.PACKED: True}}
     persistor.save_model(make_model_learnable(encrypted, meta), ctx)
 
     assert not (tmp_path / "FL_global_model.pt").exists(), "no plaintext model on the server"
@@ -299,9 +358,36 @@ def test_resume_refuses_a_model_of_another_spec(contexts, tmp_path):
     ctx = _ctx(**{FLContextKey.APP_ROOT: str(tmp_path), AppConstants.CURRENT_ROUND: 1})
     initial = persistor.load_model(ctx)
     client = ts.context_from((contexts / he.CLIENT_CONTEXT).read_bytes())
-    encrypted = {k: ts.ckks_vector(client, np.ravel(v)) for k, v in initial[ModelLearnableKey.WEIGHTS].items()}
-    meta = {**initial[ModelLearnableKey.META], MetaKey.PROCESSED_KEYS: {k: True for k in encrypted}}
+    encrypted = {he.PACKED: ts.ckks_vector(client, he.pack(initial[ModelLearnableKey.WEIGHTS])[0])}
+    meta = {**initial[ModelLearnableKey.META], MetaKey.PROCESSED_KEYS: {he.PACKED: True}}
     persistor.save_model(make_model_learnable(encrypted, meta), ctx)
     other = {**_spec_args(), "model": {**_spec_args()["model"], "channels": [4, 16]}}
     with pytest.raises(ValueError, match="does not fit this job's spec"):
         OmniFMHEPersistor(**other, source_dir=str(tmp_path)).load_model(ctx)
+
+
+def test_a_checkpoint_encrypted_per_tensor_is_refused_on_resume(contexts, tmp_path):
+    from omnifm.fl.he_persistor import save_encrypted
+
+    ctx = _ctx(**{FLContextKey.APP_ROOT: str(tmp_path), AppConstants.CURRENT_ROUND: 1})
+    initial = OmniFMHEPersistor(**_spec_args()).load_model(ctx)
+    client = ts.context_from((contexts / he.CLIENT_CONTEXT).read_bytes())
+    per_tensor = {k: ts.ckks_vector(client, np.ravel(v)) for k, v in initial[ModelLearnableKey.WEIGHTS].items()}
+    save_encrypted(tmp_path, per_tensor, initial[ModelLearnableKey.META][he.SHAPES], {}, 1)
+    with pytest.raises(ValueError, match="holds one ciphertext per tensor"):
+        OmniFMHEPersistor(**_spec_args(), source_dir=str(tmp_path)).load_model(ctx)
+
+
+def test_the_site_encryptor_refuses_a_job_that_also_quantizes(contexts, monkeypatch):
+    from types import SimpleNamespace
+
+    from omnifm.fl import combinations
+    from omnifm.fl.quantize import QuantizeWeights
+
+    encryptor = OmniFMHEModelEncryptor()
+    runner = SimpleNamespace(task_data_filters={}, task_result_filters={"train": [QuantizeWeights(), encryptor]})
+    reasons = []
+    monkeypatch.setattr(encryptor, "system_panic", lambda reason, fl_ctx: reasons.append(reason))
+    encryptor.handle_event(EventType.START_RUN, _ctx("site-1", **{FLContextKey.RUNNER: runner}))
+    assert reasons == [f"OmniFMHEModelEncryptor: {combinations.HE_INT8}"]
+    assert encryptor.tenseal_context is not None, "FLARE's own START_RUN handling still runs"

@@ -1,7 +1,9 @@
 """Homomorphic encryption (CKKS via TenSEAL) for the shared weights: contexts, checks and the encrypted mean.
 
 The HE job (``jobs/omnifm_seg_he``) uses FLARE's own filters: a site's ``HEModelEncryptor`` (without
-pre-weighting) encrypts its flattened weights; the server multiplies each site's ciphertexts by
+pre-weighting) encrypts its shared weights *packed* into one CKKS vector (all tensors flattened and
+concatenated in sorted name order, :func:`pack`), which TenSEAL stores as ``ceil(values / slots)``
+ciphertexts (4,096 slots at poly modulus 8192) instead of at least one per tensor; the server multiplies each site's ciphertexts by
 ``n_i / total samples`` and adds them (one plaintext-scalar multiplication per ciphertext, within
 the depth of FLARE's default CKKS parameters); a site's ``HEModelDecryptor`` decrypts the next
 global model.
@@ -25,6 +27,12 @@ from omnifm.fl import wire
 
 SHAPES = "omnifm_shapes"
 """DXO meta key: ``{name: [dims]}`` of the shared weights (CKKS vectors are flat)."""
+
+PACKED = "omnifm_he_packed"
+"""The one weight name of an encrypted DXO: every shared tensor packed into one CKKS vector (:func:`pack`)."""
+
+LAYOUT = "omnifm_he_layout"
+"""DXO meta key set by the site's encryptor: ``[[name, size], ...]`` in packing order (plaintext, checked by the server)."""
 
 UNWEIGHTED = "omnifm_he_unweighted"
 """DXO meta key set by :class:`~omnifm.fl.he_filters.OmniFMHEModelEncryptor`: weights were encrypted as they are."""
@@ -116,18 +124,46 @@ def shapes_of(weights: dict[str, np.ndarray]) -> dict[str, list[int]]:
     return {name: [int(d) for d in np.shape(value)] for name, value in weights.items()}
 
 
-def check_encrypted(weights: Any, shapes: dict[str, list[int]]) -> str | None:
-    """Why encrypted weights cannot be summed with the global model's, or None if they can."""
+def layout_of(shapes: dict[str, Any]) -> list[list]:
+    """``[[name, size], ...]`` in packing order (sorted names): where each tensor sits in the packed vector."""
+    return [[name, int(prod(shapes[name]))] for name in sorted(shapes)]
+
+
+def pack(weights: dict[str, Any]) -> tuple[np.ndarray, list[list]]:
+    """All tensors flattened and concatenated in sorted name order (float32), and their layout."""
+    layout = layout_of({name: np.shape(value) for name, value in weights.items()})
+    flat = [np.asarray(weights[name], dtype=np.float32).ravel() for name, _ in layout]
+    return (np.concatenate(flat) if flat else np.zeros(0, np.float32)), layout
+
+
+def check_encrypted(weights: Any, shapes: dict[str, list[int]], layout: Any) -> str | None:
+    """Why a packed encrypted contribution cannot be summed with the global model's, or None if it can.
+
+    Args:
+        weights: ``{PACKED: CKKS vector}``.
+        shapes: the global model's ``{name: dims}``.
+        layout: the site's ``[[name, size], ...]`` (meta ``omnifm_he_layout``).
+    """
     if not weights:
         return "no weights in the contribution"
-    reason = wire.check_names(weights, shapes)
+    if not isinstance(weights, dict) or set(weights) != {PACKED}:
+        return (f"expected one packed CKKS vector {PACKED!r}, got {sorted(weights)[:3]}: the site runs an "
+                "encryptor that encrypts each tensor separately (use omnifm.fl.he_filters.OmniFMHEModelEncryptor)")
+    if not isinstance(layout, list) or not all(isinstance(e, list) and len(e) == 2 for e in layout):
+        return f"no packing layout ({LAYOUT}) in the contribution's meta"
+    reason = wire.check_names({name: None for name, _ in layout}, shapes)
     if reason:
         return reason
-    for name, value in weights.items():
-        if not isinstance(value, ts.CKKSVector):
-            return f"{name} is {type(value).__name__}, not a CKKS vector: the site did not encrypt it"
-        if value.size() != prod(shapes[name]):
-            return f"{name} holds {value.size()} values, expected {prod(shapes[name])} for shape {shapes[name]}"
+    expected = layout_of(shapes)
+    if layout != expected:
+        wrong = next(f"{a[0]} has {a[1]} values, expected {b[1]}" for a, b in zip(layout, expected) if a != b)
+        return f"packed layout differs from the global model's: {wrong}"
+    value = weights[PACKED]
+    if not isinstance(value, ts.CKKSVector):
+        return f"{PACKED} is {type(value).__name__}, not a CKKS vector: the site did not encrypt it"
+    total = sum(size for _, size in expected)
+    if value.size() != total:
+        return f"{PACKED} holds {value.size()} values, expected {total} for the global model's shapes"
     return None
 
 
@@ -184,17 +220,21 @@ def from_ciphertext_bytes(weights: dict[str, Any], context: ts.Context | None) -
 
 
 def unflatten(weights: dict[str, Any], shapes: dict[str, list[int]]) -> dict[str, np.ndarray]:
-    """Decrypted flat values back to float32 arrays of the global model's shapes.
+    """The decrypted packed vector (``{PACKED: values}``) back to float32 arrays of the global model's shapes.
 
     Raises:
-        ValueError: a name without a shape, or a value count that does not fit its shape.
+        ValueError: not one packed vector, or a value count that does not fit the shapes.
     """
-    out = {}
-    for name, value in weights.items():
-        if name not in shapes:
-            raise ValueError(f"no shape for {name!r} in the task's {SHAPES} meta")
-        array = np.asarray(value, dtype=np.float32)
-        if array.size != prod(shapes[name]):
-            raise ValueError(f"{name} has {array.size} values, which do not fit shape {shapes[name]}")
-        out[name] = array.reshape(shapes[name])
+    if set(weights) != {PACKED}:
+        raise ValueError(f"expected the packed vector {PACKED!r}, got {sorted(weights)[:3]} (a model encrypted one "
+                         "tensor per ciphertext by an older version?)")
+    flat = np.asarray(weights[PACKED], dtype=np.float32).ravel()
+    layout = layout_of(shapes)
+    total = sum(size for _, size in layout)
+    if flat.size != total:
+        raise ValueError(f"{flat.size} decrypted values do not fit the {total} values of the shapes in {SHAPES}")
+    out, offset = {}, 0
+    for name, size in layout:
+        out[name] = flat[offset:offset + size].reshape(shapes[name])
+        offset += size
     return out

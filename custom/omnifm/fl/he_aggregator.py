@@ -22,14 +22,15 @@ from omnifm.fl.aggregator import OmniFMAggregator
 class OmniFMHEAggregator(OmniFMAggregator):
     """Averages encrypted shared weights by sample count; updates the knowledge bank from plaintext meta.
 
-    Sites encrypt their weights as they are (:class:`~omnifm.fl.he_filters.OmniFMHEModelEncryptor`,
-    FLARE's ``HEModelEncryptor`` without pre-weighting); this aggregator multiplies each site's
-    ciphertexts by ``n_i / total samples`` (``NUM_STEPS_CURRENT_ROUND``, plaintext) and adds them
-    (:func:`omnifm.fl.he.encrypted_mean`).
+    Sites encrypt their weights as they are, packed into one CKKS vector
+    (:class:`~omnifm.fl.he_filters.OmniFMHEModelEncryptor`, FLARE's ``HEModelEncryptor`` without
+    pre-weighting); this aggregator multiplies each site's ciphertexts by ``n_i / total samples``
+    (``NUM_STEPS_CURRENT_ROUND``, plaintext) and adds them (:func:`omnifm.fl.he.encrypted_mean`).
     A contribution is rejected, with the reason logged, when it is an error result, from another
-    round, a second result from the same site, not ``WEIGHTS``, not CKKS-encrypted in every tensor
-    (a plaintext contribution means a site's encryption filter is missing), has names/sizes unlike
-    the global model, or has no positive sample count. NaN/Inf cannot be checked under encryption.
+    round, a second result from the same site, not ``WEIGHTS``, not one packed CKKS vector (a
+    plaintext contribution means a site's encryption filter is missing), has a packing layout
+    (names, sizes) unlike the global model's, or has no positive sample count. NaN/Inf cannot be
+    checked under encryption.
     :meth:`aggregate` fails the job (``system_panic``) when nothing was accepted.
 
     Args:
@@ -69,7 +70,7 @@ class OmniFMHEAggregator(OmniFMAggregator):
             dxo.data = he.from_ciphertext_bytes(dxo.data, self._context)
         except (ValueError, TypeError, RuntimeError) as err:
             return f"ciphertexts cannot be read with {self.tenseal_context_file} ({err})"
-        return he.check_encrypted(dxo.data, global_meta[he.SHAPES])
+        return he.check_encrypted(dxo.data, global_meta[he.SHAPES], dxo.get_meta_prop(he.LAYOUT))
 
     def _combine(
         self, spec: dict, global_weights: dict, meta: dict, uploads: list[Upload], fl_ctx: FLContext
@@ -79,7 +80,7 @@ class OmniFMHEAggregator(OmniFMAggregator):
         averaged = he.encrypted_mean([(u.weights, u.n_samples) for u in uploads])
         plain = [replace(u, weights={}) for u in uploads]
         _, meta = server_round(spec, {}, meta, plain)
-        meta[MetaKey.PROCESSED_KEYS] = {name: True for name in meta[he.SHAPES]}
+        meta[MetaKey.PROCESSED_KEYS] = {he.PACKED: True}
         meta[MetaKey.PROCESSED_ALGORITHM] = HE_ALGORITHM_CKKS
         self.log_info(fl_ctx, f"encrypted mean of {len(uploads)} sites in {time.perf_counter() - start:.3f} s")
         return averaged, meta

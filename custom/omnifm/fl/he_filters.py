@@ -5,15 +5,24 @@ from __future__ import annotations
 import numpy as np
 from nvflare.apis.dxo import DXO, DataKind, MetaKey
 from nvflare.apis.dxo_filter import DXOFilter
+from nvflare.apis.event_type import EventType
 from nvflare.apis.fl_context import FLContext
 from nvflare.apis.shareable import Shareable
 from nvflare.app_opt.he.model_encryptor import HEModelEncryptor
 
-from omnifm.fl import he
+from omnifm.fl import combinations, he
 
 
 class OmniFMHEModelEncryptor(HEModelEncryptor):
-    """FLARE's ``HEModelEncryptor`` without pre-weighting, marking its output as such.
+    """FLARE's ``HEModelEncryptor`` on the packed weights, without pre-weighting, marking its output as such.
+
+    **Packing.** FLARE's encryptor makes one CKKS vector per tensor, and each vector takes at least
+    one ciphertext (4,096 slots at poly modulus 8192), so small tensors waste most of theirs. This
+    encryptor first packs all shared tensors into one flat vector in sorted name order
+    (:func:`omnifm.fl.he.pack`, name ``omnifm_he_packed``, layout ``[[name, size], ...]`` in meta
+    ``omnifm_he_layout``); TenSEAL splits it into ``ceil(values / 4096)`` ciphertexts. The server
+    checks the layout against the global model's shapes; the site's
+    :class:`RestoreWeightShapes` unpacks the decrypted vector by the task's ``omnifm_shapes``.
 
     FLARE's encryptor either pre-multiplies by ``n_i`` (``weigh_by_local_iter=True``, its default)
     or not, and nothing on the wire says which: a site configured differently from the server
@@ -24,23 +33,34 @@ class OmniFMHEModelEncryptor(HEModelEncryptor):
 
     Args:
         tenseal_context_file: the site's TenSEAL context (with the secret key) in its ``startup/`` folder.
-        encrypt_layers: ``None`` (all shared tensors; the OmniFM server requires all) or FLARE's list/regex.
+
+    At START_RUN it stops the run (system panic) if the site's job also uses int8 compression
+    (:mod:`omnifm.fl.combinations`: CKKS ciphertexts cannot be quantized).
     """
 
-    def __init__(self, tenseal_context_file: str = he.CLIENT_CONTEXT, encrypt_layers: list[str] | str | None = None):
-        super().__init__(tenseal_context_file, encrypt_layers, aggregation_weights=None, weigh_by_local_iter=False,
+    def __init__(self, tenseal_context_file: str = he.CLIENT_CONTEXT):
+        super().__init__(tenseal_context_file, None, aggregation_weights=None, weigh_by_local_iter=False,
                          data_kinds=[DataKind.WEIGHTS])
 
+    def handle_event(self, event_type: str, fl_ctx: FLContext) -> None:
+        super().handle_event(event_type, fl_ctx)
+        if event_type == EventType.START_RUN:
+            combinations.refuse_at_start(self, fl_ctx)
+
     def process_dxo(self, dxo: DXO, shareable: Shareable, fl_ctx: FLContext) -> DXO | None:
-        encrypted = super().process_dxo(dxo, shareable, fl_ctx)
+        flat, layout = he.pack(dxo.data)
+        packed = DXO(data_kind=dxo.data_kind, data={he.PACKED: flat}, meta=dxo.meta)
+        encrypted = super().process_dxo(packed, shareable, fl_ctx)
+        encrypted.set_meta_prop(he.LAYOUT, layout)
         encrypted.set_meta_prop(he.UNWEIGHTED, True)
         return encrypted
 
 
 class RestoreWeightShapes(DXOFilter):
-    """Reshapes the weights FLARE's ``HEModelDecryptor`` decrypted into float32 arrays of the global shapes.
+    """Unpacks the vector FLARE's ``HEModelDecryptor`` decrypted into float32 arrays of the global shapes.
 
-    CKKS vectors are flat, so decryption yields flat lists; the shapes travel in DXO meta
+    The global model is one packed CKKS vector (see :class:`OmniFMHEModelEncryptor`), so decryption
+    yields one flat list; the shapes travel in DXO meta
     (``omnifm_shapes``, plaintext, set by :class:`~omnifm.fl.he_persistor.OmniFMHEPersistor`).
     Place this filter *after* ``HEModelDecryptor`` in ``task_data_filters``.
 

@@ -56,7 +56,7 @@ def load_encrypted(folder: str | Path) -> tuple[dict[str, bytes], dict[str, list
 
 def encrypted_meta(meta: dict, shapes: dict[str, list[int]]) -> dict:
     """``meta`` plus the markers that make a site's ``HEModelDecryptor`` decrypt every shared tensor."""
-    return {**meta, he.SHAPES: shapes, MetaKey.PROCESSED_KEYS: {name: True for name in shapes},
+    return {**meta, he.SHAPES: shapes, MetaKey.PROCESSED_KEYS: {he.PACKED: True},
             MetaKey.PROCESSED_ALGORITHM: HE_ALGORITHM_CKKS}
 
 
@@ -89,6 +89,9 @@ class OmniFMHEPersistor(OmniFMPersistor):
         blobs, saved_shapes, spec, bank_state = load_encrypted(folder)
         if saved_shapes != shapes:
             raise ValueError(f"encrypted model in {folder} does not fit this job's spec; saved spec was {spec}")
+        if set(blobs) != {he.PACKED}:
+            raise ValueError(f"encrypted model in {folder} holds one ciphertext per tensor (saved before the weights "
+                             "were packed); it cannot be resumed by this version")
         if meta.get(wire.BANK) is not None and bank_state is not None:
             meta[wire.BANK] = KnowledgeBank.from_state_dict(bank_state).to_plain()
         self.log_info(fl_ctx, f"starting from the encrypted model and bank in {folder}")
