@@ -17,6 +17,7 @@ from torch import nn
 from omnifm.algorithms.rule import RULES
 
 PERSONAL_PARTS = ("head", "norm", "all")
+RETRIEVALS = ("topk", "mean", "random")
 
 
 @dataclass(frozen=True)
@@ -34,7 +35,8 @@ class Algorithm:
         proximal: FedProx's ``prox_mu / 2 * ||w - w_global||^2`` over the shared weights.
         ditto: train a personal copy of the whole model with ``prox_mu / 2 * ||v - w_global||^2``
             next to the FedAvg model; evaluation uses the personal copy.
-        retrieval: ``topk`` (cosine top-k from the bank) or ``mean`` (the bank mean for every image).
+        retrieval: ``topk`` (cosine top-k from the bank), ``mean`` (the bank mean for every image) or
+            ``random`` (the placebo control: top-k, then the retrieved keys and values replaced by noise).
         align: add the spectral-proximal alignment loss (``align_weight``).
         amplitude_aug: FedDG-style low-frequency amplitude interpolation with a pooled amplitude bank.
         scaffold: SCAFFOLD control variates correct every local gradient step.
@@ -66,8 +68,8 @@ class Algorithm:
         unknown = set(self.personal) - set(PERSONAL_PARTS)
         if unknown:
             raise ValueError(f"unknown personal parts {sorted(unknown)}; choose from {PERSONAL_PARTS}")
-        if self.retrieval not in ("topk", "mean"):
-            raise ValueError(f"retrieval must be 'topk' or 'mean', got {self.retrieval!r}")
+        if self.retrieval not in RETRIEVALS:
+            raise ValueError(f"retrieval must be one of {RETRIEVALS}, got {self.retrieval!r}")
         if self.rule not in ("", *RULES):
             raise ValueError(f"rule must be one of {RULES} or '', got {self.rule!r}")
         if self.rule and (self.proximal or self.ditto or self.scaffold):
@@ -114,6 +116,8 @@ ALGORITHMS: dict[str, Algorithm] = _algorithms(
               description="OmniFM: spectral retrieval + ECA + prefix-suffix prompting + SPAlign, personal head"),
     Algorithm("omnifm-noretrieval", _OMNIFM, uses_bank=True, personal=_HEAD, retrieval="mean",
               description="OmniFM ablation: the bank mean (mean spectral embedding) instead of top-k retrieval"),
+    Algorithm("omnifm-placebo", _OMNIFM, uses_bank=True, personal=_HEAD, retrieval="random",
+              description="Control: OmniFM whose retrieved keys and values are replaced by noise (a placebo bank)"),
     Algorithm("omnifm-noeca", {**_OMNIFM, "eca": False}, uses_bank=True, personal=_HEAD,
               description="OmniFM ablation: no embedding-wise cross-attention (retrieval feeds SPAlign only)"),
     Algorithm("omnifm-noprompt", {**_OMNIFM, "prompting": False}, uses_bank=True, personal=_HEAD,

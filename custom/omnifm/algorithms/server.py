@@ -22,7 +22,9 @@ The round protocol (FLARE's executor/aggregator and ``omnifm.bench`` both call e
 * ``meta``: plain Python (JSON-able) dict sent to every site with the next task. Keys:
   :data:`BANK` (the spectral knowledge bank as :meth:`KnowledgeBank.to_plain`, or None) and
   :data:`STATE` (algorithm server state, e.g. FedDG's pooled amplitude bank, FedDyn's ``h``); every other key
-  (e.g. the FLARE run spec) is carried forward unchanged.
+  (e.g. the FLARE run spec) is carried forward unchanged. With a bank, :data:`DIAGNOSTICS` holds the
+  round's server-side measurements: ``{"bank": {size, inserted, merged, pruned, evicted}, "sites":
+  {site: {"token_cos_across": ...}}}``.
 * :class:`Upload`: one accepted site result. ``extras`` is plain Python (see :func:`to_plain`);
   the site never sends per-image data (prototypes and amplitudes are group means).
 * Determinism: uploads are processed in ``site`` order, so thread arrival order in FLARE does not
@@ -41,7 +43,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from omnifm.algorithms.aggregation import update_bank, weighted_average
+from omnifm.algorithms.aggregation import token_cos_across, update_bank, weighted_average
 from omnifm.algorithms.registry import get_algorithm
 from omnifm.algorithms.rule import server_rule
 from omnifm.algorithms.spec import build_model, shared_state
@@ -51,6 +53,7 @@ BANK = "omnifm_bank"
 STATE = "omnifm_state"
 CONTROL_PREFIX = "scaffold_c:"
 AMPLITUDES = "amplitudes"
+DIAGNOSTICS = "omnifm_diagnostics"
 
 
 @dataclass
@@ -64,6 +67,8 @@ class Upload:
         retrievals: bank id -> times retrieved during training.
         extras: algorithm uploads in plain Python (e.g. ``{"amplitudes": [[...]]}``).
         site: the site's name (uploads are combined in sorted site order).
+        values: (P, V) the prototypes' bank values (None for a keys-only bank).
+        counts: (P,) member counts of the prototypes (merging weights; None: 1 each).
     """
 
     weights: dict[str, np.ndarray]
@@ -72,6 +77,8 @@ class Upload:
     retrievals: dict[int, int] = field(default_factory=dict)
     extras: dict[str, Any] = field(default_factory=dict)
     site: str = ""
+    values: torch.Tensor | None = None
+    counts: torch.Tensor | None = None
 
 
 def to_plain(value: Any) -> Any:
@@ -94,8 +101,45 @@ def initial_global(spec: dict[str, Any], bank_args: dict[str, Any] | None = None
     weights = {k: v.numpy().astype(np.float32) for k, v in shared_state(model, algo).items()}
     if algo.scaffold:
         weights.update({CONTROL_PREFIX + k: np.zeros_like(v) for k, v in list(weights.items())})
-    bank = KnowledgeBank(dim=model.config.spectral_dim, **(bank_args or {})) if algo.uses_bank else None
+    bank_args = {"value_dim": model.value_dim, **(bank_args or {})}
+    bank = KnowledgeBank(dim=model.config.spectral_dim, **bank_args) if algo.uses_bank else None
     return weights, {BANK: None if bank is None else bank.to_plain(), STATE: {}}
+
+
+def validate_uploads(global_weights: dict[str, np.ndarray], uploads: list[Upload]) -> None:
+    """Refuse uploads the round rule cannot combine, naming the site and the field.
+
+    The FLARE aggregator (:class:`omnifm.fl.aggregator.OmniFMAggregator`) is the gate for
+    untrusted uploads: it rejects a bad contribution on its own and the round goes on. This check
+    makes :func:`server_round` safe for every other driver (the benchmark, tests, a new workflow):
+    weights with exactly the global names, shapes (no broadcasting), finite floats; ``n_samples``
+    an int in ``[1, MAX_COUNT]`` (a negative one would extrapolate); prototypes a finite ``(P, d)``
+    tensor; retrievals ``{int id: int count >= 0}``.
+
+    Raises:
+        ValueError: ``"<site>: <field> ..."`` for the first bad upload.
+    """
+    from omnifm.validation import MAX_COUNT, is_int
+
+    expected = {k: np.shape(v) for k, v in global_weights.items()}
+    for u in uploads:
+        who = u.site or "an upload without a site name"
+        if not is_int(u.n_samples) or not 1 <= u.n_samples <= MAX_COUNT:
+            raise ValueError(f"{who}: n_samples must be an int in [1, {MAX_COUNT}], got {u.n_samples!r}")
+        if not isinstance(u.weights, dict) or set(u.weights) != set(expected):
+            names = sorted(set(u.weights) ^ set(expected)) if isinstance(u.weights, dict) else []
+            raise ValueError(f"{who}: weights must have the global weights' names (differing: {names[:3]})")
+        for name, shape in expected.items():
+            value = u.weights[name]
+            ok = isinstance(value, np.ndarray) and value.shape == shape and value.dtype.kind == "f"
+            if not ok or not np.isfinite(value).all():
+                got = f"{getattr(value, 'dtype', type(value).__name__)} {getattr(value, 'shape', '')}"
+                raise ValueError(f"{who}: weights[{name!r}] must be finite floats of shape {shape}, got {got}")
+        p = u.prototypes
+        if not isinstance(p, torch.Tensor) or p.ndim != 2 or not bool(torch.isfinite(p).all()):
+            raise ValueError(f"{who}: prototypes must be a finite (P, d) tensor, got {getattr(p, 'shape', p)!r}")
+        if any(not is_int(i) or not is_int(c) or i < 0 or not 0 <= c <= MAX_COUNT for i, c in u.retrievals.items()):
+            raise ValueError(f"{who}: retrievals must map int ids >= 0 to int counts in [0, {MAX_COUNT}]")
 
 
 def server_round(
@@ -114,6 +158,7 @@ def server_round(
     """
     if not uploads:
         raise ValueError("server_round needs at least one upload")
+    validate_uploads(global_weights, uploads)
     algo = get_algorithm(spec["algorithm"])
     uploads = sorted(uploads, key=lambda u: u.site)
     weights = _average_model(algo, spec, global_weights, uploads, dict(global_meta.get(STATE) or {}))
@@ -121,8 +166,13 @@ def server_round(
     meta = dict(global_meta)
     if meta.get(BANK):
         bank = KnowledgeBank.from_plain(meta[BANK])
-        update_bank(bank, [u.prototypes for u in uploads], [u.retrievals for u in uploads])
+        summary = update_bank(bank, uploads)
         meta[BANK] = bank.to_plain()
+        across = token_cos_across(uploads)
+        meta[DIAGNOSTICS] = {
+            "bank": {k: summary[k] for k in ("size", "inserted", "merged", "pruned", "evicted")},
+            "sites": {site: {"token_cos_across": value} for site, value in across.items()},
+        }
     meta[STATE] = _next_state(algo, dict(global_meta.get(STATE) or {}), uploads, spec, global_weights)
     return weights, meta
 

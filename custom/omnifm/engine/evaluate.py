@@ -28,8 +28,9 @@ def predict_volume(
 
 def _predict(model: nn.Module, x: torch.Tensor, retriever: Retriever | None) -> torch.Tensor:
     token = model.spectral_token(x)
-    prototypes = retriever(token).prototypes if retriever is not None else None
-    return model(x, prototypes=prototypes, spectral_token=token).logits.argmax(dim=1, keepdim=True).cpu()
+    got = retriever(token) if retriever is not None else None
+    prototypes, values = (got.prototypes, got.values) if got is not None else (None, None)
+    return model(x, prototypes=prototypes, spectral_token=token, values=values).logits.argmax(dim=1, keepdim=True).cpu()
 
 
 def evaluate_volumes(

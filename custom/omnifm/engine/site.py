@@ -28,17 +28,20 @@ from omnifm.algorithms.spec import shared_state
 from omnifm.checkpoint import atomic_torch_save
 from omnifm.data import SliceDataset
 from omnifm.data.amplitude import group_mean_amplitudes, interpolate_amplitude
+from omnifm.engine.diagnostics import mean_pairwise_cosine, placebo_effect, retrieval_stats
 from omnifm.engine.evaluate import evaluate_volumes
 from omnifm.engine.optim_state import flat_state, init_adam_state, load_flat_state
 from omnifm.engine.retrieval import Retriever
 from omnifm.engine.scaffold import ControlVariates
 from omnifm.engine.train import EpochStats, train_epoch
 from omnifm.knowledge import KnowledgeBank, summarize_tokens
+from omnifm.knowledge.summaries import class_sums, summarize_entries
 from omnifm.losses import proximal_term
 from omnifm.task import SegTask
 
 
 LR_SCHEDULES = ("cosine", "constant")
+EVAL_SEED = 7  # the noise seed of evaluation-time retrieval (only the placebo mode draws noise)
 OPTIM_PREFIX = "optim/"
 
 
@@ -104,6 +107,9 @@ class RoundResult:
 
     ``extras`` holds algorithm uploads (FedDG's group-mean amplitude windows); SCAFFOLD's control
     deltas travel in ``weights`` under ``CONTROL_PREFIX + name``, so HE filters cover them.
+    ``prototype_values`` are the bank values of the uploaded prototypes (class-conditional feature
+    means, see :mod:`omnifm.knowledge.summaries`); ``diagnostics`` the mechanism's measurements
+    (:mod:`omnifm.engine.diagnostics`), also copied into ``metrics``.
     """
 
     weights: dict[str, torch.Tensor]
@@ -113,11 +119,16 @@ class RoundResult:
     retrieval_counts: dict[int, int]
     metrics: dict[str, float] = field(default_factory=dict)
     extras: dict[str, Any] = field(default_factory=dict)
+    prototype_values: torch.Tensor | None = None
+    diagnostics: dict[str, float] = field(default_factory=dict)
 
     def to_upload(self, site: str = "") -> Upload:
         """The server's view of this result: numpy float32 weights, plain extras (as over FLARE)."""
         weights = {k: v.detach().cpu().numpy().astype(np.float32) for k, v in self.weights.items()}
-        return Upload(weights, self.n_samples, self.prototypes, dict(self.retrieval_counts), to_plain(self.extras), site)
+        return Upload(
+            weights, self.n_samples, self.prototypes, dict(self.retrieval_counts), to_plain(self.extras), site,
+            values=self.prototype_values, counts=self.prototype_counts,
+        )
 
 
 def select_device() -> torch.device:
@@ -157,6 +168,8 @@ class SiteTrainer:
         val_volumes: list[dict[str, np.ndarray]],
         device: torch.device | None = None,
         logger: logging.Logger | None = None,
+        test_volumes: list[dict[str, np.ndarray]] | None = None,
+        site: str = "",
     ) -> None:
         if not train_volumes:
             raise ValueError("train_volumes is empty: a site needs at least one training case")
@@ -179,6 +192,8 @@ class SiteTrainer:
             init_adam_state(optimizer)
         self.loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
         self.val_volumes = val_volumes
+        self.test_volumes = list(test_volumes or [])
+        self.site = site
         self.task = SegTask.from_dict(spec["task"])
         self.dataset = SliceDataset(train_volumes, keep_empty_fraction=config.keep_empty_fraction, seed=config.seed)
         self.loader = self._loader(0, stream=0)
@@ -263,27 +278,46 @@ class SiteTrainer:
         atomic_torch_save({"personal": self.personal_state(), "round": int(round_num)}, path)
 
     def load_personal(self, path: str | Path) -> int | None:
-        """Restore the personal state saved by :meth:`save_personal`; returns its round or None."""
+        """Restore the personal state saved by :meth:`save_personal`; returns its round or None.
+
+        Orphaned temporary files of an interrupted save in the file's folder are removed first.
+
+        Raises:
+            ValueError: the file is unreadable, holds NaN/Inf in any tensor, or does not match
+                this job's model; the message names the file and says to move it away (the FLARE
+                executor turns it into a ``BAD_TASK_DATA`` reply).
+        """
+        from omnifm.checkpoint import PERSONAL_FIX, clean_stale_temps, load_personal_file
+
         path = Path(path)
+        clean_stale_temps(path.parent)
         if not path.is_file():
             return None
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        payload = load_personal_file(path)
         expected = self.personal_state()
-        saved = payload.get("personal", {})
+        saved = payload["personal"]
         if set(saved) != set(expected) or any(saved[k].shape != expected[k].shape for k in saved):
-            raise ValueError(f"personal state in {path.name} does not match this job's model; move it away to start fresh")
+            raise ValueError(f"personal-state file {path} does not match this job's model — {PERSONAL_FIX}")
         self._set_personal(saved)
         return int(payload.get("round", -1))
 
     # ---- round ---------------------------------------------------------------------------
-    def _retriever(self, bank: KnowledgeBank | None) -> Retriever | None:
+    def _retriever(self, bank: KnowledgeBank | None, mode: str | None = None, seed: int = 0) -> Retriever | None:
         algo = self.algorithm
-        return Retriever(bank, self.spec["top_k"], algo.retrieval) if algo.uses_bank else None
+        if not algo.uses_bank:
+            return None
+        return Retriever(bank, self.spec["top_k"], mode or algo.retrieval, self.model.token_dim, seed)
 
-    def evaluate(self, bank: KnowledgeBank | None) -> dict[str, float]:
-        """Validation Dice of the model this site would use (Ditto: its personal model)."""
+    def evaluate(self, bank: KnowledgeBank | None, split: str = "val") -> dict[str, float]:
+        """Dice on the ``val`` (or ``test``) cases of the model this site would use (Ditto: its personal model).
+
+        The test split is for the final report only; nothing (learning rate, rounds) may be chosen on it.
+        """
+        if split not in ("val", "test"):
+            raise ValueError(f"split must be 'val' or 'test', got {split!r}")
+        volumes = self.val_volumes if split == "val" else self.test_volumes
         model = self.personal_model if self.personal_model is not None else self.model
-        return evaluate_volumes(model, self.val_volumes, self.device, self._retriever(bank), self.task)
+        return evaluate_volumes(model, volumes, self.device, self._retriever(bank, seed=EVAL_SEED), self.task)
 
     def train_round(
         self,
@@ -301,7 +335,8 @@ class SiteTrainer:
             num_rounds: the job's number of rounds (the learning-rate schedule's horizon; None: constant).
         """
         anchor = {name: value.to(self.device) for name, value in self.shared_state().items()}
-        retriever = self._retriever(bank)
+        summary = self._summaries()  # with the received global model: every site's uploads share its space
+        retriever = self._retriever(bank, seed=round_seed(self.config.seed, round_num, 4))
         lr = self.config.round_lr(round_num, num_rounds)
         for optimizer in self.optimizers.values():
             for group in optimizer.param_groups:
@@ -309,7 +344,8 @@ class SiteTrainer:
         stats = self._train_model(self.model, retriever, anchor, round_num, server_extras or {})
         if self.personal_model is not None:
             self._train_ditto(anchor, round_num)
-        prototypes, counts = self._prototypes(stats.tokens)
+        prototypes, values, counts, token_cos = summary
+        diagnostics = self._diagnostics(bank, retriever, token_cos, round_num)
         weights = self.shared_state()
         if self.control is not None:
             weights.update({CONTROL_PREFIX + k: v for k, v in self.control.finish_round().items()})
@@ -319,8 +355,10 @@ class SiteTrainer:
             prototypes=prototypes,
             prototype_counts=counts,
             retrieval_counts=dict(retriever.counts) if retriever else {},
-            metrics={**stats.means(), "lr": lr},
+            metrics={**stats.means(), "lr": lr, **diagnostics},
             extras=self._extras(round_num),
+            prototype_values=values,
+            diagnostics=diagnostics,
         )
 
     def _train_model(
@@ -381,15 +419,52 @@ class SiteTrainer:
         )
         return {AMPLITUDES: amps}
 
-    def _prototypes(self, tokens: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """k-means centroids of the last epoch's spectral tokens (never one image's embedding)."""
-        dim = self.model.config.spectral_dim
-        if not self.algorithm.uses_bank or not tokens:
-            return torch.zeros(0, dim), torch.zeros(0, dtype=torch.long)
-        return summarize_tokens(
-            torch.cat(tokens), self.spec["num_prototypes"], min_count=self.config.min_prototype_count, seed=self.config.seed
-        )
+    @torch.no_grad()
+    def _summaries(self) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, float]:
+        """Bank uploads from the current (received) model: ``(keys, values, counts, token_cos_within)``.
 
+        Keys are k-means centroids of the training slices' spectral tokens, values their
+        class-conditional bottleneck-feature means (:mod:`omnifm.knowledge.summaries`); never one
+        image's data (clusters of fewer than ``min_prototype_count`` slices are dropped).
+        """
+        model = self.model
+        dim = model.config.spectral_dim
+        empty = torch.zeros(0, dim), None, torch.zeros(0, dtype=torch.long), math.nan
+        if not self.algorithm.uses_bank or model.spectral_encoder is None:
+            return empty
+        was_training = model.training
+        model.eval()
+        tokens, sums, masses = [], [], []
+        for batch in torch.utils.data.DataLoader(self.dataset, batch_size=64, shuffle=False):
+            image = batch["image"].to(self.device)
+            tokens.append(model.spectral_token(image).cpu())
+            if model.value_dim:
+                class_sum, mass = class_sums(model.bottleneck_features(image).cpu(), batch["label"], len(self.task.classes))
+                sums.append(class_sum)
+                masses.append(mass)
+        model.train(was_training)
+        tokens_all = torch.cat(tokens)
+        cos = mean_pairwise_cosine(tokens_all)
+        args = (self.spec["num_prototypes"], self.config.min_prototype_count, self.config.seed)
+        if not model.value_dim:
+            keys, counts = summarize_tokens(tokens_all, args[0], min_count=args[1], seed=args[2])
+            return keys, None, counts, cos
+        keys, values, counts = summarize_entries(tokens_all, torch.cat(sums), torch.cat(masses), *args)
+        return keys, values, counts, cos
+
+    def _diagnostics(
+        self, bank: KnowledgeBank | None, retriever: Retriever | None, token_cos: float, round_num: int
+    ) -> dict[str, float]:
+        """The mechanism's measurements for this round (see :mod:`omnifm.engine.diagnostics`)."""
+        if retriever is None:
+            return {}
+        out = {} if math.isnan(token_cos) else {"token_cos_within": token_cos}
+        out.update(retrieval_stats(bank, retriever.retrieved_ids, self.site))
+        if bank is not None and len(bank) and self.val_volumes:
+            real = self._retriever(bank, seed=EVAL_SEED)
+            fake = self._retriever(bank, mode="random", seed=round_seed(self.config.seed, round_num, 6))
+            out.update(placebo_effect(self.model, self.val_volumes, self.device, real, fake, self.task))
+        return out
 
 def _fmt(values: dict[str, float]) -> str:
     return " ".join(f"{k}={v:.4f}" for k, v in values.items())

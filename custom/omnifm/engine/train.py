@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from omnifm.engine.retrieval import Retriever
-from omnifm.losses import local_objective, spectral_proximal_alignment
+from omnifm.losses import local_objective, spectral_alignment
 
 
 @dataclass
@@ -44,6 +44,9 @@ def train_epoch(
     after_backward: Callable[[nn.Module], None] | None = None,
 ) -> EpochStats:
     """Train ``model`` for one epoch on ``loader`` with ``L_task + align_weight * L_align (+ regularizer())``.
+
+    ``L_align`` is :func:`omnifm.losses.spectral_alignment`: SPAlign towards the retrieved keys plus
+    the token-variance floor that keeps it from collapsing the tokenizer.
 
     Algorithm hooks: ``regularizer`` is an extra loss term evaluated every step (FedProx, Ditto);
     ``augment`` maps a batch of images (B, C, *spatial) before the forward pass (FedDG);
@@ -83,9 +86,10 @@ def _step(
     token = model.spectral_token(image)
     retrieved = retriever(token) if retriever is not None else None
     prototypes = retrieved.prototypes if retrieved is not None else None
-    out = model(image, prototypes=prototypes, spectral_token=token)
+    values = retrieved.values if retrieved is not None else None
+    out = model(image, prototypes=prototypes, spectral_token=token, values=values)
     task = loss_fn(out.logits, label)
-    align = spectral_proximal_alignment(token, prototypes) if prototypes is not None else task.new_zeros(())
+    align = spectral_alignment(token, prototypes) if token is not None else task.new_zeros(())
     loss = local_objective(task, align, align_weight)
     (loss + regularizer() if regularizer is not None else loss).backward()
     if after_backward is not None:

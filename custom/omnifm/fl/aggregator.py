@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from nvflare.apis.dxo import DXO, DataKind, MetaKey, from_shareable
-from nvflare.apis.fl_constant import ReservedKey, ReturnCode
+from nvflare.apis.event_type import EventType
+from nvflare.apis.fl_constant import FLContextKey, ReservedKey, ReturnCode
 from nvflare.apis.fl_context import FLContext
 from nvflare.apis.shareable import Shareable
 from nvflare.app_common.abstract.aggregator import Aggregator
@@ -29,29 +30,62 @@ class OmniFMAggregator(Aggregator):
     """Accepts site results and combines them with the algorithm's server rule (the same code the
     in-process benchmark runs): weighted mean of the shared weights, bank update, algorithm state.
 
-    A contribution is rejected, with the reason logged, when it is an error result, from another
-    round, a second result from the same site, not ``WEIGHTS``, has names/shapes unlike the
-    global model, contains NaN/Inf, or has no positive sample count; the round continues with
-    the others. :meth:`aggregate` fails the job (``system_panic``) when nothing was accepted,
-    instead of silently keeping the old model.
+    This is the gate for untrusted input: a contribution is rejected, with a warning naming the
+    site and the reason, when it is an error result, from another round, a second result from the
+    same site, not ``WEIGHTS``, has names/shapes unlike the global model, weights that are not
+    finite floating-point arrays, ``n_samples`` that is not an int in ``[1, MAX_COUNT]``,
+    prototypes that are not ``(P, d)`` finite numbers with ``P <= num_prototypes`` of the run spec,
+    retrieval ids/counts or prototype counts that are not lists of ints in ``[0, MAX_COUNT]``,
+    metrics that are not numbers, or malformed extras; anything else that cannot be read is also a
+    rejection, never an exception. The round continues with the others.
+
+    :meth:`aggregate` fails the job (``system_panic``) when nothing was accepted, instead of
+    silently keeping the old model, and says per site what happened: rejected (with the reason),
+    an error reply (with its return code), or no result at all.
+
+    Args:
+        train_task_name: the workflow's training task (error replies to it are recorded).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, train_task_name: str = AppConstants.TASK_TRAIN) -> None:
         super().__init__()
+        self.train_task_name = train_task_name
         self._accepted: dict[str, _Contribution] = {}
+        self._outcomes: dict[str, tuple[int | None, str]] = {}  # site -> (round, what happened)
 
     def reset(self, fl_ctx: FLContext) -> None:
         self._accepted = {}
+        self._outcomes = {}
+
+    def handle_event(self, event_type: str, fl_ctx: FLContext) -> None:
+        """Record error replies: the workflow does not pass them to :meth:`accept`."""
+        if event_type != EventType.BEFORE_PROCESS_SUBMISSION:
+            return
+        result = fl_ctx.get_prop(FLContextKey.TASK_RESULT)
+        if fl_ctx.get_prop(FLContextKey.TASK_NAME) != self.train_task_name or not isinstance(result, Shareable):
+            return
+        code = result.get_return_code(ReturnCode.OK)
+        if code != ReturnCode.OK:
+            peer = fl_ctx.get_peer_context()
+            site = peer.get_identity_name() if peer is not None else result.get_peer_prop(ReservedKey.IDENTITY_NAME, "?")
+            round_of = result.get_cookie(AppConstants.CONTRIBUTION_ROUND)
+            self._outcomes[site] = (round_of, f"replied with error {code} (see that site's log)")
 
     def accept(self, shareable: Shareable, fl_ctx: FLContext) -> bool:
         site = shareable.get_peer_prop(ReservedKey.IDENTITY_NAME, "?")
-        contribution, reason = self._parse(site, shareable, fl_ctx)
-        if contribution is not None:
-            contribution.upload.site = site
+        try:
+            contribution, reason = self._parse(site, shareable, fl_ctx)
+        except Exception as err:  # noqa: BLE001 - an upload is untrusted input: reject it, keep the round
+            contribution, reason = None, f"the contribution cannot be read ({type(err).__name__}: {str(err)[:200]})"
+        current = fl_ctx.get_prop(AppConstants.CURRENT_ROUND)
         if contribution is None:
             self.log_warning(fl_ctx, f"rejected contribution from {site}: {reason}")
+            if site not in self._accepted:
+                self._outcomes[site] = (current, f"rejected: {reason}")
             return False
+        contribution.upload.site = site
         self._accepted[site] = contribution
+        self._outcomes[site] = (current, "accepted")
         return True
 
     def _parse(self, site: str, shareable: Shareable, fl_ctx: FLContext) -> tuple[_Contribution | None, str]:
@@ -73,9 +107,9 @@ class OmniFMAggregator(Aggregator):
         reason = self._read_weights(dxo, global_model)
         if reason:
             return None, reason
-        n_samples = dxo.get_meta_prop(MetaKey.NUM_STEPS_CURRENT_ROUND)
-        if not isinstance(n_samples, int) or n_samples <= 0:
-            return None, f"n_samples must be an int >= 1, got {n_samples!r}"
+        n_samples, reason = wire.read_n_samples(dxo.get_meta_prop(MetaKey.NUM_STEPS_CURRENT_ROUND))
+        if reason:
+            return None, reason
         return self._with_bank_data(dxo, n_samples, global_model[ModelLearnableKey.META])
 
     def _read_weights(self, dxo: DXO, global_model: dict) -> str | None:
@@ -85,24 +119,34 @@ class OmniFMAggregator(Aggregator):
 
     @staticmethod
     def _with_bank_data(dxo: DXO, n_samples: int, global_meta: dict) -> tuple[_Contribution | None, str]:
+        if not isinstance(dxo.meta, dict):
+            return None, f"meta must be a dict, got {type(dxo.meta).__name__}"
         bank_state = global_meta.get(wire.BANK)
-        dim = bank_state["dim"] if bank_state else 0
-        prototypes, reason = wire.read_prototypes(dxo.meta, dim) if bank_state else (torch.zeros(0, 0), None)
+        (prototypes, values, counts), reason = (torch.zeros(0, 0), None, None), None
+        if bank_state:
+            spec = global_meta.get(wire.SPEC) or {}
+            limit = spec.get("num_prototypes", wire.MAX_ROWS) if isinstance(spec, dict) else wire.MAX_ROWS
+            (prototypes, values, counts), reason = wire.read_bank_upload(dxo.meta, bank_state, min(int(limit), wire.MAX_ROWS))
+        if reason:
+            return None, reason
+        retrievals, reason = wire.read_retrievals(dxo.meta)
         if reason:
             return None, reason
         extras, reason = wire.read_extras(dxo.meta)
         if reason:
             return None, reason
-        metrics = dxo.get_meta_prop(wire.METRICS) or {}
-        upload = Upload(dxo.data, n_samples, prototypes, wire.read_retrievals(dxo.meta), extras)
+        metrics, reason = wire.read_metrics(dxo.meta)
+        if reason:
+            return None, reason
+        upload = Upload(dxo.data, n_samples, prototypes, retrievals, extras, values=values, counts=counts)
         return _Contribution(upload, metrics), ""
 
     def aggregate(self, fl_ctx: FLContext) -> Shareable:
         current = fl_ctx.get_prop(AppConstants.CURRENT_ROUND)
         if not self._accepted:
             msg = (
-                f"round {current}: no site contribution was accepted, so there is nothing to aggregate "
-                "(see the 'rejected contribution' warnings above for each site's reason)"
+                f"round {current}: no site contribution was accepted, so there is nothing to aggregate. "
+                + self._what_happened(fl_ctx, current)
             )
             self.system_panic(msg, fl_ctx)
             raise RuntimeError(msg)
@@ -126,6 +170,19 @@ class OmniFMAggregator(Aggregator):
             self.log_info(fl_ctx, f"round {current}: algorithm state for the next round {sizes}")
         self._log_sites(fl_ctx, current)
         return DXO(data_kind=DataKind.WEIGHTS, data=weights, meta=meta).to_shareable()
+
+    def _what_happened(self, fl_ctx: FLContext, current: int) -> str:
+        """``"site-1 rejected: ...; site-2 replied with error ...; site-3 sent no result ..."``."""
+        engine = fl_ctx.get_engine()
+        clients = engine.get_clients() if engine is not None and hasattr(engine, "get_clients") else []
+        sites = sorted({getattr(c, "name", str(c)) for c in clients or []} | set(self._outcomes))
+        parts = []
+        for site in sites:
+            round_of, what = self._outcomes.get(site, (current, ""))
+            if not what or round_of != current:
+                what = "sent no result this round (no reply before the task ended: site down, disconnected or slower than train_timeout)"
+            parts.append(f"{site} {what}")
+        return "Per site: " + ("; ".join(parts) if parts else "no site sent anything") + "."
 
     def _combine(
         self, spec: dict, global_weights: dict, meta: dict, uploads: list[Upload], fl_ctx: FLContext

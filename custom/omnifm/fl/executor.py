@@ -35,7 +35,9 @@ class OmniFMExecutor(Executor):
     Args:
         local_epochs: epochs per round.
         batch_size: slices per step.
-        learning_rate: Adam learning rate.
+        learning_rate: Adam learning rate of round 0.
+        lr_schedule: ``cosine`` (decay over the job's rounds) or ``constant``.
+        min_lr_fraction: the cosine schedule's floor as a fraction of ``learning_rate``.
         keep_empty_fraction: fraction of tumour-free training slices kept.
         min_prototype_count: smallest spectral-token cluster uploaded as a prototype.
         log_every: log the running loss every N steps (0: per epoch only).
@@ -54,6 +56,8 @@ class OmniFMExecutor(Executor):
         local_epochs: int = 2,
         batch_size: int = 16,
         learning_rate: float = 1e-3,
+        lr_schedule: str = "cosine",
+        min_lr_fraction: float = 0.05,
         keep_empty_fraction: float = 0.3,
         min_prototype_count: int = 8,
         log_every: int = 0,
@@ -67,7 +71,9 @@ class OmniFMExecutor(Executor):
     ) -> None:
         super().__init__()
         self.train_config = TrainConfig(
-            local_epochs, batch_size, learning_rate, keep_empty_fraction, min_prototype_count, log_every, seed
+            local_epochs=local_epochs, batch_size=batch_size, learning_rate=learning_rate, lr_schedule=lr_schedule,
+            min_lr_fraction=min_lr_fraction, keep_empty_fraction=keep_empty_fraction,
+            min_prototype_count=min_prototype_count, log_every=log_every, seed=seed,
         )
         self.phantom_cases = phantom_cases
         self.phantom_shape = tuple(phantom_shape or (64, 64, 24))
@@ -140,6 +146,9 @@ class OmniFMExecutor(Executor):
             f"round {current} {site}: received model {_dice_text(before)}; after local training "
             f"{_dice_text(after)}; loss {result.metrics['loss']:.4f}",
         )
+        if result.diagnostics:
+            shown = " ".join(f"{k}={v:.4f}" for k, v in result.diagnostics.items())
+            self.log_info(fl_ctx, f"round {current} {site}: OmniFM diagnostics {shown}")
         self._stream(result.metrics, current)
         out = DXO(data_kind=DataKind.WEIGHTS, data=wire.to_numpy(result.weights), meta=wire.result_meta(result))
         out.set_meta_prop(MetaKey.NUM_STEPS_CURRENT_ROUND, result.n_samples)
@@ -152,7 +161,7 @@ class OmniFMExecutor(Executor):
             return self._trainer
         site = fl_ctx.get_identity_name()
         data = self._site_data(spec, fl_ctx)
-        trainer = SiteTrainer(spec, self.train_config, data.train, data.val, logger=self.logger)
+        trainer = SiteTrainer(spec, self.train_config, data.train, data.val, logger=self.logger, site=site)
         self.log_info(fl_ctx, f"{site}: algorithm {spec['algorithm']} on {trainer.device}")
         restored = trainer.load_personal(self._personal_path(spec, fl_ctx))
         if restored is not None:

@@ -93,13 +93,26 @@ def summarize_tokens(
         >>> sorted(counts.tolist()), sorted(centroids.sum(dim=1).tolist())
         ([5, 5], [0.0, 2.0])
     """
+    means, counts, _ = cluster_tokens(tokens, num_prototypes, min_count, iterations, seed)
+    return means, counts
+
+
+def cluster_tokens(
+    tokens: Tensor, num_prototypes: int, min_count: int = 4, iterations: int = 10, seed: int = 0
+) -> tuple[Tensor, Tensor, Tensor]:
+    """:func:`summarize_tokens` plus each token's cluster: ``(centroids, counts, assignment)``.
+
+    ``assignment`` is ``(N,)`` int64: the index of the token's kept centroid, or -1 when its
+    cluster had fewer than ``min_count`` members and was dropped.
+    """
     num_prototypes, min_count, iterations, seed = _check_summarize_args(
         tokens, num_prototypes, min_count, iterations, seed
     )
     clusters = min(num_prototypes, tokens.shape[0] // min_count)
     if clusters == 0:
         empty_counts = torch.zeros(0, dtype=torch.int64, device=tokens.device)
-        return tokens.new_zeros((0, tokens.shape[1])), empty_counts
+        unassigned = torch.full((tokens.shape[0],), -1, dtype=torch.int64)
+        return tokens.new_zeros((0, tokens.shape[1])), empty_counts, unassigned
     points = tokens.detach().to(device="cpu", dtype=torch.float64)
     generator = torch.Generator().manual_seed(seed)
     centres = _kmeans_pp_init(points, clusters, generator)
@@ -112,7 +125,11 @@ def summarize_tokens(
         labels = new_labels
     means, counts = _cluster_means(points, labels, centres)
     keep = counts >= min_count
-    return means[keep].to(device=tokens.device, dtype=tokens.dtype), counts[keep].to(tokens.device)
+    renumber = torch.full((keep.numel(),), -1, dtype=torch.int64)
+    renumber[keep] = torch.arange(int(keep.sum()))
+    return (
+        means[keep].to(device=tokens.device, dtype=tokens.dtype), counts[keep].to(tokens.device), renumber[labels]
+    )
 
 
 def count_retrievals(ids: Tensor) -> dict[int, int]:

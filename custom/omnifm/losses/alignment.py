@@ -7,7 +7,12 @@ from torch import Tensor, nn
 
 from omnifm.validation import check_range
 
-__all__ = ["spectral_proximal_alignment", "SpectralProximalAlignmentLoss", "local_objective"]
+__all__ = [
+    "spectral_alignment", "spectral_proximal_alignment", "token_variance_floor", "SpectralProximalAlignmentLoss",
+    "local_objective",
+]
+
+VARIANCE_FLOOR = 0.5
 
 
 def _check_shapes(s: Tensor, protos: Tensor, mask: Tensor | None) -> None:
@@ -84,6 +89,44 @@ class SpectralProximalAlignmentLoss(nn.Module):
         """``spectral_token`` (B, d), ``prototypes`` (B, k, d), mask (B, k) -> scalar."""
         align = spectral_proximal_alignment(spectral_token, prototypes, key_padding_mask)
         return self.weight * align
+
+
+def token_variance_floor(tokens: Tensor, floor: float = VARIANCE_FLOOR) -> Tensor:
+    """Hinge on the batch spread of the tokens: ``mean_j relu(floor / sqrt(d) - std_j(s)) * sqrt(d) / floor``.
+
+    Unit tokens spread evenly over the sphere have ``std_j = 1 / sqrt(d)`` in every dimension; the
+    hinge is 0 once every dimension spreads at least ``floor`` times that, and 1 when all tokens
+    are equal. It is what removes SPAlign's trivial minimum (every token equal to one prototype):
+    the measured collapse of the earlier tokenizer within one round (VICReg's variance term,
+    Bardes et al. 2022, applied to unit tokens).
+
+    Args:
+        tokens: ``(B, d)``; with ``B < 2`` the spread is undefined and the term is 0.
+        floor: fraction of the even spread to keep, in ``(0, 1]``.
+
+    Examples::
+
+        >>> float(token_variance_floor(torch.ones(4, 16) / 4.0))
+        1.0
+    """
+    if tokens.shape[0] < 2:
+        return tokens.sum() * 0.0
+    target = floor / tokens.shape[1] ** 0.5
+    return torch.relu(target - tokens.std(dim=0)).mean() / target
+
+
+def spectral_alignment(spectral_token: Tensor, prototypes: Tensor | None, floor: float = VARIANCE_FLOOR) -> Tensor:
+    """The alignment term the site trains with: SPAlign towards the retrieved keys + :func:`token_variance_floor`.
+
+    Args:
+        spectral_token: ``(B, d)`` local tokens.
+        prototypes: ``(B, k, d)`` retrieved keys (detached), or None (round 0: the variance floor only).
+        floor: see :func:`token_variance_floor`.
+    """
+    spread = token_variance_floor(spectral_token, floor)
+    if prototypes is None or prototypes.shape[1] == 0:
+        return spread
+    return spectral_proximal_alignment(spectral_token, prototypes.detach()) + spread
 
 
 def local_objective(task_loss: Tensor, align_loss: Tensor, lam: float) -> Tensor:

@@ -33,7 +33,8 @@ def build_seg_model(model: dict[str, Any] | None = None, omnifm: dict[str, Any] 
             ``strides``, ``num_res_units``, ``norm``); missing keys take :data:`DEFAULT_SEG_MODEL`.
             ``norm`` is ``instance`` (MONAI's default, no affine parameters), ``instance_affine``
             or ``batch`` (affine parameters and running statistics).
-        omnifm: :class:`OmniFMConfig` fields.
+        omnifm: :class:`OmniFMConfig` fields; ``value_classes`` defaults to ``out_channels`` (the bank's
+            values are per-class bottleneck-feature means).
 
     Raises:
         ValueError: unknown keys, naming them.
@@ -45,7 +46,7 @@ def build_seg_model(model: dict[str, Any] | None = None, omnifm: dict[str, Any] 
     if cfg["norm"] not in NORMS:
         raise ValueError(f"unknown model norm {cfg['norm']!r}; choose one of {sorted(NORMS)}")
     try:
-        omni_cfg = OmniFMConfig(**(omnifm or {}))
+        omni_cfg = OmniFMConfig(**{"value_classes": cfg["out_channels"], **(omnifm or {})})
     except TypeError as err:
         raise ValueError(f"bad omnifm config {omnifm}: {err}") from None
     unet = UNet(

@@ -23,7 +23,7 @@ class _Oracle(nn.Module):
     def spectral_token(self, x):
         return None
 
-    def forward(self, x, prototypes=None, spectral_token=None):
+    def forward(self, x, prototypes=None, spectral_token=None, values=None):
         depth = self.prediction.shape[-1]
         index = torch.arange(self.calls, self.calls + x.shape[0]) % depth
         self.calls += x.shape[0]

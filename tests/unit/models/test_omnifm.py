@@ -13,6 +13,14 @@ def _model(spatial_dims: int = 2, in_channels: int = 1, **cfg) -> OmniFM:
     return build_seg_model({**SMALL, "spatial_dims": spatial_dims, "in_channels": in_channels}, cfg)
 
 
+def _values(model: OmniFM, batch: int, k: int, seed: int = 0) -> torch.Tensor:
+    """Random class means (every class present, fractions 1/C) in the layout the bank's values use."""
+    gen = torch.Generator().manual_seed(seed)
+    classes = model.config.value_classes
+    means = torch.randn(batch, k, classes * model.token_dim, generator=gen)
+    return torch.cat([means, torch.full((batch, k, classes), 1.0 / classes)], dim=-1)
+
+
 @pytest.mark.parametrize(
     "spatial_dims, in_channels, batch, size, k",
     [
@@ -36,7 +44,8 @@ def test_every_parameter_gets_a_gradient():
     model = _model()
     x = torch.randn(2, 1, 32, 32)
     s = model.spectral_token(x)
-    out = model(x, prototypes=torch.nn.functional.normalize(torch.randn(2, 2, 32), dim=-1), spectral_token=s)
+    protos = torch.nn.functional.normalize(torch.randn(2, 2, 32), dim=-1)
+    out = model(x, prototypes=protos, spectral_token=s, values=_values(model, 2, 2))
     (out.logits.square().mean() + (s - 0.1).square().sum()).backward()
     for name, p in model.named_parameters():
         assert p.grad is not None, name
@@ -115,3 +124,33 @@ def test_personal_parameters_are_the_decoder_and_suffix():
 def test_bad_arguments(model_args, cfg, match):
     with pytest.raises(ValueError, match=match):
         build_seg_model(model_args, cfg)
+
+
+def test_values_change_the_prediction_and_absent_classes_are_masked():
+    torch.manual_seed(0)
+    model = _model().eval()
+    x = torch.randn(2, 1, 32, 32)
+    protos = torch.nn.functional.normalize(torch.randn(2, 2, 32), dim=-1)
+    assert model.value_dim == 2 * (32 + 1)  # 2 classes x (32 features + 1 fraction)
+    base = _values(model, 2, 2)
+    with torch.no_grad():
+        a = model(x, prototypes=protos, values=base).logits
+        b = model(x, prototypes=protos, values=_values(model, 2, 2, seed=1)).logits
+        absent = base.clone()
+        absent[..., -1] = 0.0  # class 1 absent from every entry ...
+        moved = absent.clone()
+        moved[..., 32:64] += 5.0  # ... so moving its mean must not matter
+        c = model(x, prototypes=protos, values=absent).logits
+        d = model(x, prototypes=protos, values=moved).logits
+    assert (a - b).abs().mean() > 1e-3 * a.abs().mean(), "retrieved values must change the prediction"
+    torch.testing.assert_close(c, d)
+
+
+def test_bottleneck_features_are_the_unconditioned_encoder_output():
+    model = _model().eval()
+    x = torch.randn(3, 1, 32, 32)
+    feats = model.bottleneck_features(x)
+    assert feats.shape == (3, 32, 8, 8)
+    with torch.no_grad():
+        out = model(x, prototypes=torch.nn.functional.normalize(torch.randn(3, 1, 32), dim=-1))
+    assert out.logits.shape == (3, 2, 32, 32), "the tap is restored after capturing"
