@@ -30,7 +30,12 @@ from typing import Any, TypeGuard, TypeVar
 
 import numpy as np
 
-__all__ = ["check_int", "check_range", "is_int", "is_real"]
+__all__ = ["MAX_COUNT", "check_int", "check_range", "is_int", "is_real"]
+
+#: Largest per-round count a site may report (training samples, retrievals of one prototype):
+#: a billion slices in one round is not plausible, and sums of such counts over sites and rounds
+#: stay exact in float64 and far from int64 overflow.
+MAX_COUNT = 10**9
 
 _T = TypeVar("_T")
 

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 from nvflare.apis.dxo import DXO, DataKind, MetaKey, from_shareable
-from nvflare.apis.fl_constant import ReservedKey, ReturnCode
+from nvflare.apis.event_type import EventType
+from nvflare.apis.fl_constant import FLContextKey, ReservedKey, ReturnCode
 from nvflare.apis.fl_context import FLContext
 from nvflare.apis.shareable import make_reply
 from nvflare.app_common.abstract.model import make_model_learnable
@@ -113,7 +114,7 @@ def test_malformed_prototypes_reject_the_contribution(caplog):
     agg, ctx = OmniFMAggregator(), _ctx(KnowledgeBank(dim=4))
     assert not agg.accept(_result("site-1", 1.0, meta={wire.PROTOTYPES: [[np.nan] * 4]}), ctx)
     assert not agg.accept(_result("site-2", 1.0, meta={wire.PROTOTYPES: [[1.0, 2.0, 3.0]]}), ctx)
-    assert "NaN" in caplog.text and "4-vectors" in caplog.text
+    assert "NaN" in caplog.text and "prototypes[0] has 3 values, expected 4" in caplog.text
 
 
 def test_accepted_aggregate_has_no_numpy_or_tensor_in_meta():
@@ -185,3 +186,119 @@ def test_uploads_the_rule_cannot_combine_fail_the_round():
     with pytest.raises(RuntimeError, match="cannot be combined"):
         agg.aggregate(ctx)
     assert panics and "feddg needs equal slice sizes" in panics[0]
+
+
+# ------------------------------------------------------------------ malformed uploads (issue 13, items 4-7, 11)
+
+RID, RCOUNT, PROTOS, PCOUNTS = wire.RETRIEVAL_IDS, wire.RETRIEVAL_COUNTS, wire.PROTOTYPES, wire.PROTOTYPE_COUNTS
+
+
+def _spec_ctx(num_prototypes: int = 4, **kwargs) -> FLContext:
+    """A global model whose meta has a bank of dimension 4 and a run spec allowing ``num_prototypes``."""
+    ctx = _ctx(KnowledgeBank(dim=4), **kwargs)
+    global_model = ctx.get_prop(AppConstants.GLOBAL_MODEL)
+    global_model["meta"][wire.SPEC] = {"algorithm": "fedavg", "num_prototypes": num_prototypes}
+    return ctx
+
+
+@pytest.mark.parametrize(
+    "make, reason",
+    [
+        (lambda: _result("s", 1.0, a=np.array([[1, 2, 3], [4, 5, 6]], dtype=object)), "a has dtype object"),
+        (lambda: _result("s", 1.0, a=np.full((2, 3), "x")), "a has dtype <U1"),
+        (lambda: _result("s", 1.0, a=np.ones((2, 3), bool)), "a has dtype bool"),
+        (lambda: _result("s", 1.0, meta={RID: ["abc"], RCOUNT: [1]}), "retrieval ids[0] must be an int"),
+        (lambda: _result("s", 1.0, meta={RID: [float("nan")], RCOUNT: [1]}), "retrieval ids[0] must be an int"),
+        (lambda: _result("s", 1.0, meta={RID: 7, RCOUNT: 1}), "retrieval ids must be a list of ints, got int"),
+        (lambda: _result("s", 1.0, meta={RID: [0], RCOUNT: ["x"]}), "retrieval counts[0] must be an int"),
+        (lambda: _result("s", 1.0, meta={RID: [0], RCOUNT: [None]}), "retrieval counts[0] must be an int"),
+        (lambda: _result("s", 1.0, meta={RID: [0, 1], RCOUNT: [3]}), "retrieval counts has 1 entries, expected 2"),
+        (lambda: _result("s", 1.0, meta={RID: [0, 0], RCOUNT: [3, 4]}), "retrieval ids repeat an id"),
+        (lambda: _result("s", 1.0, meta={RID: [0], RCOUNT: [10**30]}), "retrieval counts[0] must be an int in [0, 1000000000]"),
+        (lambda: _result("s", 1.0, meta={RID: [0], RCOUNT: [-5]}), "retrieval counts[0] must be an int"),
+        (lambda: _result("s", 1.0, n=10**400), "n_samples must be an int in [1, 1000000000], got 1000000000"),
+        (lambda: _result("s", 1.0, n=True), "n_samples must be an int in [1, 1000000000], got True"),
+        (lambda: _result("s", 1.0, n=5.0), "n_samples must be an int"),
+        (lambda: _result("s", 1.0, meta={wire.METRICS: {"loss": "low"}}), "metric 'loss' must be a number, got str"),
+        (lambda: _result("s", 1.0, meta={wire.METRICS: {"loss": [0.1]}}), "metric 'loss' must be a number, got list"),
+        (lambda: _result("s", 1.0, meta={wire.METRICS: [0.1]}), "metrics must be a dict"),
+        (lambda: _result("s", 1.0, meta={PROTOS: [[0.1] * 2] * 2, PCOUNTS: [8, 8]}), "prototypes[0] has 2 values, expected 4"),
+        (lambda: _result("s", 1.0, meta={PROTOS: [0.1] * 8}), "prototypes must be a list of 4-value lists"),
+        (lambda: _result("s", 1.0, meta={PROTOS: [[0.1] * 8]}), "prototypes[0] has 8 values, expected 4"),
+        (lambda: _result("s", 1.0, meta={PROTOS: [[[0.1] * 4]]}), "prototypes[0] has 1 values"),
+        (lambda: _result("s", 1.0, meta={PROTOS: [["a"] * 4]}), "prototypes must hold only numbers"),
+        (lambda: _result("s", 1.0, meta={PROTOS: [[10**400] * 4]}), "beyond the float32 range"),
+        (lambda: _result("s", 1.0, meta={PROTOS: [[1e39] * 4]}), "NaN or Inf (or values beyond the float32 range)"),
+        (lambda: _result("s", 1.0, meta={PROTOS: [[0.1] * 4] * 5}), "5 rows uploaded, at most 4 are allowed"),
+        (lambda: _result("s", 1.0, meta={PROTOS: [[0.1] * 4], PCOUNTS: ["abc"]}), "prototype counts[0] must be an int"),
+        (lambda: _result("s", 1.0, meta={PROTOS: [[0.1] * 4], PCOUNTS: [8, 8]}), "prototype counts has 2 entries, expected 1"),
+        (lambda: _result("s", 1.0, meta={wire.EXTRAS: {AMPLITUDES: [[1.0, "x"]]}}), "amplitudes must be a rectangular list"),
+        (lambda: _result("s", 1.0, meta={wire.EXTRAS: {AMPLITUDES: [1.0, 2.0]}}), "amplitudes must be finite (G, C, w, w)"),
+    ],
+)
+def test_every_malformed_field_is_a_rejection_naming_the_site(make, reason, caplog):
+    """Before, most of these raised out of accept() (one bad site aborted the job) or broke aggregate() for all."""
+    agg, ctx = OmniFMAggregator(), _spec_ctx()
+    shareable = make()
+    shareable.set_peer_props({ReservedKey.IDENTITY_NAME: "site-bad"})
+    assert agg.accept(shareable, ctx) is False
+    assert f"rejected contribution from site-bad: " in caplog.text and reason in caplog.text, caplog.text
+    assert agg.accept(_result("site-2", 2.0, meta={wire.METRICS: {"loss": 0.5, "dice": float("nan")}}), ctx)
+    out = from_shareable(agg.aggregate(ctx))
+    np.testing.assert_allclose(out.data["b"], 2.0)
+
+
+def test_a_contribution_that_cannot_be_read_at_all_is_still_only_a_rejection(monkeypatch, caplog):
+    agg, ctx = OmniFMAggregator(), _ctx()
+    monkeypatch.setattr(wire, "check_weights", lambda *a: 1 / 0)  # any unforeseen failure while reading
+    assert agg.accept(_result("site-1", 1.0), ctx) is False
+    assert "rejected contribution from site-1: the contribution cannot be read (ZeroDivisionError" in caplog.text
+
+
+class _Engine:
+    def __init__(self, sites):
+        self.sites = [type("Client", (), {"name": s})() for s in sites]
+
+    def get_clients(self):
+        return self.sites
+
+    def fire_event(self, *args, **kwargs):
+        pass
+
+
+def _error_reply(agg, ctx, site: str, code: str, round_of: int = 0, task: str = "train") -> None:
+    """What FLARE's ServerRunner does before the workflow sees (and drops) an error reply."""
+    reply = make_reply(code)
+    reply.set_peer_props({ReservedKey.IDENTITY_NAME: site})
+    reply.add_cookie(AppConstants.CONTRIBUTION_ROUND, round_of)
+    ctx.set_prop(FLContextKey.TASK_NAME, task, private=True, sticky=False)
+    ctx.set_prop(FLContextKey.TASK_RESULT, reply, private=True, sticky=False)
+    agg.handle_event(EventType.BEFORE_PROCESS_SUBMISSION, ctx)
+
+
+def test_nothing_accepted_says_per_site_what_happened():
+    agg, ctx = OmniFMAggregator(), _ctx(current=2)
+    ctx.set_prop(ReservedKey.ENGINE, _Engine(["site-1", "site-2", "site-3", "site-4"]), private=True, sticky=False)
+    agg.accept(_result("site-1", np.nan, round_of=2), ctx)
+    _error_reply(agg, ctx, "site-2", ReturnCode.EXECUTION_EXCEPTION, round_of=2)
+    _error_reply(agg, ctx, "site-4", ReturnCode.BAD_TASK_DATA, round_of=1)  # late reply to the previous round
+    _error_reply(agg, ctx, "site-3", ReturnCode.BAD_TASK_DATA, round_of=2, task="validate")  # not a training reply
+    panics = []
+    agg.system_panic = lambda reason, fl_ctx: panics.append(reason)
+    with pytest.raises(RuntimeError):
+        agg.aggregate(ctx)
+    message = panics[0]
+    assert "round 2: no site contribution was accepted" in message
+    assert "site-1 rejected: a contains NaN or Inf" in message
+    assert "site-2 replied with error EXECUTION_EXCEPTION" in message
+    assert "site-3 sent no result this round (no reply" in message and "site-4 sent no result" in message
+    assert "warnings above" not in message
+
+
+def test_the_per_site_record_is_forgotten_with_the_round():
+    agg, ctx = OmniFMAggregator(), _ctx()
+    _error_reply(agg, ctx, "site-2", ReturnCode.EXECUTION_EXCEPTION)
+    agg.reset(ctx)
+    agg.system_panic = lambda reason, fl_ctx: None
+    with pytest.raises(RuntimeError, match="no site sent anything"):
+        agg.aggregate(ctx)

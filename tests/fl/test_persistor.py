@@ -93,3 +93,93 @@ def test_missing_source_names_the_file(tmp_path):
 def test_bad_arguments_fail_at_construction(kwargs, match):
     with pytest.raises(ValueError, match=match):
         OmniFMPersistor(**kwargs)
+
+
+# ------------------------------------------------------------------ resuming from damaged or foreign files (issue 13, items 8, 10)
+
+
+def _saved(folder):
+    persistor = OmniFMPersistor("omnifm", model=SMALL)
+    persistor.save_model(persistor.load_model(_ctx(folder)), _ctx(folder, current=4))
+
+
+def _resume(tmp_path):
+    return OmniFMPersistor("omnifm", model=SMALL, source_dir=str(tmp_path / "job1")).load_model(_ctx(tmp_path / "job2"))
+
+
+class _Opaque:  # a pickled class reference, which weights_only loading refuses
+    pass
+
+
+def _truncate(path):
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+@pytest.mark.parametrize(
+    ("damage", "file", "cause"),
+    [
+        (lambda f: _truncate(f / MODEL_FILE), MODEL_FILE, "cannot be read"),
+        (lambda f: (f / MODEL_FILE).write_bytes(b""), MODEL_FILE, "cannot be read (the file is empty)"),
+        (lambda f: (f / MODEL_FILE).write_text("hello"), MODEL_FILE, "cannot be read"),
+        (lambda f: torch.save({"model": _Opaque()}, f / MODEL_FILE), MODEL_FILE, "objects other than tensors"),
+        (lambda f: torch.save({"round": 3}, f / MODEL_FILE), MODEL_FILE, "has no 'model' dict of tensors"),
+        (lambda f: torch.save({"model": {}, "spec": "{"}, f / MODEL_FILE), MODEL_FILE, "has no readable 'spec'"),
+        (lambda f: torch.save([1, 2], f / MODEL_FILE), MODEL_FILE, "holds a list"),
+        (lambda f: _truncate(f / BANK_FILE), BANK_FILE, "cannot be read"),
+        (lambda f: torch.save({"round": 1}, f / BANK_FILE), BANK_FILE, "has no 'bank' state"),
+    ],
+    ids=["truncated", "empty", "text", "pickled-object", "no-model", "bad-spec", "not-a-dict", "bank-truncated",
+         "bank-no-state"],
+)
+def test_a_damaged_saved_file_is_an_error_naming_the_file_and_the_fix(tmp_path, damage, file, cause):
+    """Before: EOFError with no text, OSError [Errno 22], KeyError, PyTorch's weights_only advice."""
+    _saved(tmp_path / "job1")
+    damage(tmp_path / "job1")
+    with pytest.raises(ValueError) as err:
+        _resume(tmp_path)
+    message = str(err.value)
+    assert str(tmp_path / "job1" / file) in message and cause in message, message
+    assert "—" in message and ("source_dir" in message or "backup" in message), "the message says what to do"
+
+
+def test_resuming_refuses_a_bank_of_another_dimension(tmp_path):
+    _saved(tmp_path / "job1")
+    torch.save({"bank": KnowledgeBank(dim=16).state_dict(), "round": 4}, tmp_path / "job1" / BANK_FILE)
+    with pytest.raises(ValueError, match=r"knowledge_bank.pt holds prototypes of dimension 16, but this job's"):
+        _resume(tmp_path)
+
+
+def test_a_missing_bank_file_is_a_warning_naming_the_path(tmp_path, caplog):
+    _saved(tmp_path / "job1")
+    (tmp_path / "job1" / BANK_FILE).unlink()
+    resumed = _resume(tmp_path)
+    assert len(KnowledgeBank.from_plain(resumed[ModelLearnableKey.META][wire.BANK])) == 0
+    warning = [r for r in caplog.records if r.levelname == "WARNING" and "EMPTY knowledge bank" in r.getMessage()]
+    assert warning and str(tmp_path / "job1" / BANK_FILE) in warning[0].getMessage()
+
+
+_KILLED_SAVE = """
+import os, signal, sys, torch
+from omnifm.checkpoint import atomic_torch_save
+
+class Kill:
+    def __reduce__(self):
+        os.kill(os.getpid(), signal.SIGKILL)  # kill -9 while the checkpoint is being written
+
+atomic_torch_save({"model": {"w": torch.zeros(1 << 16)}, "kill": Kill()}, sys.argv[1])
+"""
+
+
+def test_temporary_files_of_a_killed_save_are_removed_when_the_model_is_loaded(tmp_path, caplog):
+    import subprocess
+    import sys
+
+    _saved(tmp_path / "job1")
+    run = subprocess.run([sys.executable, "-c", _KILLED_SAVE, str(tmp_path / "job1" / MODEL_FILE)], capture_output=True)
+    assert run.returncode == -9
+    orphans = [p.name for p in (tmp_path / "job1").iterdir() if p.name not in (MODEL_FILE, BANK_FILE)]
+    assert len(orphans) == 1 and orphans[0].startswith(f".{MODEL_FILE}.") and orphans[0].endswith(".omnifm-tmp")
+    (tmp_path / "job1" / "notes.tmp").write_text("not ours")
+    _resume(tmp_path)  # the resumed job loads from job1: it cleans job1 and its own folder
+    assert sorted(p.name for p in (tmp_path / "job1").iterdir()) == sorted([MODEL_FILE, BANK_FILE, "notes.tmp"])
+    assert "removed 1 temporary file(s)" in caplog.text

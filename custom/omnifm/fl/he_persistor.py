@@ -22,10 +22,10 @@ from nvflare.app_common.app_constant import AppConstants
 from nvflare.app_opt.he import decomposers
 from nvflare.app_opt.he.constant import HE_ALGORITHM_CKKS
 
-from omnifm.checkpoint import atomic_torch_save
+from omnifm.checkpoint import CheckpointError, atomic_torch_save, load_torch_file
 from omnifm.fl import he, wire
 from omnifm.fl.model_locator import OmniFMModelLocator, plain_bank
-from omnifm.fl.persistor import BANK_FILE, OmniFMPersistor
+from omnifm.fl.persistor import BANK_FILE, OmniFMPersistor, read_bank_file
 from omnifm.knowledge import KnowledgeBank
 
 ENCRYPTED_MODEL_FILE = "FL_global_model_encrypted.pt"
@@ -47,11 +47,19 @@ def load_encrypted(folder: str | Path) -> tuple[dict[str, bytes], dict[str, list
     path = folder / ENCRYPTED_MODEL_FILE
     if not path.is_file():
         raise ValueError(f"no {ENCRYPTED_MODEL_FILE} in {folder}; point source_dir at a finished HE job's app_server folder")
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    blobs = {name: t.numpy().tobytes() for name, t in ckpt["encrypted"].items()}
-    bank_path = folder / BANK_FILE
-    bank = torch.load(bank_path, map_location="cpu", weights_only=True)["bank"] if bank_path.is_file() else None
-    return blobs, ckpt["shapes"], json.loads(ckpt["spec"]), bank
+    fix = "point source_dir at the app_server folder of an HE job that saved its model (a backup copy of it works)"
+    ckpt = load_torch_file(path, "saved encrypted global model", fix)
+    encrypted, shapes = ckpt.get("encrypted"), ckpt.get("shapes")
+    if not isinstance(encrypted, dict) or not all(isinstance(t, torch.Tensor) for t in encrypted.values()):
+        raise CheckpointError(f"saved encrypted global model {path} has no 'encrypted' dict of tensors — {fix}")
+    try:
+        spec = json.loads(ckpt.get("spec"))
+    except (TypeError, ValueError):
+        raise CheckpointError(f"saved encrypted global model {path} has no readable 'spec' — {fix}") from None
+    if not isinstance(shapes, dict):
+        raise CheckpointError(f"saved encrypted global model {path} has no 'shapes' — {fix}")
+    blobs = {name: t.numpy().tobytes() for name, t in encrypted.items()}
+    return blobs, shapes, spec, read_bank_file(folder / BANK_FILE)
 
 
 def encrypted_meta(meta: dict, shapes: dict[str, list[int]]) -> dict:
@@ -83,17 +91,17 @@ class OmniFMHEPersistor(OmniFMPersistor):
         meta = {**learnable[ModelLearnableKey.META], he.SHAPES: shapes}
         if not self.encrypted_source_dir:
             return make_model_learnable(learnable[ModelLearnableKey.WEIGHTS], meta)
-        folder = Path(self.encrypted_source_dir)
-        if not folder.is_absolute():
-            folder = Path(fl_ctx.get_engine().get_workspace().get_root_dir()) / folder
+        folder = self._source_folder(fl_ctx, self.encrypted_source_dir)
+        self._clean_temps(fl_ctx, folder)
         blobs, saved_shapes, spec, bank_state = load_encrypted(folder)
         if saved_shapes != shapes:
             raise ValueError(f"encrypted model in {folder} does not fit this job's spec; saved spec was {spec}")
         if set(blobs) != {he.PACKED}:
             raise ValueError(f"encrypted model in {folder} holds one ciphertext per tensor (saved before the weights "
                              "were packed); it cannot be resumed by this version")
-        if meta.get(wire.BANK) is not None and bank_state is not None:
-            meta[wire.BANK] = KnowledgeBank.from_state_dict(bank_state).to_plain()
+        if meta.get(wire.BANK) is not None:
+            fresh = KnowledgeBank.from_plain(meta[wire.BANK])
+            meta[wire.BANK] = self._resumed_bank(fl_ctx, folder, fresh).to_plain()
         self.log_info(fl_ctx, f"starting from the encrypted model and bank in {folder}")
         return make_model_learnable(blobs, encrypted_meta(meta, shapes))
 

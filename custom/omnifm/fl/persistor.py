@@ -3,6 +3,11 @@
 Two files in the server's app folder (``FL_global_model.pt``, ``knowledge_bank.pt``), each a
 dict of tensors, ints and strings written atomically, so both load with
 ``torch.load(weights_only=True)``. The bank is never put into the model checkpoint's meta.
+
+Resuming (``source_dir``) refuses, with a message naming the file and the fix, a model file that
+cannot be read or does not fit the job, and a bank of another dimension; a missing bank file is
+a warning (the job starts with an empty bank). Temporary files left by a save that was killed
+are removed from the job's folder and from ``source_dir`` when the model is loaded.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from nvflare.app_common.abstract.model_persistor import ModelPersistor
 from nvflare.app_common.app_constant import AppConstants
 
 from omnifm.algorithms import initial_global, make_run_spec
-from omnifm.checkpoint import atomic_torch_save
+from omnifm.checkpoint import CheckpointError, atomic_torch_save, clean_stale_temps, load_torch_file
 from omnifm.fl import wire
 from omnifm.knowledge import KnowledgeBank
 
@@ -27,16 +32,59 @@ MODEL_FILE = "FL_global_model.pt"
 BANK_FILE = "knowledge_bank.pt"
 
 
+_RESUME_FIX = "point source_dir at the app_server folder of a job that saved its model (a backup copy of it works)"
+
+
+def read_model_file(path: Path) -> dict[str, Any]:
+    """A saved global model checkpoint (``model``, ``spec``, ``round``) checked for its keys."""
+    ckpt = load_torch_file(path, "saved global model", _RESUME_FIX)
+    model, spec = ckpt.get("model"), ckpt.get("spec")
+    if not isinstance(model, dict) or not all(isinstance(v, torch.Tensor) for v in model.values()):
+        raise CheckpointError(f"saved global model {path} has no 'model' dict of tensors — {_RESUME_FIX}")
+    try:
+        ckpt["spec"] = json.loads(spec)
+    except (TypeError, ValueError):
+        raise CheckpointError(f"saved global model {path} has no readable 'spec' — {_RESUME_FIX}") from None
+    return ckpt
+
+
+def read_bank_file(path: Path) -> dict | None:
+    """The bank state saved next to a model, or None when there is no bank file."""
+    if not path.is_file():
+        return None
+    fix = f"restore {path.name} from a backup, or move it away to start with an empty bank"
+    state = load_torch_file(path, "saved knowledge bank", fix).get("bank")
+    if not isinstance(state, dict) or "dim" not in state:
+        raise CheckpointError(f"saved knowledge bank {path} has no 'bank' state — {fix}")
+    return state
+
+
+def restored_bank(bank_state: dict, dim: int, path: Path) -> KnowledgeBank:
+    """The saved bank, refused when its dimension is not this job's spectral dimension."""
+    fix = f"resume with the saved job's model settings, or move {path.name} away to start with an empty bank"
+    if bank_state["dim"] != dim:
+        raise ValueError(
+            f"saved knowledge bank {path} holds prototypes of dimension {bank_state['dim']!r}, but this job's spectral "
+            f"tokens have dimension {dim} — {fix}"
+        )
+    try:
+        return KnowledgeBank.from_state_dict(bank_state)
+    except ValueError as err:
+        raise CheckpointError(f"saved knowledge bank {path} is not a valid bank state ({err}) — {fix}") from None
+
+
 def load_checkpoint(folder: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict | None]:
-    """Read a saved global model (+ bank if present) from ``folder``: (weights, spec, bank state)."""
+    """Read a saved global model (+ bank if present) from ``folder``: (weights, spec, bank state).
+
+    Raises:
+        ValueError: the model file is missing, or a file cannot be read (naming the file and the fix).
+    """
     folder = Path(folder)
     model_path = folder / MODEL_FILE
     if not model_path.is_file():
         raise ValueError(f"no {MODEL_FILE} in {folder}; point source_dir at a finished job's app_server folder")
-    ckpt = torch.load(model_path, map_location="cpu", weights_only=True)
-    bank_path = folder / BANK_FILE
-    bank = torch.load(bank_path, map_location="cpu", weights_only=True)["bank"] if bank_path.is_file() else None
-    return ckpt["model"], json.loads(ckpt["spec"]), bank
+    ckpt = read_model_file(model_path)
+    return ckpt["model"], ckpt["spec"], read_bank_file(folder / BANK_FILE)
 
 
 class OmniFMPersistor(ModelPersistor):
@@ -93,7 +141,23 @@ class OmniFMPersistor(ModelPersistor):
             raise ValueError(f"bad bank arguments {self.bank_args}: {err}") from None
         self.source_dir = source_dir
 
+    def _source_folder(self, fl_ctx: FLContext, source_dir: str) -> Path:
+        folder = Path(source_dir)
+        if not folder.is_absolute():
+            folder = Path(fl_ctx.get_engine().get_workspace().get_root_dir()) / folder
+        return folder
+
+    def _clean_temps(self, fl_ctx: FLContext, *folders: Path | None) -> None:
+        """Remove temporary files that a killed save left behind (see :func:`omnifm.checkpoint.clean_stale_temps`)."""
+        for folder in folders:
+            removed = clean_stale_temps(folder) if folder is not None else []
+            if removed:
+                self.log_warning(fl_ctx, f"removed {len(removed)} temporary file(s) left in {folder} by an interrupted save")
+
     def load_model(self, fl_ctx: FLContext) -> ModelLearnable:
+        app_root = fl_ctx.get_prop(FLContextKey.APP_ROOT)
+        source = self._source_folder(fl_ctx, self.source_dir) if self.source_dir else None
+        self._clean_temps(fl_ctx, Path(app_root) if app_root else None, source)
         initial, meta = initial_global(self.spec, self.bank_args)  # the same round-0 state as the benchmark
         weights = wire.to_torch(initial)
         bank = KnowledgeBank.from_plain(meta[wire.BANK]) if meta[wire.BANK] else None
@@ -110,16 +174,17 @@ class OmniFMPersistor(ModelPersistor):
     def _load_source(
         self, fl_ctx: FLContext, fresh: dict[str, torch.Tensor], bank: KnowledgeBank | None
     ) -> tuple[dict[str, torch.Tensor], KnowledgeBank | None]:
-        folder = Path(self.source_dir)
-        if not folder.is_absolute():
-            folder = Path(fl_ctx.get_engine().get_workspace().get_root_dir()) / folder
-        weights, spec, bank_state = load_checkpoint(folder)
+        folder = self._source_folder(fl_ctx, self.source_dir)
+        if not (folder / MODEL_FILE).is_file():
+            raise ValueError(f"no {MODEL_FILE} in {folder}; point source_dir at a finished job's app_server folder")
+        ckpt = read_model_file(folder / MODEL_FILE)
+        weights, spec = ckpt["model"], ckpt["spec"]
         reason = wire.check_weights(wire.to_numpy(weights), {k: tuple(v.shape) for k, v in fresh.items()})
         if reason:
             raise ValueError(f"model in {folder} does not fit this job's spec ({reason}); saved spec was {spec}")
-        if bank is not None and bank_state is not None:
-            bank = KnowledgeBank.from_state_dict(bank_state)
-        saved = torch.load(folder / MODEL_FILE, map_location="cpu", weights_only=True).get("round")
+        if bank is not None:
+            bank = self._resumed_bank(fl_ctx, folder, bank)
+        saved = ckpt.get("round")
         hint = f"; to continue the round count set start_round to {saved + 1}" if isinstance(saved, int) else ""
         self.log_info(
             fl_ctx,
@@ -127,6 +192,18 @@ class OmniFMPersistor(ModelPersistor):
             f"bank: {'off' if bank is None else len(bank)}){hint}",
         )
         return weights, bank
+
+    def _resumed_bank(self, fl_ctx: FLContext, folder: Path, fresh: KnowledgeBank) -> KnowledgeBank:
+        """The bank saved in ``folder``; the fresh (empty) bank, with a warning, when there is no bank file."""
+        bank_state = read_bank_file(folder / BANK_FILE)
+        if bank_state is None:
+            self.log_warning(
+                fl_ctx,
+                f"no {BANK_FILE} at {folder / BANK_FILE}: resuming the saved model with an EMPTY knowledge bank; "
+                f"copy the interrupted job's {BANK_FILE} there to keep its prototypes",
+            )
+            return fresh
+        return restored_bank(bank_state, fresh.dim, folder / BANK_FILE)
 
     def save_model(self, model_learnable: ModelLearnable, fl_ctx: FLContext) -> None:
         folder = Path(fl_ctx.get_prop(FLContextKey.APP_ROOT))
