@@ -103,13 +103,15 @@ def provision(project_yml: Path, out: Path, port: int | None = None) -> Federati
     return Federation(out, port, prod / SERVER, sites, prod / ADMIN)
 
 
-def prepare_server(kit: Path, storage: Path) -> None:
+def prepare_server(kit: Path, storage: Path, heart_beat_timeout: float = 45) -> None:
     """Allow-list ``omnifm.`` (provisioning/allow_omnifm.py) and keep job/snapshot storage in ``storage``.
 
     The provisioned default stores jobs and snapshots under ``/tmp/nvflare``, shared by every
-    FLARE process on the machine; a test federation gets its own folders.
+    FLARE process on the machine; a test federation gets its own folders. ``heart_beat_timeout``
+    is the shipped 120 s scaled down to CI size, like the jobs' round timeouts.
     """
-    run([sys.executable, str(REPO / "provisioning" / "allow_omnifm.py"), str(kit)])
+    run([sys.executable, str(REPO / "provisioning" / "allow_omnifm.py"), str(kit),
+         "--heart-beat-timeout", str(heart_beat_timeout)])
     path = kit / "local" / "resources.json"
     config = json.loads(path.read_text())
     storage_args = config["snapshot_persistor"]["args"]["storage"]["args"]
@@ -230,15 +232,17 @@ def admin(fed: Federation, *args: str, timeout: float = 600) -> subprocess.Compl
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=kit_env())
 
 
-def build_job(job: Path, out: Path, mode: str, rounds: int, *sets: str, name: str | None = None) -> Path:
-    """Build a CI-sized job with ``omnifm-build-job``: all sites, 2 clients, ``rounds`` rounds, 1 epoch.
+def build_job(
+    job: Path, out: Path, mode: str, rounds: int, *sets: str, name: str | None = None, min_clients: int = 2
+) -> Path:
+    """Build a CI-sized job with ``omnifm-build-job``: all sites, ``min_clients``, ``rounds`` rounds, 1 epoch.
 
     ``sets`` are extra ``--set [server:|client:]KEY=VALUE`` overrides. Returns the built job folder.
     """
     name = name or job.name
     small = ["client:executor.local_epochs=1", "client:executor.batch_size=8", *sets]
     cmd = [str(VENV_BIN / "omnifm-build-job"), str(job), "--out", str(out), "--mode", mode, "--name", name,
-           "--sites", "@ALL", "--min-clients", "2", "--num-rounds", str(rounds)]
+           "--sites", "@ALL", "--min-clients", str(min_clients), "--num-rounds", str(rounds)]
     run(cmd + [arg for value in small for arg in ("--set", value)])
     return out / name
 
@@ -276,3 +280,17 @@ def job_status(fed: Federation, job_id: str) -> str:
     finally:
         sess.close()
 
+
+
+def job_log(kit: Path, job_id: str) -> str:
+    """A kit's job log (``<kit>/<job-id>/log.txt``), empty until the job's process writes it."""
+    path = kit / job_id / "log.txt"
+    return path.read_text(errors="replace") if path.is_file() else ""
+
+
+def copy_kit(kit: Path, dest: Path) -> Path:
+    """A copy of a startup kit (``startup/`` + ``local/`` only), as someone would carry it elsewhere."""
+    dest.mkdir(parents=True)
+    for part in ("startup", "local"):
+        shutil.copytree(kit / part, dest / part)
+    return dest

@@ -317,6 +317,8 @@ def test_allow_omnifm_lets_the_server_build_every_job_component(plain_kits: Path
     default = json.loads((kit / "local" / "resources.json.default").read_text())
     config = json.loads(written.read_text())
     assert config["class_allow_list"] == default["class_allow_list"] + ["omnifm."]
+    assert default["servers"][0]["heart_beat_timeout"] == 600 and config["servers"][0]["heart_beat_timeout"] == 120
+    default["servers"][0]["heart_beat_timeout"] = 120
     assert {k: v for k, v in config.items() if k != "class_allow_list"} == {
         k: v for k, v in default.items() if k != "class_allow_list"
     }, "everything else stays as provisioned"
@@ -349,3 +351,51 @@ def test_allow_omnifm_does_not_overwrite_without_force(plain_kits: Path, tmp_pat
         allow_omnifm.allow_omnifm(kit)
     assert allow_omnifm.main([str(kit), "--force"]) == 0
     assert "omnifm." in json.loads((kit / "local" / "resources.json").read_text())["class_allow_list"]
+
+
+# --------------------------------------------------------------------------- hardened site authorization
+
+
+SITE_AUTHZ = ROOT / "site_configs" / "authorization.json"
+
+
+def _may(policy: dict, site_org: str, role: str, user_org: str, command: str) -> bool:
+    from nvflare.fuel.sec.authz import AuthzContext, Person
+    from nvflare.security.security import FLAuthorizer
+
+    user = Person(f"someone@{user_org}", user_org, role)
+    allowed, _ = FLAuthorizer(site_org, policy).authorize(AuthzContext(right=command, user=user, submitter=user))
+    return allowed
+
+
+@pytest.mark.parametrize("command", ["cat", "ls", "grep", "tail", "head", "pwd"])
+def test_hardened_site_authorization_keeps_shell_commands_to_the_sites_own_it(plain_kits: Path, command: str):
+    """Issue 13, item 17: a researcher must not `cat site-2 local/omnifm_site.json` on its org's site."""
+    default = json.loads((plain_kits / "site-2" / "local" / "authorization.json.default").read_text())
+    assert _may(default, "hospital_b", "lead", "hospital_b", command), "premise: FLARE's default lets the lead"
+    hardened = json.loads(SITE_AUTHZ.read_text())
+    assert not _may(hardened, "hospital_b", "lead", "hospital_b", command)
+    assert not _may(hardened, "hospital_b", "project_admin", "omnifm_consortium", command)
+    assert _may(hardened, "hospital_b", "org_admin", "hospital_b", command), "the hospital's own IT admin keeps it"
+    assert not _may(hardened, "hospital_b", "org_admin", "hospital_a", command)
+
+
+def test_hardened_site_authorization_keeps_every_other_right_a_federation_needs(plain_kits: Path):
+    default = json.loads((plain_kits / "site-2" / "local" / "authorization.json.default").read_text())
+    hardened = json.loads(SITE_AUTHZ.read_text())
+    assert set(hardened["permissions"]) == set(default["permissions"]), "the same roles as provisioned"
+    for role in ("lead", "org_admin"):
+        assert set(hardened["permissions"][role]) == set(default["permissions"][role]), role
+    for role, org in (("lead", "hospital_b"), ("project_admin", "omnifm_consortium")):
+        for right in ("submit_job", "byoc", "check_status", "list_jobs", "abort_job", "download_job"):
+            assert _may(hardened, "hospital_b", role, org, right), (role, right)
+    assert _may(hardened, "hospital_b", "project_admin", "omnifm_consortium", "restart")
+    assert not _may(hardened, "hospital_b", "lead", "hospital_b", "shutdown"), "researchers do not operate sites"
+    assert not _may(hardened, "hospital_b", "org_admin", "hospital_b", "submit_job")
+
+
+@pytest.mark.parametrize("name", ["omnifm_site.nifti.json", "omnifm_site.dicom.json", "omnifm_site.phantom.json"])
+def test_site_config_templates_keep_the_data_outside_the_kit(name: str):
+    """FLARE's shell commands reach only relative paths inside the kit's workspace; data must not live there."""
+    data_root = json.loads((ROOT / "site_configs" / name).read_text())["data_root"]
+    assert Path(data_root).is_absolute(), f"{name}: data_root {data_root!r} is relative to local/, i.e. inside the kit"

@@ -73,6 +73,7 @@ _CONFLICT = re.compile(r"Failed to re-activate the client:\s*([\w.@-]+): already
 _RELOGIN = re.compile(r"Client: ([\w.@-]+) already registered\. Re-login the client with a new token")
 _STAMP = re.compile(r"^(\d{4}-\d\d-\d\d[ T]\d\d:\d\d:\d\d)")
 REPEAT_WAITING_S = 60.0
+_RUNNER_DONE = "Server runner finished."
 _REASON = re.compile(
     r"\bERROR\b|\bCRITICAL\b|panic|FATAL|Traceback|\w+(Error|Exception)\b:|rejected contribution"
     r"|asked to abort|Abort signal received"
@@ -253,6 +254,9 @@ def progress_text(stats: dict | None, log_text: str = "") -> str | None:
     parts = rounds[:1] + tasks + ([f"workflow {workflow}"] if workflow else [])
     if parts:
         return ", ".join(parts)
+    if _RUNNER_DONE in log_text:
+        return ("the server's job process has ended; FLARE marks the job finished once every site reported its "
+                "end (a site that died: once the server logs it out, heart_beat_timeout)")
     found = _ROUND_LINE.findall(log_text)
     if found:
         number, event = found[-1]

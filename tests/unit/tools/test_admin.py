@@ -264,6 +264,9 @@ def test_metrics_table_has_one_row_per_round_and_site_and_marks_missing_values()
         ({"server": {}}, SERVER_LOG_ROUND_0, "round 0 finished"),
         (None, SERVER_LOG_ROUND_0 + SERVER_LOG_ROUND_1, "round 1 started"),
         (None, "", None),
+        (None, SERVER_LOG_ROUND_0 + "... - ServerRunner - INFO - [...] - Server runner finished.\n",
+         "the server's job process has ended; FLARE marks the job finished once every site reported its end "
+         "(a site that died: once the server logs it out, heart_beat_timeout)"),
         # a resumed job (start_round 2, num_rounds 2): round 3 is its last round, not "done"
         (_stats(3), RESUMED_LOG, "round 3 (rounds 2-3), workflow scatter_and_gather"),
         (_stats(4, "_finished_", workflow="final_evaluation"), RESUMED_LOG, "rounds 2-3 done, workflow final_evaluation"),
