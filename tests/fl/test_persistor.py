@@ -22,6 +22,11 @@ def _ctx(app_root, current: int = 0) -> FLContext:
     return ctx
 
 
+def _values(bank: KnowledgeBank, n: int):
+    """Bank values for ``n`` uploaded prototypes (a bank with values needs one row per prototype)."""
+    return torch.zeros(n, bank.value_dim) if bank.value_dim else None
+
+
 @pytest.mark.parametrize("algorithm, has_bank", [("omnifm", True), ("fedavg", False)])
 def test_initial_model_holds_shared_weights_spec_and_bank(tmp_path, algorithm, has_bank):
     learnable = OmniFMPersistor(algorithm, model=SMALL).load_model(_ctx(tmp_path))
@@ -36,7 +41,7 @@ def test_every_round_writes_model_and_bank_loadable_with_weights_only(tmp_path):
     persistor = OmniFMPersistor("omnifm", model=SMALL, bank={"rho": 0.5})
     learnable = persistor.load_model(_ctx(tmp_path))
     bank = KnowledgeBank.from_plain(learnable[ModelLearnableKey.META][wire.BANK])
-    bank.update(torch.ones(2, bank.dim), {})
+    bank.update(torch.eye(bank.dim)[:2], {}, _values(bank, 2))
     learnable[ModelLearnableKey.META][wire.BANK] = bank.to_plain()
     persistor.save_model(learnable, _ctx(tmp_path, current=3))
 
@@ -55,7 +60,7 @@ def test_a_job_can_start_from_a_previous_jobs_model_and_bank(tmp_path):
     name = next(iter(weights))
     weights[name] = weights[name] + 1.5
     bank = KnowledgeBank.from_plain(learnable[ModelLearnableKey.META][wire.BANK])
-    bank.update(torch.eye(bank.dim)[:3], {})
+    bank.update(torch.eye(bank.dim)[:3], {}, _values(bank, 3))
     learnable[ModelLearnableKey.META][wire.BANK] = bank.to_plain()
     first.save_model(learnable, _ctx(tmp_path / "job1", current=9))
 
