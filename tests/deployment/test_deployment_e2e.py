@@ -177,6 +177,7 @@ def test_next_job_resumes_from_last_checkpoint_after_server_restart(plain: Runni
         name="omnifm_seg_resumed",
     )
     resumed_id, download, shown = _run_job(plain, resumed, tmp_path, with_output=True)
+    print(shown)
     assert re.search(rf"round [{start_round}-3] \(rounds {start_round}-3\)", shown) and "rounds done" not in shown, (
         "monitor numbers rounds like the log and the checkpoints (from 0, continuing from start_round)\n" + shown
     )
@@ -247,6 +248,7 @@ def test_a_copied_site_kit_is_reported_as_an_identity_conflict(plain: Running, t
         status = H.admin(plain.fed, "status")
         assert "warning: identity conflict for site-1: the server refused" in status.stdout, status.stdout
         assert "identity conflict for site-2" not in status.stdout
+        print(status.stdout)
     finally:
         H.stop(rogue)
         H.stop(plain.procs["site-1"])  # locked out until it restarts
