@@ -2,11 +2,16 @@
 
 Examples::
 
-    omnifm-bench --preset quick                                  # ~1-2 min on 2 CPU cores
-    omnifm-bench --preset full --workers 2                       # the documented grid
-    omnifm-bench --preset full --algorithms omnifm fedavg --settings same-modality --seeds 0 1 2 --rounds 10
-    omnifm-bench report benchmarks/results/full                  # tables + plots again from the JSONs
+    omnifm-bench --preset quick                                  # a few minutes on 2 CPU cores
+    omnifm-bench --preset full --workers 2                       # the documented grid (LR tuning, then reporting)
+    omnifm-bench --preset full --algorithms omnifm fedper --seeds 0 1 2 --rounds 10 --out my-results
+    omnifm-bench report my-results                               # tables + plots again from the JSONs
+    omnifm-bench premise --out premise                           # low-frequency consistency on the phantom
     omnifm-bench flare-cost --out benchmarks/results/system_cost # FLARE simulator vs in-process, same config
+
+Results go to a fresh folder ``./omnifm-bench-results/<preset>-<UTC time>`` unless ``--out`` names
+one (an existing folder resumes: runs whose JSON matches their config are not run again). The
+committed ``benchmarks/results/`` changes only when ``--out`` points there on purpose.
 """
 
 from __future__ import annotations
@@ -23,20 +28,23 @@ from typing import Any
 
 import torch
 
-from omnifm.bench.presets import GROUPS, PRESETS, build_grid, customize, get_preset
-from omnifm.bench.record import git_info, machine_info, write_json
+from omnifm.bench.presets import GROUPS, PRESETS, Preset, build_grid, customize, get_preset, tuning_grid
+from omnifm.bench.record import git_info, machine_info, read_runs, write_json
 from omnifm.bench.report import write_report
 from omnifm.bench.runner import RunConfig, run_one
 from omnifm.bench.settings import SETTINGS
+from omnifm.bench.tune import select_learning_rates
 
 DEFAULT_CACHE = Path(tempfile.gettempdir()) / "omnifm_bench_cache"
+DEFAULT_OUT = Path("omnifm-bench-results")
+LEARNING_RATES = "learning_rates.json"
 
 
 def _run_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="omnifm-bench",
         description="Run the OmniFM benchmark grid in-process on the built-in phantom "
-        "(subcommands: `report DIR`, `flare-cost`).",
+        "(subcommands: `report DIR`, `premise`, `flare-cost`).",
     )
     parser.add_argument("--preset", choices=sorted(PRESETS), default="quick")
     parser.add_argument("--algorithms", nargs="+", help="main-group algorithms (default: the preset's)")
@@ -50,8 +58,15 @@ def _run_parser() -> argparse.ArgumentParser:
                         help="knowledge-bank override for every run, e.g. max_size=256 (added to the labels)")
     parser.add_argument("--train-arg", nargs="+", default=[], metavar="KEY=JSON",
                         help="training override for every run, e.g. learning_rate=0.003 (added to the labels)")
-    parser.add_argument("--out", type=Path, help="results folder (default: benchmarks/results/<preset>)")
-    parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="phantom cache folder")
+    parser.add_argument("--data-arg", nargs="+", default=[], metavar="KEY=JSON",
+                        help="federation size override, e.g. sites=3 cases=8 shape=[32,32,16] (DataConfig fields)")
+    parser.add_argument("--lr-grid", nargs="*", type=float, metavar="LR",
+                        help="learning rates tuned per algorithm on the tuning seeds (default: the preset's; none: no tuning)")
+    parser.add_argument("--tuning-seeds", nargs="+", type=int, help="seeds of the tuning runs (default: the preset's)")
+    parser.add_argument("--out", type=Path,
+                        help=f"results folder (default: a fresh ./{DEFAULT_OUT}/<preset>-<UTC time>; an existing one resumes)")
+    parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE,
+                        help=f"phantom cache folder, reused across runs (default: {DEFAULT_CACHE})")
     parser.add_argument("--workers", type=int, default=1, help="runs in parallel (processes)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per worker")
     parser.add_argument("--force", action="store_true", help="re-run runs whose JSON already exists")
@@ -63,6 +78,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "report":
         return _report(argv[1:])
+    if argv and argv[0] == "premise":
+        from omnifm.bench.premise import main as premise_main
+
+        return premise_main(argv[1:])
     if argv and argv[0] == "flare-cost":
         from omnifm.bench.flare import main as flare_main
 
@@ -70,26 +89,48 @@ def main(argv: list[str] | None = None) -> int:
     args = _run_parser().parse_args(argv)
     if args.workers < 1 or args.threads < 1:
         raise SystemExit(f"--workers and --threads must be >= 1, got {args.workers} and {args.threads}")
-    preset = customize(
-        get_preset(args.preset), args.algorithms, args.settings, args.seeds, args.rounds, args.groups,
-        _pairs(args.spec_arg), _pairs(args.bank_arg), _pairs(args.train_arg),
-    )
-    out = args.out or Path("benchmarks/results") / preset.name
-    grid = build_grid(preset)
+    try:
+        preset = customize(
+            get_preset(args.preset), args.algorithms, args.settings, args.seeds, args.rounds, args.groups,
+            _pairs(args.spec_arg), _pairs(args.bank_arg), _pairs(args.train_arg), args.lr_grid, args.tuning_seeds,
+            _pairs(args.data_arg),
+        )
+    except ValueError as err:
+        raise SystemExit(str(err)) from None
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    out = args.out or DEFAULT_OUT / f"{preset.name}-{stamp}"
     context = {
         "command": "omnifm-bench " + shlex.join(argv),
         "git": git_info(),
         "machine": {**machine_info(), "torch_threads": args.threads, "workers": args.workers},
     }
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    write_json(out / f"grid-{stamp}.json", {**context, "preset": preset.name, "runs": [r.run_id for r in grid]})
+    print(f"results -> {out}", flush=True)
     start = time.perf_counter()
+    rates = _tune(preset, out, args, context)
+    grid = build_grid(preset, rates)
+    write_json(out / f"grid-{stamp}.json", {**context, "preset": preset.name, "learning_rates": rates,
+                                            "runs": [r.run_id for r in grid]})
     _run_grid(grid, out, args, context)
-    print(f"grid of {len(grid)} runs done in {time.perf_counter() - start:.0f} s", flush=True)
-    summary = write_report(out)
+    print(f"{len(grid)} reporting runs done, {time.perf_counter() - start:.0f} s in all", flush=True)
+    summary = write_report(out, preset.last_k)
     print(summary.read_text())
-    print(f"wrote {out / 'results.csv'}, {summary} and plots", flush=True)
+    print(f"wrote {out / 'results.csv'} and {summary}", flush=True)
     return 0
+
+
+def _tune(preset: Preset, out: Path, args: argparse.Namespace, context: dict[str, Any]) -> dict[str, float]:
+    """Run the tuning grid (if the preset has one) and pick each algorithm's learning rate on validation."""
+    grid = tuning_grid(preset)
+    if not grid:
+        return {}
+    print(f"tuning: {len(grid)} runs (learning rates {list(preset.lr_grid)}, seeds {list(preset.tuning_seeds)})", flush=True)
+    _run_grid(grid, out, args, context)
+    wanted = {r.run_id for r in grid}
+    runs = [r for r in read_runs(out) if r["run_id"] in wanted]
+    rates = select_learning_rates(runs, preset.last_k)
+    write_json(out / LEARNING_RATES, {"last_k": preset.last_k, "learning_rates": rates})
+    print("learning rates chosen on validation: " + ", ".join(f"{a} {lr:g}" for a, lr in rates.items()), flush=True)
+    return rates
 
 
 def _pairs(items: list[str]) -> dict[str, Any]:

@@ -1,20 +1,35 @@
 """Named grids: ``quick`` (a smoke run, minutes) and ``full`` (the documented benchmark).
 
-Every algorithm of a grid gets the same budget: the same rounds, local epochs, batch size, learning
-rate, model and data. The hyper-parameters are one fixed shared setting (:data:`TRAIN`, the job's
-UNet and OmniFM sizes), not tuned per method; sensitivity runs vary OmniFM's lambda
-(``align_weight``) and ``top_k`` only.
+Protocol of a preset with a learning-rate grid (``full``):
+
+1. **Tuning.** Every algorithm of the preset runs once per learning rate of :data:`LR_GRID` on the
+   *tuning seeds* (disjoint from the reporting seeds), in the tuning setting. Its score is the
+   validation Dice (mean over sites) averaged over the last ``last_k`` rounds, averaged over the
+   tuning seeds; the best learning rate is kept (:func:`omnifm.bench.tune.select_learning_rates`).
+   Every algorithm gets the same budget (runs x rounds x epochs). Ablations and sensitivity
+   variants use OmniFM's learning rate.
+2. **Reporting.** Every algorithm runs with its learning rate on the reporting seeds in every
+   setting. Per-round numbers are validation Dice; the test split is evaluated once after the last
+   round (:mod:`omnifm.bench.runner`) and is what the final tables and paired tests use.
+
+Everything else is one shared setting (:data:`TRAIN`, the job's UNet and OmniFM sizes, Adam state
+kept across rounds with a cosine learning-rate decay over the rounds).
+
+The algorithm lists are plain tuples below (:data:`FULL_ALGORITHMS`, :data:`QUICK_ALGORITHMS`);
+edit them there. Every name must be in :data:`omnifm.algorithms.ALGORITHMS`; a missing one stops
+the grid with the list of known names.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from omnifm.algorithms import ALGORITHMS
 from omnifm.bench.runner import RunConfig
-from omnifm.bench.settings import SETTINGS, DataConfig, check_setting
+from omnifm.bench.settings import DataConfig, check_setting
 
 # The default job's model and OmniFM hyper-parameters (jobs/omnifm_seg/app/config/config_fed_server.json).
 MODEL = {"spatial_dims": 2, "in_channels": 1, "channels": [16, 32, 64, 64], "strides": [2, 2, 2], "num_res_units": 1}
@@ -26,11 +41,18 @@ SPEC_ARGS: dict[str, Any] = {
     "num_prototypes": 4,
     "prox_mu": 0.01,
 }
-# One shared training setting for every method. The learning rate was picked from {3e-3, 1e-2} by a
-# pilot of the `local` baseline (seed 0, cross-modality, validation Dice), not tuned per method.
+# Shared training setting; the learning rate is the default of runs without tuning (quick preset).
 TRAIN: dict[str, Any] = {"local_epochs": 2, "batch_size": 8, "learning_rate": 1e-2}
-BANK_ARGS = {"rho": 1.0, "delta": 0.02, "prune_window": 3, "max_size": 64}
-MAIN_ALGORITHMS = ("omnifm", "fedavg", "fedprox", "fedper", "ditto", "fedbn", "feddg", "scaffold", "local", "central")
+LR_GRID = (3e-3, 1e-2, 3e-2)
+# the job's bank (jobs/omnifm_seg/app/config/config_fed_server.json)
+BANK_ARGS = {"rho": 1.0, "delta": 0.1, "prune_window": 3, "max_size": 64, "merge_threshold": 0.9, "momentum": 0.5, "max_age": 3}
+
+# ---- the algorithm lists (edit here) -------------------------------------------------------------
+FULL_ALGORITHMS = (
+    "omnifm", "fedper", "fedper-fusion", "omnifm-placebo", "fedrep", "feddyn",
+    "fedavg", "fedprox", "ditto", "fedbn", "feddg", "scaffold", "local", "central",
+)
+QUICK_ALGORITHMS = ("omnifm", "fedper", "local", "central")
 ABLATIONS = ("omnifm-noretrieval", "omnifm-noeca", "omnifm-noprompt", "omnifm-noalign")
 SENSITIVITY: tuple[tuple[str, dict[str, Any]], ...] = (
     ("omnifm lambda=0.01", {"align_weight": 0.01}),
@@ -39,11 +61,24 @@ SENSITIVITY: tuple[tuple[str, dict[str, Any]], ...] = (
     ("omnifm top_k=4", {"top_k": 4}),
 )
 GROUPS = ("main", "ablation", "sensitivity")
+REFERENCE = "omnifm"  # the method every paired comparison is against
+
+# The data-scarce regime: 4 training cases per site (see benchmarks/README.md for the pilot that chose it);
+# validation and test are larger so that model selection and the final table are less noisy.
+SCARCE = DataConfig(sites=5, cases=14, shape=(32, 32, 16), val_fraction=0.22, test_fraction=0.5, min_cases=4)
 
 
 @dataclass(frozen=True)
 class Preset:
-    """A grid: main algorithms x settings x seeds, plus OmniFM ablations and sensitivity on cross-modality."""
+    """A grid: main algorithms x settings x reporting seeds, plus OmniFM ablations and sensitivity.
+
+    Args:
+        lr_grid: learning rates tried per algorithm on ``tuning_seeds`` (empty: no tuning, every run
+            uses ``train["learning_rate"]``).
+        tuning_seeds: seeds of the tuning runs; must not overlap ``seeds``.
+        tuning_setting: the setting the tuning runs use.
+        last_k: rounds averaged for the tuning score and the report's "mean of the last K rounds".
+    """
 
     name: str
     algorithms: tuple[str, ...]
@@ -57,28 +92,53 @@ class Preset:
     spec_args: dict[str, Any] = field(default_factory=lambda: dict(SPEC_ARGS))
     bank_args: dict[str, Any] = field(default_factory=lambda: dict(BANK_ARGS))
     label_suffix: str = ""
+    lr_grid: tuple[float, ...] = ()
+    tuning_seeds: tuple[int, ...] = ()
+    tuning_setting: str = "cross-modality"
+    last_k: int = 3
+
+    def __post_init__(self) -> None:
+        check_names(self.algorithms)
+        if set(self.tuning_seeds) & set(self.seeds):
+            raise ValueError(f"tuning seeds {sorted(self.tuning_seeds)} overlap the reporting seeds {sorted(self.seeds)}")
+        if self.lr_grid and not self.tuning_seeds:
+            raise ValueError("a preset with an lr_grid needs tuning_seeds")
+        if not 1 <= self.last_k <= self.rounds:
+            raise ValueError(f"last_k must be in [1, rounds={self.rounds}], got {self.last_k}")
+
+
+def check_names(algorithms: Sequence[str]) -> tuple[str, ...]:
+    """The names if all are in the registry; else a ``ValueError`` listing the missing and the known ones."""
+    missing = [a for a in algorithms if a not in ALGORITHMS]
+    if missing:
+        raise ValueError(f"algorithms {missing} are not in omnifm.algorithms.ALGORITHMS (known: {sorted(ALGORITHMS)})")
+    return tuple(algorithms)
 
 
 PRESETS: dict[str, Preset] = {
     "quick": Preset(
         name="quick",
-        algorithms=("omnifm", "fedavg", "local"),
+        algorithms=QUICK_ALGORITHMS,
         settings=("cross-modality",),
         seeds=(0,),
-        rounds=4,
-        data=DataConfig(sites=3, cases=8, shape=(32, 32, 16)),
-        train=dict(TRAIN, local_epochs=1),
+        rounds=6,
+        data=DataConfig(sites=5, cases=10, shape=(32, 32, 16), val_fraction=0.2, test_fraction=0.4, min_cases=4),
+        train=dict(TRAIN),
+        last_k=2,
     ),
     "full": Preset(
         name="full",
-        algorithms=MAIN_ALGORITHMS,
-        settings=SETTINGS,
-        seeds=(0, 1, 2),
-        rounds=8,
-        data=DataConfig(sites=3, cases=12, shape=(48, 48, 16)),
+        algorithms=FULL_ALGORITHMS,
+        settings=("cross-modality", "cross-modality+t1"),
+        seeds=(0, 1, 2, 3, 4),
+        rounds=12,
+        data=SCARCE,
         train=dict(TRAIN),
         groups=GROUPS,
-        sensitivity_seeds=(0,),
+        sensitivity_seeds=(0, 1, 2),
+        lr_grid=LR_GRID,
+        tuning_seeds=(100,),
+        last_k=3,
     ),
 }
 
@@ -100,14 +160,26 @@ def customize(
     spec_overrides: dict[str, Any] | None = None,
     bank_overrides: dict[str, Any] | None = None,
     train_overrides: dict[str, Any] | None = None,
+    lr_grid: Sequence[float] | None = None,
+    tuning_seeds: Sequence[int] | None = None,
+    data_overrides: dict[str, Any] | None = None,
 ) -> Preset:
     """The preset with command-line overrides (``None`` keeps the preset's value).
 
     ``spec_overrides`` / ``bank_overrides`` / ``train_overrides`` change run-spec / knowledge-bank /
-    :class:`~omnifm.engine.TrainConfig` arguments for every run and are appended to the runs' labels (e.g. ``omnifm max_size=256``), so they never mix with
-    the preset's own results in a table.
+    :class:`~omnifm.engine.TrainConfig` arguments for every run and are appended to the runs' labels
+    (e.g. ``omnifm max_size=256``), so they never mix with the preset's own results in a table.
+    A ``learning_rate`` override switches tuning off. ``lr_grid=[]`` switches tuning off too.
+    ``data_overrides`` change :class:`~omnifm.bench.settings.DataConfig` fields (the same for every run).
     """
     changes: dict[str, Any] = {}
+    if data_overrides:
+        fields = {f.name for f in dataclasses.fields(DataConfig)}
+        unknown = sorted(set(data_overrides) - fields)
+        if unknown:
+            raise ValueError(f"unknown data fields {unknown}; choose from {sorted(fields)}")
+        data = {**data_overrides, **({"shape": tuple(data_overrides["shape"])} if "shape" in data_overrides else {})}
+        changes["data"] = dataclasses.replace(preset.data, **data)
     overrides = {**(spec_overrides or {}), **(bank_overrides or {}), **(train_overrides or {})}
     if overrides:
         changes["spec_args"] = {**preset.spec_args, **(spec_overrides or {})}
@@ -123,23 +195,56 @@ def customize(
         changes["sensitivity_seeds"] = tuple(s for s in preset.sensitivity_seeds if s in changes["seeds"]) or changes["seeds"][:1]
     if rounds is not None:
         changes["rounds"] = int(rounds)
+        changes["last_k"] = min(preset.last_k, int(rounds))
     if groups:
         unknown = sorted(set(groups) - set(GROUPS))
         if unknown:
             raise ValueError(f"unknown groups {unknown}; choose from {list(GROUPS)}")
         changes["groups"] = tuple(groups)
+    if tuning_seeds:
+        changes["tuning_seeds"] = tuple(int(s) for s in tuning_seeds)
+    if lr_grid is not None:
+        changes["lr_grid"] = tuple(float(v) for v in lr_grid)
+    if "learning_rate" in (train_overrides or {}):
+        changes["lr_grid"] = ()
+    if not changes.get("lr_grid", preset.lr_grid):
+        changes["tuning_seeds"] = ()
     return dataclasses.replace(preset, **changes)
 
 
-def build_grid(preset: Preset) -> list[RunConfig]:
-    """Every run of a preset, most important first (a cut-short run still has the main cross-modality table):
-    main cross-modality, ablations, the other settings' main runs, sensitivity."""
+def _run(preset: Preset, algorithm: str, setting: str, seed: int, group: str, lr: float | None = None,
+         label: str = "", **spec: Any) -> RunConfig:
+    train = dict(preset.train, **({"learning_rate": lr} if lr is not None else {}))
+    return RunConfig(
+        algorithm, setting, seed, preset.rounds, preset.data, train,
+        {**preset.spec_args, **spec}, dict(preset.bank_args), group, (label or algorithm) + preset.label_suffix,
+    )
+
+
+def tuning_grid(preset: Preset) -> list[RunConfig]:
+    """The tuning runs: every algorithm x learning rate x tuning seed, in the tuning setting."""
+    return [
+        _run(preset, a, preset.tuning_setting, seed, "tuning", lr, f"{a} lr={lr:g}")
+        for seed in preset.tuning_seeds for a in preset.algorithms for lr in preset.lr_grid
+    ]
+
+
+def build_grid(preset: Preset, learning_rates: Mapping[str, float] | None = None) -> list[RunConfig]:
+    """Every reporting run of a preset, most important first (a cut-short run still has the main
+    cross-modality table): main cross-modality, ablations, the other settings' main runs, sensitivity.
+
+    Args:
+        preset: the grid.
+        learning_rates: per algorithm, the tuned learning rate (:func:`omnifm.bench.tune.select_learning_rates`);
+            missing algorithms use ``preset.train["learning_rate"]``; ablations and sensitivity use
+            :data:`REFERENCE`'s.
+    """
+    rates = dict(learning_rates or {})
+    reference_lr = rates.get(REFERENCE)
 
     def run(algorithm: str, setting: str, seed: int, group: str, label: str = "", **spec: Any) -> RunConfig:
-        return RunConfig(
-            algorithm, setting, seed, preset.rounds, preset.data, dict(preset.train),
-            {**preset.spec_args, **spec}, dict(preset.bank_args), group, (label or algorithm) + preset.label_suffix,
-        )
+        lr = rates.get(algorithm) if group == "main" else reference_lr
+        return _run(preset, algorithm, setting, seed, group, lr, label, **spec)
 
     main = [(s, seed) for s in preset.settings for seed in preset.seeds] if "main" in preset.groups else []
     first = [key for key in main if key[0] == "cross-modality"]
@@ -149,7 +254,7 @@ def build_grid(preset: Preset) -> list[RunConfig]:
     runs += [run(a, s, seed, "main") for s, seed in main if (s, seed) not in first for a in preset.algorithms]
     if "sensitivity" in preset.groups:
         runs += [
-            run("omnifm", "cross-modality", seed, "sensitivity", label, **spec)
+            run(REFERENCE, "cross-modality", seed, "sensitivity", label, **spec)
             for seed in preset.sensitivity_seeds for label, spec in SENSITIVITY
         ]
     return runs

@@ -143,7 +143,7 @@ def _federated(
     config: RunConfig, spec: dict, sites: dict[str, SiteData], progress: Progress
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, dict[str, float]]]:
     device = torch.device("cpu")
-    trainers = {name: _trainer(spec, config, data, device) for name, data in sorted(sites.items())}
+    trainers = {name: _trainer(spec, config, data, device, name) for name, data in sorted(sites.items())}
     weights, meta = initial_global(spec, config.bank_args)
     history, diagnostics = [], []
     for round_num in range(config.rounds):
@@ -159,9 +159,11 @@ def _federated(
     return history, diagnostics, test
 
 
-def _trainer(spec: dict, config: RunConfig, data: SiteData, device: torch.device) -> SiteTrainer:
+def _trainer(spec: dict, config: RunConfig, data: SiteData, device: torch.device, site: str = "") -> SiteTrainer:
     """A site's trainer; it gets the test cases only if it takes them (``test_volumes``)."""
     extra = {"test_volumes": data.test} if "test_volumes" in inspect.signature(SiteTrainer).parameters else {}
+    if "site" in inspect.signature(SiteTrainer).parameters:
+        extra["site"] = site  # the bank's owners are site names: retrieval_own_share needs this site's
     return SiteTrainer(spec, config.train_config(), data.train, data.val, device=device, logger=_QUIET, **extra)
 
 

@@ -7,18 +7,21 @@ import json
 import pytest
 
 from omnifm.bench.cli import main
-from omnifm.bench.presets import ABLATIONS, SENSITIVITY, build_grid, customize, get_preset
+from omnifm.bench.presets import ABLATIONS, LR_GRID, SENSITIVITY, build_grid, customize, get_preset, tuning_grid
 from omnifm.bench.runner import RunConfig
 from omnifm.bench.settings import SETTINGS
 
 
 def test_every_run_of_a_grid_gets_the_same_budget():
-    grid = build_grid(get_preset("full"))
-    assert len({(r.rounds, json.dumps(r.train, sort_keys=True), r.data) for r in grid}) == 1
+    preset = get_preset("full")
+    rates = {a: 0.03 if a == "fedavg" else 0.01 for a in preset.algorithms}
+    grid = build_grid(preset, rates)
+    assert len({(r.rounds, r.train["local_epochs"], r.train["batch_size"], r.data) for r in grid}) == 1
     assert len({r.run_id for r in grid}) == len(grid), "run ids are unique"
+    assert all(r.train["learning_rate"] == (0.03 if r.algorithm == "fedavg" else 0.01) for r in grid)
     main = [r for r in grid if r.group == "main"]
-    assert {r.seed for r in main} >= {0, 1, 2}
-    assert {r.setting for r in main} == set(SETTINGS)
+    assert {r.seed for r in main} == {0, 1, 2, 3, 4}
+    assert {r.setting for r in main} <= set(SETTINGS) and "cross-modality+t1" in {r.setting for r in main}
     assert {r.algorithm for r in grid if r.group == "ablation"} == set(ABLATIONS)
     assert len([r for r in grid if r.group == "sensitivity"]) == len(SENSITIVITY) * len(get_preset("full").sensitivity_seeds)
 
@@ -71,3 +74,35 @@ def test_cli_key_value_pairs():
     assert _pairs(["a=1", "b=[2, 3]", "c=word"]) == {"a": 1, "b": [2, 3], "c": "word"}
     with pytest.raises(SystemExit, match="expected KEY=VALUE"):
         _pairs(["oops"])
+
+
+def test_full_preset_tunes_every_algorithm_on_separate_seeds():
+    preset = get_preset("full")
+    tuning = tuning_grid(preset)
+    assert len(tuning) == len(preset.algorithms) * len(preset.lr_grid) * len(preset.tuning_seeds)
+    assert {r.seed for r in tuning}.isdisjoint(preset.seeds) and {r.group for r in tuning} == {"tuning"}
+    assert {r.train["learning_rate"] for r in tuning} == set(LR_GRID) == {3e-3, 1e-2, 3e-2}
+    assert {"fedper-fusion", "omnifm-placebo", "fedrep", "feddyn", "fedper", "central", "local"} <= set(preset.algorithms)
+    assert tuning_grid(customize(preset, train_overrides={"learning_rate": 0.02})) == [], "a fixed lr switches tuning off"
+
+
+def test_a_missing_algorithm_name_fails_loudly():
+    with pytest.raises(ValueError, match=r"\['fedmagic'\] are not in omnifm.algorithms.ALGORITHMS"):
+        customize(get_preset("full"), algorithms=["omnifm", "fedmagic"])
+    with pytest.raises(ValueError, match="overlap"):
+        customize(get_preset("full"), tuning_seeds=[0])
+
+
+def test_tuning_picks_the_best_validation_learning_rate():
+    from omnifm.bench.tune import select_learning_rates, tuning_markdown
+
+    def run(algorithm, lr, seed, curve):
+        return {"config": {"algorithm": algorithm, "group": "tuning", "seed": seed, "train": {"learning_rate": lr}},
+                "rounds": [{"sites": {"a": {"dice": d}, "b": {"dice": float("nan")}}} for d in curve]}
+
+    runs = [run("fedavg", 0.01, 0, [0.9, 0.2, 0.2]), run("fedavg", 0.03, 0, [0.0, 0.3, 0.3]),
+            run("local", 0.01, 0, [0.1, 0.4, 0.4]), run("local", 0.01, 1, [0.1, 0.0, 0.0]),
+            run("local", 0.003, 0, [0.1, 0.3, 0.3]), run("local", 0.003, 1, [0.1, 0.3, 0.3])]
+    assert select_learning_rates(runs, last_k=2) == {"fedavg": 0.03, "local": 0.003}, "last rounds, mean over seeds"
+    assert select_learning_rates(runs, last_k=3)["fedavg"] == 0.01
+    assert "**0.300**" in tuning_markdown(runs, last_k=2)

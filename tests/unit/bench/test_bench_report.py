@@ -7,10 +7,23 @@ import math
 import pytest
 
 from omnifm.bench.record import write_json
-from omnifm.bench.report import ablation_table, fmt, main_table, markdown, run_stats, summarize, write_report
+from omnifm.bench.report import (
+    ablation_table,
+    comparisons,
+    diagnostics_table,
+    fmt,
+    headroom,
+    main_table,
+    markdown,
+    modality_table,
+    run_stats,
+    summarize,
+    write_report,
+)
 
 
-def _run(label: str, seed: int, final: list[float], group: str = "main", setting: str = "cross-modality") -> dict:
+def _run(label: str, seed: int, final: list[float], group: str = "main", setting: str = "cross-modality",
+         test: list[float] | None = None, diagnostics: list | None = None) -> dict:
     def sites(values: list[float]) -> dict:
         return {
             f"site-{i + 1}": {"dice": d, "dice_WT": d + 0.1, "dice_TC": d, "dice_ET": d - 0.1, "dice_local": d,
@@ -22,11 +35,15 @@ def _run(label: str, seed: int, final: list[float], group: str = "main", setting
     first = [0.0] * len(final)
     return {
         "run_id": f"{group}-{label}-{setting}-{seed}",
-        "config": {"label": label, "group": group, "algorithm": label.split()[0], "setting": setting, "seed": seed},
+        "config": {"label": label, "group": group, "algorithm": label.split()[0], "setting": setting, "seed": seed,
+                   "train": {"learning_rate": 0.01}},
+        "sites": {f"site-{i + 1}": {"modality": m} for i, m in zip(range(len(final)), ("t1ce", "ct", "t2"))},
         "rounds": [
             {"round": 0, "aggregate_s": 0.01, "round_s": 2.0, "sites": sites(first)},
             {"round": 1, "aggregate_s": 0.03, "round_s": 4.0, "sites": sites(final)},
         ],
+        "test": {f"site-{i + 1}": {"dice": d, "dice_WT": d, "dice_TC": d, "dice_ET": d} for i, d in enumerate(test or [])},
+        "diagnostics": diagnostics or [],
         "wall_s": 10.0 + seed,
     }
 
@@ -60,12 +77,20 @@ def test_fmt(pair, text):
     assert fmt(pair) == text
 
 
-def test_main_table_sorts_by_dice_and_shows_bytes():
-    runs = [_run("fedavg", 0, [0.1, 0.2]), _run("omnifm", 0, [0.5, 0.7]), _run("local", 0, [0.3, 0.3])]
-    table = main_table(summarize(runs), "cross-modality").splitlines()
-    assert table[0].startswith("| algorithm | Dice")
-    assert [row.split("|")[1].strip() for row in table[2:]] == ["omnifm", "local", "fedavg"]
-    assert "| 0.600 | 0.700 | 0.600 | 0.500 | 0.500 | 1 | 2 |" in table[2]
+def test_main_table_ranks_by_test_dice_and_shows_validation_and_bytes():
+    runs = [_run("fedavg", 0, [0.1, 0.2], test=[0.9, 0.9]), _run("omnifm", 0, [0.5, 0.7], test=[0.4, 0.6]),
+            _run("local", 0, [0.3, 0.3], test=[0.1, 0.1])]
+    table = main_table(summarize(runs, last_k=2), "cross-modality", last_k=2).splitlines()
+    assert table[0].startswith("| algorithm | lr | test Dice") and "mean of last 2" in table[0]
+    assert [row.split("|")[1].strip() for row in table[2:]] == ["fedavg", "omnifm", "local"], "ranked by test Dice"
+    assert "| omnifm | 0.01 | 0.500 | 0.500 | 0.500 | 0.500 | 0.400 | 0.600 | 0.300 | 1 | 2 |" in table[3]
+
+
+def test_test_split_is_used_when_present_and_validation_otherwise():
+    with_test, without = run_stats(_run("fedavg", 0, [0.2, 0.6], test=[0.1, 0.3])), run_stats(_run("fedavg", 0, [0.2, 0.6]))
+    assert with_test["test_dice"] == pytest.approx(0.2) and with_test["dice"] == pytest.approx(0.4)
+    assert without["test_dice"] == pytest.approx(0.4) and without["has_test"] == 0.0
+    assert with_test["lastk"] == pytest.approx(0.2), "mean over the last 3 (= both) rounds of the site-mean Dice"
 
 
 def test_ablation_table_compares_with_omnifm_on_the_same_seeds():
@@ -80,7 +105,7 @@ def test_write_report_makes_csv_markdown_and_plots(tmp_path):
     runs += [_run("omnifm", 0, [0.2, 0.2], setting="same-modality"), _run("omnifm-noalign", 0, [0.4, 0.4], group="ablation")]
     for run in runs:
         write_json(tmp_path / "runs" / f"{run['run_id']}.json", run)
-    summary = write_report(tmp_path)
+    summary = write_report(tmp_path, last_k=2)
     text = summary.read_text()
     assert "### cross-modality" in text and "### same-modality" in text and "### Ablations" in text
     assert (tmp_path / "results.csv").is_file()
@@ -89,10 +114,52 @@ def test_write_report_makes_csv_markdown_and_plots(tmp_path):
     assert "retrieval" in markdown(runs)
 
 
-def test_main_table_can_show_paired_differences_to_omnifm():
-    from omnifm.bench.report import _final_dice_by_seed
+def test_paired_comparisons_use_seed_and_cell_units_with_holm():
+    seeds = range(5)
+    runs = [_run("omnifm", s, [0.5, 0.5], test=[0.5 + 0.01 * s, 0.4]) for s in seeds]
+    runs += [_run("local", s, [0.5, 0.5], test=[0.3 + 0.01 * s, 0.3 - 0.01 * s]) for s in seeds]
+    runs += [_run("fedper", s, [0.5, 0.5], test=[0.5 + 0.01 * s, 0.4]) for s in seeds]
+    rows = {r["label"]: r for r in comparisons(runs, "cross-modality")}
+    assert set(rows) == {"local", "fedper"}
+    local = rows["local"]
+    assert local["seed"]["n"] == 5 and local["cell"]["n"] == 10
+    assert local["seed"]["mean"] == pytest.approx(-0.16) and local["seed"]["ci_high"] < 0
+    assert local["seed"]["p_wilcoxon"] == pytest.approx(0.0625) and local["cell"]["p_wilcoxon"] < 0.01
+    assert local["seed"]["p_holm"] == pytest.approx(0.125), "two comparisons; fedper's p is 1"
+    assert rows["fedper"]["seed"]["p_wilcoxon"] == 1.0 and rows["fedper"]["seed"]["mean"] == 0.0
 
-    runs = [_run("omnifm", s, [d, d]) for s, d in ((0, 0.5), (1, 0.2))] + [_run("local", s, [d, d]) for s, d in ((0, 0.4), (1, 0.1))]
-    table = main_table(summarize(runs), "cross-modality", _final_dice_by_seed(runs, "cross-modality"))
-    assert "Δ Dice vs omnifm (paired)" in table
-    assert "| -0.100 ± 0.000 |" in table.splitlines()[3]
+
+def test_per_site_table_and_headroom():
+    runs = [_run("central", 0, [0.5, 0.5], test=[0.6, 0.4]), _run("local", 0, [0.3, 0.3], test=[0.3, 0.3])]
+    table = modality_table(runs, "cross-modality")
+    assert "site-1 (t1ce)" in table and "| central | 0.600 | 0.400 |" in table
+    room = headroom(summarize(runs), "cross-modality")
+    assert room["test"] == pytest.approx(0.2) and room["lastk"] == pytest.approx(0.1)
+
+
+def test_diagnostics_table_is_final_round_means_and_skips_algorithms_without():
+    diag = [{"round": 0, "bank": {"size": 4}, "sites": {"site-1": {"token_cos_within": 0.1}}},
+            {"round": 1, "bank": {"size": 8, "pruned": 1}, "sites": {"site-1": {"token_cos_within": 0.5, "token_cos_across": 0.2},
+                                                                     "site-2": {"token_cos_within": 0.7}}}]
+    runs = [_run("omnifm", s, [0.5, 0.5], diagnostics=diag) for s in (0, 1)] + [_run("fedavg", 0, [0.5, 0.5])]
+    table = diagnostics_table(runs).splitlines()
+    assert table[0] == "| algorithm | token_cos_within | token_cos_across | bank_size | bank_pruned |"
+    assert table[2] == "| omnifm | 0.6 | 0.2 | 8 | 1 |" and len(table) == 3
+
+
+def test_report_without_matplotlib_still_writes_the_tables(tmp_path, monkeypatch, capsys):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_matplotlib(name, *args, **kwargs):
+        if name.startswith("matplotlib"):
+            raise ImportError("no matplotlib")
+        return real_import(name, *args, **kwargs)
+
+    for run in [_run("omnifm", 0, [0.3, 0.5])]:
+        write_json(tmp_path / "runs" / f"{run['run_id']}.json", run)
+    monkeypatch.setattr(builtins, "__import__", no_matplotlib)
+    text = write_report(tmp_path).read_text()
+    assert "### cross-modality" in text and "![" not in text
+    assert "pip install" in capsys.readouterr().out

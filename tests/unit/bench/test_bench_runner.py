@@ -11,11 +11,12 @@ import pytest
 from omnifm.algorithms import get_algorithm, initial_global
 from omnifm.bench.cli import main
 from omnifm.bench.presets import BANK_ARGS, SPEC_ARGS
-from omnifm.bench.runner import RunConfig, run_one
+from omnifm.bench.runner import RunConfig, round_diagnostics, run_one
 from omnifm.bench.settings import DataConfig
 
 DATA = DataConfig(sites=2, cases=3, shape=(16, 16, 8), min_cases=2)
 TRAIN = {"local_epochs": 1, "batch_size": 8, "learning_rate": 3e-3}
+TINY_DATA = ["--data-arg", "sites=2", "cases=4", "shape=[16, 16, 8]", "min_cases=2"]
 
 
 def _config(algorithm: str, rounds: int = 2, **spec) -> RunConfig:
@@ -36,6 +37,33 @@ def test_a_run_records_every_round_and_site(cache, algorithm):
         assert all(0.0 <= m[k] <= 1.0 or math.isnan(m[k]) for k in ("dice", "dice_WT", "dice_TC", "dice_ET"))
         assert m["train_s"] > 0 and m["step_ms"] > 0
     json.dumps(record)  # the record is JSON-able as it is
+
+
+def test_the_test_split_is_evaluated_once_after_the_last_round(cache, monkeypatch):
+    import omnifm.bench.runner as runner
+
+    calls = []
+    real = runner._evaluate_test
+    monkeypatch.setattr(runner, "_evaluate_test", lambda *a: calls.append(1) or real(*a))
+    record = run_one(_config("fedper", rounds=2), cache)
+    assert len(calls) == 2, "once per site, not per round"
+    assert set(record["test"]) == {"site-1", "site-2"} and all(0 <= m["dice"] <= 1 for m in record["test"].values())
+    assert all(v["test_cases"] == 1 and v["val_cases"] == 1 for v in record["sites"].values())
+    assert len(record["diagnostics"]) == 2 and set(record["diagnostics"][0]["sites"]) == {"site-1", "site-2"}
+    central = run_one(_config("central", rounds=1), cache)
+    assert set(central["test"]) == {"site-1", "site-2"}
+
+
+def test_round_diagnostics_merge_site_and_server_and_tolerate_missing_keys():
+    import torch
+
+    sites = {"site-1": {"token_cos_within": 0.4, "note": "text"}, "site-2": {}}
+    server = {"bank": {"size": 12, "inserted": torch.tensor(3), "merged": 2, "pruned": 1},
+              "sites": {"site-1": {"token_cos_across": 0.1}}}
+    out = round_diagnostics(3, sites, server)
+    assert out == {"round": 3, "bank": {"size": 12.0, "inserted": 3.0, "merged": 2.0, "pruned": 1.0},
+                   "sites": {"site-1": {"token_cos_within": 0.4, "token_cos_across": 0.1}, "site-2": {}}}
+    assert round_diagnostics(0, {"site-1": None}, None) == {"round": 0, "bank": {}, "sites": {"site-1": {}}}
 
 
 def test_fedavg_bytes_are_the_fp32_model_both_ways(cache):
@@ -67,7 +95,8 @@ def test_runs_are_deterministic(cache):
 
 def test_cli_runs_a_grid_and_writes_results(tmp_path, capsys):
     out = tmp_path / "results"
-    args = ["--preset", "quick", "--algorithms", "fedavg", "--rounds", "1", "--out", str(out), "--cache", str(tmp_path / "c")]
+    args = ["--preset", "quick", "--algorithms", "fedavg", "--rounds", "1", "--out", str(out), "--cache", str(tmp_path / "c"),
+            *TINY_DATA]
     assert main(args) == 0
     run = json.loads(next((out / "runs").glob("*.json")).read_text())
     assert run["command"].startswith("omnifm-bench --preset quick") and "commit" in run["git"]
@@ -76,3 +105,15 @@ def test_cli_runs_a_grid_and_writes_results(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "round 1/1" in text and "== run 1/1 done" in text
     assert main(args) == 0 and "1 already done" in capsys.readouterr().out
+
+
+def test_cli_defaults_to_a_fresh_folder_outside_benchmarks_results(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    args = ["--preset", "quick", "--algorithms", "local", "--rounds", "1", "--cache", str(tmp_path / "c"), *TINY_DATA]
+    assert main(args) == 0
+    folders = list((tmp_path / "omnifm-bench-results").iterdir())
+    assert len(folders) == 1 and folders[0].name.startswith("quick-") and (folders[0] / "summary.md").is_file()
+    assert not (tmp_path / "benchmarks").exists()
+    from omnifm.bench.cli import DEFAULT_CACHE, _run_parser
+
+    assert str(DEFAULT_CACHE) in " ".join(_run_parser().format_help().split()), "--help shows where the phantom cache is"
