@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from omnifm.data import volume_slices
-from omnifm.engine.evaluate import evaluate_volumes
+from omnifm.engine.evaluate import region_dice
 from omnifm.engine.retrieval import Retriever
 from omnifm.knowledge import KnowledgeBank
 from omnifm.task import SegTask
@@ -68,19 +68,37 @@ def placebo_effect(
     fake: Retriever,
     task: SegTask,
 ) -> dict[str, float]:
-    """``placebo_dice_delta`` and ``placebo_logit_rel`` of ``model`` on ``volumes`` ({} without volumes)."""
+    """``placebo_dice_delta`` and ``placebo_logit_rel`` of ``model`` on ``volumes`` ({} without volumes).
+
+    One pass per retriever over each case's slices gives both the logits and the Dice predictions.
+    """
     if not volumes:
         return {}
-    dice_real = evaluate_volumes(model, volumes, device, real, task)["dice"]
-    dice_fake = evaluate_volumes(model, volumes, device, fake, task)["dice"]
+    model.eval()
+    preds: tuple[list, list] = ([], [])
     diff = size = 0.0
     for case in volumes:
-        x = volume_slices(case["image"]).to(device) if model.network.dimensions == 2 else torch.as_tensor(case["image"])[None].to(device)
+        x = _inputs(model, case["image"]).to(device)
         token = model.spectral_token(x)
         logits = [_logits(model, x, token, retriever) for retriever in (real, fake)]
         diff += float((logits[0] - logits[1]).abs().mean())
         size += float(logits[0].abs().mean())
+        for out, value in zip(preds, logits):
+            out.append(_label_map(model, value))
+    labels = [case["label"] for case in volumes]
+    dice_real, dice_fake = (region_dice(p, labels, task)["dice"] for p in preds)
     return {"placebo_dice_delta": dice_real - dice_fake, "placebo_logit_rel": diff / max(size, 1e-12)}
+
+
+def _inputs(model: nn.Module, image: np.ndarray) -> torch.Tensor:
+    """A case as the model's batch: its axial slices (2D models) or the volume (3D)."""
+    return volume_slices(image) if model.network.dimensions == 2 else torch.as_tensor(image)[None]
+
+
+def _label_map(model: nn.Module, logits: torch.Tensor) -> torch.Tensor:
+    """(D, classes, H, W) slice logits or (1, classes, H, W, D) -> the (1, H, W, D) label map."""
+    labels = logits.argmax(dim=1, keepdim=True).cpu()
+    return labels.permute(1, 2, 3, 0) if model.network.dimensions == 2 else labels[0]
 
 
 def _logits(model: nn.Module, x: torch.Tensor, token: torch.Tensor, retriever: Retriever) -> torch.Tensor:

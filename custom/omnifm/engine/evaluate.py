@@ -46,15 +46,19 @@ def evaluate_volumes(
     region no volume contains is NaN and left out of ``dice``.
     """
     model.eval()
+    preds = [predict_volume(model, case["image"], device, retriever) for case in volumes]
+    return region_dice(preds, [case["label"] for case in volumes], task)
+
+
+def region_dice(preds: list[torch.Tensor], labels: list[np.ndarray], task: SegTask) -> dict[str, float]:
+    """:func:`evaluate_volumes`'s scores for given label-map predictions ``(1, H, W, D)`` and labels."""
     metric = DiceMetric(include_background=True, reduction="none", ignore_empty=True)
-    for case in volumes:
-        pred = predict_volume(model, case["image"], device, retriever)
-        label = torch.as_tensor(case["label"]).long()
-        metric(task.region_masks(pred[None]), task.region_masks(label[None]))
-    scores = metric.aggregate() if volumes else torch.full((0, len(task.regions)), math.nan)
+    for pred, label in zip(preds, labels):
+        metric(task.region_masks(pred[None]), task.region_masks(torch.as_tensor(label).long()[None]))
+    scores = metric.aggregate() if preds else torch.full((0, len(task.regions)), math.nan)
     metric.reset()
     per_region = {f"dice_{name}": _nanmean(scores[:, i]) for i, name in enumerate(task.regions)}
-    return {"dice": _nanmean(torch.tensor(list(per_region.values()))), **per_region, "cases": len(volumes)}
+    return {"dice": _nanmean(torch.tensor(list(per_region.values()))), **per_region, "cases": len(preds)}
 
 
 def _nanmean(values: torch.Tensor) -> float:
