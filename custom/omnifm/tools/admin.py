@@ -272,17 +272,19 @@ def _seconds(value: float) -> str:
 def missing_sites_text(rounds: RoundLog, current: int, expected: set[str], since: dict[str, float], now: float) -> str:
     """``waiting for site-2 (missing 45 s; last reply: round 0)`` while others already replied to ``current``.
 
-    ``since`` maps a site to the monitor's clock when it was first seen missing (kept across rounds
-    until the site replies again); it is updated here. Empty text when nobody or everybody replied.
+    ``since`` maps a site to (round, monitor clock) of when it was first seen missing; it is kept
+    across rounds until the site replies to that round or a later one, and updated here. Empty text
+    when nobody or everybody replied.
     """
+    for site, (first_round, _) in list(since.items()):
+        if (rounds.last_reply(site) if rounds.last_reply(site) is not None else -1) >= first_round:
+            del since[site]
     replied = rounds.replies.get(current, set())
-    for site in replied:
-        since.pop(site, None)
     missing = sorted(expected - replied) if replied else []
     parts = []
     for site in missing:
         last = rounds.last_reply(site)
-        seen = now - since.setdefault(site, now)
+        seen = now - since.setdefault(site, (current, now))[1]
         parts.append(f"{site} (missing {_seconds(seen)}; last reply: {'none' if last is None else f'round {last}'})")
     return f"replied: {', '.join(sorted(replied))}; waiting for {', '.join(parts)}" if parts else ""
 

@@ -444,6 +444,15 @@ def test_missing_sites_text_names_the_site_and_how_long_it_has_been_missing():
     assert since == {}, "a site that replies is no longer missing"
 
 
+def test_a_site_that_replied_late_in_one_round_starts_a_new_count_in_the_next():
+    since, expected = {}, {"site-1", "site-2"}
+    assert "site-2 (missing 0 s" in missing_sites_text(parse_rounds(LOST_SITE_LOG), 1, expected, since, 10.0)
+    both_then_round_2 = "\n".join([LOST_SITE_LOG, _contribution("site-2", 1, 40),
+                                   _contribution("site-1", 2, 55)])
+    text = missing_sites_text(parse_rounds(both_then_round_2), 2, expected, since, 60.0)
+    assert text == "replied: site-1; waiting for site-2 (missing 0 s; last reply: round 1)"
+
+
 def test_monitor_says_which_site_is_missing_for_how_long_and_that_the_round_closed_without_it():
     train = {"train": ["site-1", "site-2"]}
     states = [
