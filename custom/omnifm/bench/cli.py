@@ -7,6 +7,7 @@ Examples::
     omnifm-bench --preset full --algorithms omnifm fedper --seeds 0 1 2 --rounds 10 --out my-results
     omnifm-bench report my-results                               # tables + plots again from the JSONs
     omnifm-bench premise --out premise                           # low-frequency consistency on the phantom
+    omnifm-bench contrast --out contrast                         # tumour contrast (AUC) per modality and region
     omnifm-bench flare-cost --out benchmarks/results/system_cost # FLARE simulator vs in-process, same config
 
 Results go to a fresh folder ``./omnifm-bench-results/<preset>-<UTC time>`` unless ``--out`` names
@@ -44,7 +45,7 @@ def _run_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="omnifm-bench",
         description="Run the OmniFM benchmark grid in-process on the built-in phantom "
-        "(subcommands: `report DIR`, `premise`, `flare-cost`).",
+        "(subcommands: `report DIR`, `premise`, `contrast`, `flare-cost`).",
     )
     parser.add_argument("--preset", choices=sorted(PRESETS), default="quick")
     parser.add_argument("--algorithms", nargs="+", help="main-group algorithms (default: the preset's)")
@@ -78,6 +79,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "report":
         return _report(argv[1:])
+    if argv and argv[0] == "contrast":
+        from omnifm.bench.contrast import main as contrast_main
+
+        return contrast_main(argv[1:])
     if argv and argv[0] == "premise":
         from omnifm.bench.premise import main as premise_main
 

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from omnifm.bench.cli import main
-from omnifm.bench.presets import ABLATIONS, LR_GRID, SENSITIVITY, build_grid, customize, get_preset, tuning_grid
+from omnifm.bench.presets import ABLATIONS, HARD_CASE_ALGORITHMS, LR_GRID, SENSITIVITY, build_grid, customize, get_preset, tuning_grid
 from omnifm.bench.runner import RunConfig
 from omnifm.bench.settings import SETTINGS
 
@@ -22,6 +22,8 @@ def test_every_run_of_a_grid_gets_the_same_budget():
     main = [r for r in grid if r.group == "main"]
     assert {r.seed for r in main} == {0, 1, 2, 3, 4}
     assert {r.setting for r in main} <= set(SETTINGS) and "cross-modality+t1" in {r.setting for r in main}
+    assert {r.algorithm for r in main if r.setting == "cross-modality+t1"} == set(HARD_CASE_ALGORITHMS)
+    assert {r.algorithm for r in main if r.setting == "cross-modality"} == set(preset.algorithms)
     assert {r.algorithm for r in grid if r.group == "ablation"} == set(ABLATIONS)
     assert len([r for r in grid if r.group == "sensitivity"]) == len(SENSITIVITY) * len(get_preset("full").sensitivity_seeds)
 
