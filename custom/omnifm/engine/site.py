@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +32,7 @@ from omnifm.data.amplitude import group_mean_amplitudes, interpolate_amplitude
 from omnifm.engine.diagnostics import mean_pairwise_cosine, placebo_effect, retrieval_stats
 from omnifm.engine.evaluate import evaluate_volumes
 from omnifm.engine.optim_state import flat_state, init_adam_state, load_flat_state
+from omnifm.engine.privacy import DP_PREFIX, DPConfig, SitePrivacy, refusal
 from omnifm.engine.retrieval import Retriever
 from omnifm.engine.scaffold import ControlVariates
 from omnifm.engine.train import EpochStats, train_epoch
@@ -60,6 +62,8 @@ class TrainConfig:
         min_prototype_count: smallest cluster a site uploads as a prototype.
         log_every: log the running loss every N steps (0: once per epoch).
         seed: data order seed.
+        dp: case-level DP-SGD settings (a :class:`~omnifm.engine.privacy.DPConfig` or a dict of its
+            fields: ``target_epsilon`` | ``noise_multiplier``, ``max_grad_norm``, ``delta``, ...); None: no DP.
     """
 
     local_epochs: int = 2
@@ -71,8 +75,10 @@ class TrainConfig:
     min_prototype_count: int = 8
     log_every: int = 0
     seed: int = 0
+    dp: DPConfig | None = None
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "dp", DPConfig.from_value(self.dp))
         for name in ("local_epochs", "batch_size", "min_prototype_count"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
@@ -129,6 +135,20 @@ class RoundResult:
             weights, self.n_samples, self.prototypes, dict(self.retrieval_counts), to_plain(self.extras), site,
             values=self.prototype_values, counts=self.prototype_counts,
         )
+
+
+def previous_personal_path(path: str | Path) -> Path:
+    """``<name>.prev.pt`` next to a personal-state file ``<name>.pt``: the generation before it."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}.prev{path.suffix}")
+
+
+def saved_round(path: str | Path) -> int | None:
+    """The round a personal-state file was saved after (None when there is no such file)."""
+    from omnifm.checkpoint import load_personal_file
+
+    path = Path(path)
+    return int(load_personal_file(path).get("round", -1)) if path.is_file() else None
 
 
 def select_device() -> torch.device:
@@ -197,6 +217,20 @@ class SiteTrainer:
         self.task = SegTask.from_dict(spec["task"])
         self.dataset = SliceDataset(train_volumes, keep_empty_fraction=config.keep_empty_fraction, seed=config.seed)
         self.loader = self._loader(0, stream=0)
+        self.dp = self._privacy(train_volumes)
+
+    def _privacy(self, train_volumes: list[dict[str, np.ndarray]]) -> SitePrivacy | None:
+        """Case-level DP-SGD (:mod:`omnifm.engine.privacy`), or None; refuses algorithms it cannot cover."""
+        if self.config.dp is None:
+            return None
+        reason = refusal(self.algorithm, self.model)
+        if reason:
+            raise ValueError(f"dp is set but {reason}")
+        dp = SitePrivacy(self.config.dp, train_volumes, self.config.keep_empty_fraction, self.config.seed, self.logger)
+        self.logger.info("DP-SGD on: unit of privacy = one training case (%d cases), delta %.3g; the knowledge-bank "
+                         "upload, retrieval counts and training-token diagnostics are not sent", dp.sampler.n_cases,
+                         self.config.dp.delta)
+        return dp
 
     def _loader(self, round_num: int, stream: int) -> torch.utils.data.DataLoader:
         generator = torch.Generator().manual_seed(round_seed(self.config.seed, round_num, stream))
@@ -245,6 +279,8 @@ class SiteTrainer:
             state.update({f"{self.rule.prefix}/{n}": v.detach().cpu().clone() for n, v in self.rule.state().items()})
         for name, optimizer in self.optimizers.items():
             state.update({f"{OPTIM_PREFIX}{name}/{k}": v for k, v in flat_state(optimizer).items()})
+        if self.dp is not None:
+            state.update({f"{DP_PREFIX}{k}": v for k, v in self.dp.state().items()})
         return state
 
     def _set_personal(self, state: dict[str, torch.Tensor]) -> None:
@@ -252,10 +288,13 @@ class SiteTrainer:
         ditto = self.personal_model.state_dict() if self.personal_model is not None else {}
         optim: dict[str, dict[str, torch.Tensor]] = {name: {} for name in self.optimizers}
         rule_state: dict[str, torch.Tensor] = {}
+        dp_state: dict[str, torch.Tensor] = {}
         with torch.no_grad():
             for key, value in state.items():
                 prefix, _, rest = key.partition("/")
-                if prefix == "optim":
+                if prefix == "dp" and self.dp is not None:
+                    dp_state[rest] = value
+                elif prefix == "optim":
                     name, _, entry = rest.partition("/")
                     optim[name][entry] = value
                 elif prefix == "buffer":
@@ -272,9 +311,19 @@ class SiteTrainer:
             load_flat_state(self.optimizers[name], flat)
         if rule_state:
             self.rule.load_state(rule_state)
+        if dp_state:
+            self.dp.load_state(dp_state)
 
     def save_personal(self, path: str | Path, round_num: int) -> None:
-        """Atomically write the personal state (tensors + ints only: loads with weights_only)."""
+        """Atomically write the personal state (tensors + ints only: loads with weights_only).
+
+        The file it replaces is kept as :func:`previous_personal_path` (one generation): a site
+        saves after its own training of round R, before the server has aggregated R, so after a
+        server crash the state matching the server's last checkpoint is the previous one.
+        """
+        path = Path(path)
+        if path.is_file():
+            os.replace(path, previous_personal_path(path))
         atomic_torch_save({"personal": self.personal_state(), "round": int(round_num)}, path)
 
     def load_personal(self, path: str | Path) -> int | None:
@@ -334,6 +383,8 @@ class SiteTrainer:
             server_extras: the server's algorithm state (``meta[STATE]``, e.g. FedDG's amplitude bank).
             num_rounds: the job's number of rounds (the learning-rate schedule's horizon; None: constant).
         """
+        if self.dp is not None:  # before anything changes: calibrate sigma, refuse a round over budget
+            self.dp.prepare_round(self.config.local_epochs, num_rounds)
         anchor = {name: value.to(self.device) for name, value in self.shared_state().items()}
         summary = self._summaries()  # with the received global model: every site's uploads share its space
         retriever = self._retriever(bank, seed=round_seed(self.config.seed, round_num, 4))
@@ -346,6 +397,9 @@ class SiteTrainer:
             self._train_ditto(anchor, round_num)
         prototypes, values, counts, token_cos = summary
         diagnostics = self._diagnostics(bank, retriever, token_cos, round_num)
+        if self.dp is not None:  # privacy accounting is reported with the diagnostics (benchmark JSONs read those)
+            diagnostics.update(self.dp.metrics())
+            self.dp.log_round(round_num)
         weights = self.shared_state()
         if self.control is not None:
             weights.update({CONTROL_PREFIX + k: v for k, v in self.control.finish_round().items()})
@@ -354,7 +408,7 @@ class SiteTrainer:
             n_samples=stats.samples,
             prototypes=prototypes,
             prototype_counts=counts,
-            retrieval_counts=dict(retriever.counts) if retriever else {},
+            retrieval_counts=dict(retriever.counts) if retriever and self.dp is None else {},
             metrics={**stats.means(), "lr": lr, **diagnostics},
             extras=self._extras(round_num),
             prototype_values=values,
@@ -365,6 +419,10 @@ class SiteTrainer:
         self, model: nn.Module, retriever: Retriever | None, anchor: dict, round_num: int, server_extras: dict
     ) -> EpochStats:
         optimizer = self.optimizers["main"]  # kept across rounds (its state is personal)
+        if self.dp is not None:  # seeded by the secret and the steps so far: never the same noise twice
+            dp_generators = tuple(
+                torch.Generator().manual_seed(round_seed(self.dp.noise_seed, self.dp.steps, stream)) for stream in (8, 9)
+            )
         algo = self.algorithm
         align_weight = self.spec["align_weight"] if algo.uses_bank and algo.align else 0.0
         mu = self.spec["prox_mu"]
@@ -376,14 +434,21 @@ class SiteTrainer:
             after_backward = self.control.correct
         loader = self._loader(round_num, stream=0)
         if self.rule is not None:  # the registry refuses a rule combined with proximal/scaffold hooks
-            hooks = self.rule.start_round(model, anchor, len(loader), self.config.local_epochs)
+            steps = len(loader) if self.dp is None else self.dp.steps_per_epoch
+            hooks = self.rule.start_round(model, anchor, steps, self.config.local_epochs)
             regularizer, after_backward = hooks.regularizer or regularizer, hooks.after_backward or after_backward
         for epoch in range(self.config.local_epochs):
-            stats = train_epoch(
-                model, loader, optimizer, self.loss_fn, self.device, retriever, align_weight,
-                self.logger, self.config.log_every, regularizer, augment, after_backward,
-            )
+            if self.dp is not None:  # case-level DP-SGD; its generators are seeded from the site's secret
+                stats = self.dp.train_epoch(model, optimizer, self.loss_fn, self.device, retriever, align_weight,
+                                            dp_generators, regularizer, after_backward)
+            else:
+                stats = train_epoch(
+                    model, loader, optimizer, self.loss_fn, self.device, retriever, align_weight,
+                    self.logger, self.config.log_every, regularizer, augment, after_backward,
+                )
             self.logger.info("epoch %d/%d: %s", epoch + 1, self.config.local_epochs, _fmt(stats.means()))
+        if self.dp is not None:
+            stats.samples = self.dp.expected_samples(self.config.local_epochs)
         if self.rule is not None:
             self.rule.finish_round(model, anchor)
         return stats
@@ -430,8 +495,8 @@ class SiteTrainer:
         model = self.model
         dim = model.config.spectral_dim
         empty = torch.zeros(0, dim), None, torch.zeros(0, dtype=torch.long), math.nan
-        if not self.algorithm.uses_bank or model.spectral_encoder is None:
-            return empty
+        if not self.algorithm.uses_bank or model.spectral_encoder is None or self.dp is not None:
+            return empty  # DP mode: no bank upload (docs/PRIVACY.md says why)
         was_training = model.training
         model.eval()
         tokens, sums, masses = [], [], []

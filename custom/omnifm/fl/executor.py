@@ -18,6 +18,8 @@ from nvflare.app_common.app_constant import AppConstants
 from omnifm.algorithms import check_run_spec, get_algorithm
 from omnifm.data.site import SiteData, find_site_config, load_site_data, simulator_config
 from omnifm.engine import SiteTrainer, TrainConfig
+from omnifm.engine.site import previous_personal_path, saved_round
+from omnifm.engine.privacy import DPBudgetExhausted
 from omnifm.fl import wire
 from omnifm.knowledge import KnowledgeBank
 from omnifm.task import SegTask
@@ -49,6 +51,9 @@ class OmniFMExecutor(Executor):
         train_task_name: the training task.
         validate_task_name: the task that evaluates a global model (final evaluation).
         analytic_sender_id: id of the client's TBWriter/AnalyticsSender component ("" to disable).
+        dp: case-level DP-SGD settings (``target_epsilon`` | ``noise_multiplier``, ``max_grad_norm``,
+            ``delta``, ...; see :class:`omnifm.engine.privacy.DPConfig` and docs/PRIVACY.md); null: no DP.
+            A site whose budget is spent replies ``EARLY_TERMINATION`` (the round goes on with the others).
     """
 
     def __init__(
@@ -68,12 +73,13 @@ class OmniFMExecutor(Executor):
         train_task_name: str = AppConstants.TASK_TRAIN,
         validate_task_name: str = AppConstants.TASK_VALIDATION,
         analytic_sender_id: str = "analytic_sender",
+        dp: dict | None = None,
     ) -> None:
         super().__init__()
         self.train_config = TrainConfig(
             local_epochs=local_epochs, batch_size=batch_size, learning_rate=learning_rate, lr_schedule=lr_schedule,
             min_lr_fraction=min_lr_fraction, keep_empty_fraction=keep_empty_fraction,
-            min_prototype_count=min_prototype_count, log_every=log_every, seed=seed,
+            min_prototype_count=min_prototype_count, log_every=log_every, seed=seed, dp=dp,
         )
         self.phantom_cases = phantom_cases
         self.phantom_shape = tuple(phantom_shape or (64, 64, 24))
@@ -99,7 +105,8 @@ class OmniFMExecutor(Executor):
             dxo = from_shareable(shareable)
             spec = check_run_spec(dxo.get_meta_prop(wire.SPEC))
             _check_federated(spec)
-            trainer = self._get_trainer(spec, fl_ctx)
+            start = shareable.get_header(AppConstants.CURRENT_ROUND) if task_name == self.train_task_name else None
+            trainer = self._get_trainer(spec, fl_ctx, start)
             trainer.load_global(wire.to_torch(dxo.data))
         except ValueError as err:
             self.log_error(fl_ctx, f"cannot run '{task_name}': {err}")
@@ -116,8 +123,11 @@ class OmniFMExecutor(Executor):
         return self._run_round(trainer, bank, state, (current, num_rounds), fl_ctx, abort_signal)
 
     def _validate(self, trainer: SiteTrainer, bank: KnowledgeBank | None, fl_ctx: FLContext) -> Shareable:
-        scores = trainer.evaluate(bank)
-        self.log_info(fl_ctx, f"{fl_ctx.get_identity_name()}: final global model: {_dice_text(scores)}")
+        split = "test" if trainer.test_volumes else "val"  # the test split, where the site has one, is only used here
+        scores = trainer.evaluate(bank, split=split)
+        if trainer.dp is not None:  # the final epsilon goes into cross_val_results.json
+            scores.update(trainer.dp.metrics())
+        self.log_info(fl_ctx, f"{fl_ctx.get_identity_name()}: final global model on the {split} split: {_dice_text(scores)}")
         return DXO(data_kind=DataKind.METRICS, data=scores).to_shareable()
 
     def _run_round(
@@ -134,7 +144,11 @@ class OmniFMExecutor(Executor):
         current, num_rounds = rounds
         before = trainer.evaluate(bank)
         self.log_info(fl_ctx, f"round {current}: training on {site} (bank size {0 if bank is None else len(bank)})")
-        result = trainer.train_round(bank, current, state, int(num_rounds) if num_rounds else None)
+        try:
+            result = trainer.train_round(bank, current, state, int(num_rounds) if num_rounds else None)
+        except DPBudgetExhausted as err:  # a refusal, not a failure: the others go on (quorum permitting)
+            self.log_warning(fl_ctx, f"round {current} {site}: {err}; replying {ReturnCode.EARLY_TERMINATION}")
+            return make_reply(ReturnCode.EARLY_TERMINATION)
         if abort_signal.triggered:
             return make_reply(ReturnCode.TASK_ABORTED)
         after = trainer.evaluate(bank)
@@ -154,20 +168,48 @@ class OmniFMExecutor(Executor):
         out.set_meta_prop(MetaKey.NUM_STEPS_CURRENT_ROUND, result.n_samples)
         return out.to_shareable()
 
-    def _get_trainer(self, spec: dict, fl_ctx: FLContext) -> SiteTrainer:
+    def _get_trainer(self, spec: dict, fl_ctx: FLContext, current: int | None = None) -> SiteTrainer:
         if self._trainer is not None:
             if self._trainer.spec != spec:
                 raise ValueError("the server changed the run spec in the middle of a job")
             return self._trainer
         site = fl_ctx.get_identity_name()
         data = self._site_data(spec, fl_ctx)
-        trainer = SiteTrainer(spec, self.train_config, data.train, data.val, logger=self.logger, site=site)
+        trainer = SiteTrainer(
+            spec, self.train_config, data.train, data.val, logger=self.logger, test_volumes=data.test, site=site
+        )
         self.log_info(fl_ctx, f"{site}: algorithm {spec['algorithm']} on {trainer.device}")
-        restored = trainer.load_personal(self._personal_path(spec, fl_ctx))
+        path = self._restore_path(self._personal_path(spec, fl_ctx), current, fl_ctx)
+        restored = trainer.load_personal(path) if path is not None else None
         if restored is not None:
             self.log_info(fl_ctx, f"{site}: restored personal parameters saved after round {restored}")
         self._trainer = trainer
         return trainer
+
+    def _restore_path(self, path: Path, current: int | None, fl_ctx: FLContext) -> Path | None:
+        """The personal file that matches the server's model for a train task of round ``current``.
+
+        The server's model of round ``current`` was saved after round ``current - 1``. A site file
+        saved after a later round means the server stopped before aggregating it (a crash and a
+        resume): use the previous generation if it matches, and say so.
+        """
+        saved = saved_round(path)
+        if saved is None or current is None or saved < int(current):
+            if saved is not None and current is not None and saved < int(current) - 1:
+                self.log_info(fl_ctx, f"personal state saved after round {saved} is {int(current) - 1 - saved} "
+                              f"round(s) behind the global model (this site missed rounds)")
+            return path if saved is not None else None
+        previous = previous_personal_path(path)
+        prev_round = saved_round(previous)
+        ahead = (
+            f"personal state saved after round {saved} is ahead of the global model (saved after round "
+            f"{int(current) - 1}): the server stopped before aggregating round {saved}"
+        )
+        if prev_round == int(current) - 1:
+            self.log_warning(fl_ctx, f"{ahead}; using the previous copy saved after round {prev_round}")
+            return previous
+        self.log_warning(fl_ctx, f"{ahead}; no copy saved after round {int(current) - 1} exists, using round {saved}'s")
+        return path
 
     def _site_data(self, spec: dict, fl_ctx: FLContext) -> SiteData:
         """The site's checked cases: its omnifm_site.json, or (simulator only) the built-in phantom."""
@@ -208,6 +250,6 @@ def _check_federated(spec: dict) -> None:
 
 
 def _dice_text(scores: dict[str, float]) -> str:
-    """``Dice 0.612 (WT 0.801 / TC 0.598 / ET 0.437), 6 val cases``."""
+    """``Dice 0.612 (WT 0.801 / TC 0.598 / ET 0.437), 6 cases``."""
     regions = " / ".join(f"{k[5:]} {v:.3f}" for k, v in scores.items() if k.startswith("dice_"))
-    return f"Dice {scores['dice']:.3f} ({regions}), {scores['cases']} val cases"
+    return f"Dice {scores['dice']:.3f} ({regions}), {scores['cases']} cases"
