@@ -166,6 +166,10 @@ def test_next_job_resumes_from_last_checkpoint_after_server_restart(plain: Runni
     assert H.job_status(plain.fed, job_id) == "RUNNING"
     assert f"warning: job {job_id} is RUNNING in the job store, but the server runs no process" in \
         H.admin(plain.fed, "status").stdout
+    refused = H.admin(plain.fed, "abort", job_id)
+    assert refused.returncode == 2 and "is not running" in refused.stderr and "clear_stale_job.py" in refused.stderr, (
+        refused.stdout + refused.stderr
+    )
     H.run([sys.executable, str(H.REPO / "provisioning" / "clear_stale_job.py"), str(plain.fed.server), job_id])
     assert H.job_status(plain.fed, job_id) == "FINISHED:ABORTED", "the stale entry is cleared"
     assert f"warning: job {job_id}" not in H.admin(plain.fed, "status").stdout

@@ -445,8 +445,22 @@ def download(session: Any, job_id: str, out: Path | None = None) -> str:
 
 
 def abort(session: Any, job_id: str) -> str:
-    """Abort a running or queued job; returns FLARE's reply."""
-    return str(session.abort_job(job_id) or f"abort sent for job {job_id}")
+    """Abort a running or queued job; returns FLARE's reply.
+
+    Raises:
+        AdminError: FLARE answers "is not running" for a job its store lists as running (a server
+            restart left it stale); the message names the fix.
+    """
+    try:
+        return str(session.abort_job(job_id) or f"abort sent for job {job_id}")
+    except Exception as err:  # noqa: BLE001 - FLARE's InternalError etc.; only this answer gets a hint
+        if "is not running" not in str(err):
+            raise
+        raise AdminError(
+            f"FLARE answers '{err}': if 'omnifm-admin status' lists job {job_id} as RUNNING, a server restart left "
+            "it stale and abort cannot end it; on the server host run python provisioning/clear_stale_job.py "
+            f"<server kit> {job_id} (docs/DEPLOYMENT.md, section 8)"
+        ) from err
 
 
 def _safe(call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:

@@ -518,3 +518,15 @@ def test_status_says_when_it_cannot_check_identities():
                               list_jobs=lambda: [{"job_id": JOB, "status": "RUNNING"}], grep_target=refused)
     text = admin.status(session)
     assert "identity-conflict check skipped" in text and "warning" not in text
+
+
+def test_abort_of_a_stale_job_names_the_fix():
+    def refuse(job_id):
+        raise RuntimeError(f"Job {job_id} is not running.")
+
+    with pytest.raises(AdminError, match="clear_stale_job.py <server kit> " + JOB):
+        admin.abort(SimpleNamespace(abort_job=refuse), JOB)
+    with pytest.raises(LookupError):
+        admin.abort(SimpleNamespace(abort_job=lambda job_id: (_ for _ in ()).throw(LookupError("no such job"))), JOB)
+    assert admin.abort(SimpleNamespace(abort_job=lambda job_id: "Abort signal has been sent"), JOB) == \
+        "Abort signal has been sent"
