@@ -83,14 +83,7 @@ def _step(
 ) -> tuple[float, float, torch.Tensor | None]:
     regularizer, after_backward = hooks
     optimizer.zero_grad(set_to_none=True)
-    token = model.spectral_token(image)
-    retrieved = retriever(token) if retriever is not None else None
-    prototypes = retrieved.prototypes if retrieved is not None else None
-    values = retrieved.values if retrieved is not None else None
-    out = model(image, prototypes=prototypes, spectral_token=token, values=values)
-    task = loss_fn(out.logits, label)
-    align = spectral_alignment(token, prototypes) if token is not None else task.new_zeros(())
-    loss = local_objective(task, align, align_weight)
+    loss, task, align, token, retrieved = batch_loss(model, image, label, loss_fn, retriever, align_weight)
     (loss + regularizer() if regularizer is not None else loss).backward()
     if after_backward is not None:
         after_backward(model)
@@ -98,3 +91,26 @@ def _step(
     if retrieved is not None:
         retriever.record(retrieved)
     return float(task.detach()), float(align.detach()), None if token is None else token.detach().cpu()
+
+
+def batch_loss(
+    model: nn.Module,
+    image: torch.Tensor,
+    label: torch.Tensor,
+    loss_fn: nn.Module,
+    retriever: Retriever | None,
+    align_weight: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None, object]:
+    """The local objective of one batch: ``(loss, task, align, token, retrieved)`` (no backward, no step).
+
+    Shared by :func:`train_epoch` and the DP-SGD path (:mod:`omnifm.engine.privacy`), which calls it
+    once per case to get per-case gradients.
+    """
+    token = model.spectral_token(image)
+    retrieved = retriever(token) if retriever is not None else None
+    prototypes = retrieved.prototypes if retrieved is not None else None
+    values = retrieved.values if retrieved is not None else None
+    out = model(image, prototypes=prototypes, spectral_token=token, values=values)
+    task = loss_fn(out.logits, label)
+    align = spectral_alignment(token, prototypes) if token is not None else task.new_zeros(())
+    return local_objective(task, align, align_weight), task, align, token, retrieved
