@@ -249,6 +249,10 @@ class SitePrivacy:
         self, config: DPConfig, volumes: list[dict[str, np.ndarray]], keep_empty_fraction: float, seed: int,
         logger: logging.Logger | None = None,
     ) -> None:
+        try:
+            import opacus  # noqa: F401  (the accountants)
+        except ImportError as err:
+            raise ValueError("dp is set but opacus is not installed: pip install -e \".[dp]\" (opacus>=1.6)") from err
         self.config = config
         self.logger = logger or logging.getLogger(__name__)
         self.sampler = CaseSampler(volumes, keep_empty_fraction, seed)

@@ -25,22 +25,22 @@ def _volumes(n: int, seed: int, contrast: float) -> list[dict[str, np.ndarray]]:
     return cases
 
 
-def _trainer(spec: dict, site: int) -> SiteTrainer:
-    config = TrainConfig(local_epochs=1, batch_size=4, min_prototype_count=2, seed=site)
+def _trainer(spec: dict, site: int, dp: dict | None = None) -> SiteTrainer:
+    config = TrainConfig(local_epochs=1, batch_size=4, min_prototype_count=2, seed=site, dp=dp)
     return SiteTrainer(spec, config, _volumes(3, site, 1.0 + site), _volumes(1, 10 + site, 1.0 + site),
                        device=torch.device("cpu"))
 
 
-def _run(spec: dict, rebuild: bool, folder, rounds: int = 2):
+def _run(spec: dict, rebuild: bool, folder, rounds: int = 2, dp: dict | None = None):
     """``rounds`` rounds of the protocol; with ``rebuild`` every site is re-created from its personal file."""
     weights, meta = initial_global(spec)
-    alive = {s: _trainer(spec, i) for i, s in enumerate(SITES)}
+    alive = {s: _trainer(spec, i, dp) for i, s in enumerate(SITES)}
     for round_num in range(rounds):
         uploads = []
         for i, site in enumerate(SITES):
             trainer = alive[site]
             if rebuild:
-                trainer = alive[site] = _trainer(spec, i)
+                trainer = alive[site] = _trainer(spec, i, dp)
                 trainer.load_personal(folder / f"{site}.pt")
             trainer.load_global({k: torch.as_tensor(v) for k, v in weights.items()})
             bank = KnowledgeBank.from_plain(meta[BANK]) if meta[BANK] else None
@@ -64,6 +64,22 @@ def test_kept_alive_equals_rebuilt_with_personal_state(algorithm, tmp_path):
     assert meta_alive == meta_rebuilt
     for site in SITES:
         torch.testing.assert_close(personal_alive[site], personal_rebuilt[site], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("algorithm", ["omnifm", "fedper"])
+def test_kept_alive_equals_rebuilt_under_dp(algorithm, tmp_path):
+    """DP-SGD's accountant (steps, sigma) and secret noise seed are personal state: a rebuilt site continues them."""
+    spec = make_run_spec(algorithm, model=SMALL, num_prototypes=2)
+    dp = {"target_epsilon": 8.0, "delta": 0.1, "cases_per_step": 2, "slices_per_case": 2, "noise_seed": 3}
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    w_alive, meta_alive, personal_alive = _run(spec, False, tmp_path / "a", dp=dp)
+    w_rebuilt, meta_rebuilt, personal_rebuilt = _run(spec, True, tmp_path / "b", dp=dp)
+    for name in w_alive:
+        np.testing.assert_array_equal(w_alive[name], w_rebuilt[name], err_msg=name)
+    assert meta_alive == meta_rebuilt
+    for site in SITES:
+        torch.testing.assert_close(personal_alive[site], personal_rebuilt[site], rtol=0, atol=0)
+        assert int(personal_rebuilt[site]["dp/steps"]) > 0
 
 
 def test_a_round_changes_the_model_and_the_rounds_differ(tmp_path):
