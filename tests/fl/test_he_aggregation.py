@@ -305,6 +305,21 @@ def test_restore_shapes_refuses_values_that_do_not_fit():
         he.unflatten({"a": [0.0] * 6}, {"a": [2, 3]})
 
 
+def test_the_plaintext_initial_model_passes_the_site_filters_unchanged(contexts):
+    """Round 0: the persistor's model is not encrypted; the decryptor and the unpacker leave it as it is."""
+    persistor = OmniFMHEPersistor(**_spec_args())
+    initial = persistor.load_model(_ctx(**{FLContextKey.APP_ROOT: "/tmp", AppConstants.CURRENT_ROUND: 0}))
+    task = _over_the_wire(DXO(DataKind.WEIGHTS, initial[ModelLearnableKey.WEIGHTS],
+                              initial[ModelLearnableKey.META]).to_shareable())
+    site_ctx = _ctx("site-1")
+    for f in (_started(HEModelDecryptor(), site_ctx), RestoreWeightShapes()):
+        task = f.process(task, site_ctx)
+    received = from_shareable(task).data
+    assert set(received) == set(initial[ModelLearnableKey.WEIGHTS])
+    for name, value in initial[ModelLearnableKey.WEIGHTS].items():
+        assert np.array_equal(received[name], value)
+
+
 def test_pack_and_unflatten_restore_every_shape_in_any_name_order():
     rng = np.random.default_rng(3)
     weights = {"z": rng.normal(size=(2, 3)), "a": rng.normal(size=4), "m": rng.normal(size=(1, 2, 2))}

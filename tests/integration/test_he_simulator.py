@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
-pytest.importorskip("tenseal")
+ts = pytest.importorskip("tenseal")
 
+from omnifm.fl import he  # noqa: E402
 from omnifm.fl.he_persistor import ENCRYPTED_MODEL_FILE  # noqa: E402
 from omnifm.knowledge import KnowledgeBank  # noqa: E402
 from test_simulator import SITES, _shrink, _simulate  # noqa: E402  (same folder)
@@ -39,7 +40,11 @@ def test_he_job_trains_persists_encrypted_and_evaluates(tmp_path):
     assert not (app / "FL_global_model.pt").exists(), "the server holds no plaintext model in HE mode"
     ckpt = torch.load(app / ENCRYPTED_MODEL_FILE, weights_only=True)
     assert ckpt["round"] == 1 and ckpt["scheme"] == "CKKS"
-    assert set(ckpt["encrypted"]) == set(ckpt["shapes"]) and all(t.numel() > 1000 for t in ckpt["encrypted"].values())
+    assert set(ckpt["encrypted"]) == {he.PACKED}, "all shared weights packed into one CKKS vector"
+    client = ts.context_from((workspace / "startup" / he.CLIENT_CONTEXT).read_bytes())
+    packed = ts.ckks_vector_from(client, ckpt["encrypted"][he.PACKED].numpy().tobytes())
+    values = sum(math.prod(s) for s in ckpt["shapes"].values())
+    assert packed.size() == values and len(packed.ciphertext()) == math.ceil(values / 4096), "fewest ciphertexts"
     bank = KnowledgeBank.from_state_dict(torch.load(app / "knowledge_bank.pt", weights_only=True)["bank"])
     assert bank.version == 2 and len(bank) > 0 and bank.prototypes.norm(dim=1).max() <= bank.rho
 

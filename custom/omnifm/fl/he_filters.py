@@ -80,6 +80,8 @@ class RestoreWeightShapes(DXOFilter):
         if dxo.get_meta_prop(MetaKey.PROCESSED_KEYS):
             raise ValueError("weights are still encrypted: put HEModelDecryptor before RestoreWeightShapes "
                              "in the site's task_data_filters")
+        if he.PACKED not in dxo.data:
+            return None  # the plaintext initial model (round 0): float arrays of their shapes already
         dxo.data = he.unflatten(dxo.data, shapes)
         return dxo
 
