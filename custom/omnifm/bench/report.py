@@ -312,8 +312,9 @@ def markdown(runs: list[dict[str, Any]], last_k: int = LAST_K) -> str:
     for setting in _settings(summary):
         if not any(k[0] == "main" and k[2] == setting for k in summary):
             continue
-        parts += [f"### {setting}: test Dice (once, after the last round), mean ± std over seeds", "",
-                  main_table(summary, setting, last_k), ""]
+        tested = all(summary[k]["has_test"][0] == 1.0 for k in summary if k[0] == "main" and k[2] == setting)
+        what = "test Dice (once, after the last round)" if tested else "NO test split: the test columns are final validation Dice"
+        parts += [f"### {setting}: {what}, mean ± std over seeds", "", main_table(summary, setting, last_k), ""]
         room = headroom(summary, setting)
         if not math.isnan(room["test"]):
             parts += [f"Central − Local: {room['test']:+.3f} test Dice, {room['lastk']:+.3f} validation Dice "
