@@ -1,21 +1,38 @@
 """Data layer: site configuration, MONAI-based DICOM/NIfTI ingestion, the integrity gate, the
-built-in multi-modality phantom and 2D axial slicing."""
+built-in multi-modality phantom and 2D axial slicing.
+
+The names below are imported on first use (PEP 562), so ``import omnifm.data.modalities`` or a
+command's ``--help`` does not pay for torch, MONAI and SciPy.
+"""
 
 from __future__ import annotations
 
-from omnifm.data.loading import SliceDataset, load_volumes, split_cases, volume_slices
-from omnifm.data.modalities import MODALITIES, modality_kind
-from omnifm.data.phantom import make_phantom_case, make_phantom_federation, modality_for_site, write_phantom_site
+import importlib
+from typing import Any
 
-__all__ = [
-    "MODALITIES",
-    "SliceDataset",
-    "load_volumes",
-    "make_phantom_case",
-    "make_phantom_federation",
-    "modality_for_site",
-    "modality_kind",
-    "split_cases",
-    "volume_slices",
-    "write_phantom_site",
-]
+_LAZY = {
+    "SliceDataset": "omnifm.data.loading",
+    "load_volumes": "omnifm.data.loading",
+    "split_cases": "omnifm.data.loading",
+    "volume_slices": "omnifm.data.loading",
+    "MODALITIES": "omnifm.data.modalities",
+    "modality_kind": "omnifm.data.modalities",
+    "make_phantom_case": "omnifm.data.phantom",
+    "make_phantom_federation": "omnifm.data.phantom",
+    "modality_for_site": "omnifm.data.phantom",
+    "write_phantom_site": "omnifm.data.phantom",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(_LAZY[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

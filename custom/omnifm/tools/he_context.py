@@ -11,6 +11,9 @@ the same parameters. The simulator copies ``<workspace>/startup`` into every par
 ``startup/`` folder, where FLARE's HE components look for them. Real deployments get these files
 from provisioning (``provisioning/project_he.yml``), one client context per site kit and none with
 the secret key on the server. A thin wrapper over :func:`omnifm.fl.he.write_contexts`.
+
+Exit codes: 0 written, 2 the files exist (without ``--force``) or a parameter is bad, 3 TenSEAL is
+not installed (the ``[he]`` extra: ``pip install -e ".[he]"``); errors are one line on stderr.
 """
 
 from __future__ import annotations
@@ -19,7 +22,12 @@ import argparse
 import sys
 from pathlib import Path
 
+from omnifm.tools._cli import pipe_safe
+
 __all__ = ["build_parser", "main"]
+
+EXIT_WRITTEN, EXIT_BAD_ARGS, EXIT_NO_TENSEAL = 0, 2, 3
+HE_EXTRA_HINT = 'TenSEAL is not installed: install the HE extra with  pip install -e ".[he]"  (or  pip install tenseal)'
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,10 +46,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@pipe_safe
 def main(argv: list[str] | None = None) -> int:
-    """Entry point; returns 0 on success, 2 when the files exist (without ``--force``) or a parameter is bad."""
+    """Entry point; returns 0 on success, 2 when the files exist (without ``--force``) or a parameter is bad,
+    3 without TenSEAL."""
     args = build_parser().parse_args(argv)
-    from omnifm.fl.he import write_contexts  # tenseal + nvflare: loaded only when the command runs
+    try:
+        from omnifm.fl.he import write_contexts  # tenseal + nvflare: loaded only when the command runs
+    except ImportError as err:
+        if err.name != "tenseal":
+            raise
+        print(f"omnifm-he-context: error: {HE_EXTRA_HINT}", file=sys.stderr)
+        return EXIT_NO_TENSEAL
 
     try:
         paths = write_contexts(
@@ -53,10 +69,10 @@ def main(argv: list[str] | None = None) -> int:
         )
     except ValueError as err:
         print(f"omnifm-he-context: {err}", file=sys.stderr)
-        return 2
+        return EXIT_BAD_ARGS
     for path in paths:
         print(f"wrote {path} ({path.stat().st_size} bytes)")
-    return 0
+    return EXIT_WRITTEN
 
 
 if __name__ == "__main__":

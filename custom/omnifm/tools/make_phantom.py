@@ -18,11 +18,17 @@ import time
 from pathlib import Path
 
 from omnifm.data.modalities import MODALITIES
-from omnifm.data.phantom import (
-    DEFAULT_SHAPE, FORMATS, MANIFEST_NAME, SITE_MODALITIES, make_phantom_federation, read_phantom_manifest,
-)
+from omnifm.tools._cli import pipe_safe
 
 __all__ = ["build_parser", "main", "summary_table"]
+
+# The parser's choices and defaults, here so that ``--help`` does not import the phantom module
+# (nibabel, SciPy: seconds on a busy machine); tests/unit/tools/test_cli_startup.py checks that
+# they equal omnifm.data.phantom's FORMATS, DEFAULT_SHAPE and SITE_MODALITIES.
+FORMATS = ("nifti", "dicom")
+DEFAULT_SHAPE = (64, 64, 24)
+SITE_MODALITIES = ("t1ce", "ct", "t2", "pet", "flair", "t1")
+MANIFEST_NAME = "phantom_manifest.json"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,6 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def summary_table(out: Path, names: list[str], seconds: dict[str, float]) -> str:
     """One line per site: modality, cases, tumour-free cases, voxel spacing and seconds taken."""
+    from omnifm.data.phantom import read_phantom_manifest
+
     lines = [f"{'site':<10} {'modality':<8} {'cases':>5} {'tumour-free':>11} {'spacing (mm)':<20} {'seconds':>7}"]
     for name in names:
         manifest = read_phantom_manifest(out / name) or {}
@@ -87,6 +95,7 @@ class _Progress:
         print(line, flush=True)
 
 
+@pipe_safe
 def main(argv: list[str] | None = None) -> int:
     """Run ``omnifm-make-phantom``; returns the exit code (0 on success, 2 on bad arguments)."""
     parser = build_parser()
@@ -94,6 +103,8 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse already printed the usage and the message
         return int(exc.code or 0)
+    from omnifm.data.phantom import make_phantom_federation  # torch-free, but nibabel + SciPy: not for --help
+
     progress = _Progress(args.out, args.sites)
     start = time.perf_counter()
     try:

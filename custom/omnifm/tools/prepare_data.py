@@ -21,8 +21,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from omnifm.data.ingest import prepare_dataset
 from omnifm.data.modalities import MODALITIES
+from omnifm.tools._cli import pipe_safe
 
 __all__ = ["build_parser", "main"]
 
@@ -54,9 +54,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@pipe_safe
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``omnifm-prepare-data``; returns the exit code (0 converted, 1 nothing, 2 bad arguments or unwritable output)."""
     args = build_parser().parse_args(argv)
+    from omnifm.data.ingest import prepare_dataset  # MONAI + torch: seconds, so not for --help
+
     try:
         summary = prepare_dataset(
             args.input,

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from omnifm.data.integrity import IntegrityReport, Loader, resolve_cases, verify_cases
 from omnifm.data.site_config import SITE_CONFIG_NAME, SiteConfigError, check_classes, load_site_config
+from omnifm.tools._cli import pipe_safe
 
 __all__ = ["build_parser", "main", "verify_site"]
 
@@ -65,6 +66,7 @@ def verify_site(
     return verify_cases(resolve_cases(config), config, classes, loader)
 
 
+@pipe_safe
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``omnifm-verify-data``; returns the exit code (0 usable, 1 not usable, 2 bad config)."""
     parser = build_parser()
