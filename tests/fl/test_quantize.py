@@ -291,3 +291,29 @@ def test_build_job_cli_adds_the_pair_to_both_sides(tmp_path):
     assert client["task_data_filters"][0]["filters"][0]["path"].endswith("DequantizeWeights")
     assert main([str(JOBS / "omnifm_seg_he"), "--out", str(tmp_path / "he"), "--mode", "installed",
                  "--compress", "int8"]) == 2
+
+
+def test_long_float_lists_in_meta_travel_as_float32_and_come_back_as_lists():
+    """The bank's keys/values are plain lists in meta (9 bytes per float on the wire); they travel as float32."""
+    bank = {"keys": RNG.normal(size=(64, 32)).tolist(), "values": RNG.normal(size=(64, 260)).tolist(),
+            "ids": list(range(64)), "counts": [3] * 64, "version": 7, "short": [0.5, 0.25], "mixed": [1, 2.5] * 20,
+            "ragged": [[0.1] * 20, [0.2] * 19], "name": "bank"}
+    meta = {wire.BANK: bank, wire.PROTOTYPES: RNG.normal(size=(4, 32)).tolist(), MetaKey.NUM_STEPS_CURRENT_ROUND: 5}
+    weights = {"w": RNG.normal(size=1000).astype(np.float32)}
+    task = DXO(DataKind.WEIGHTS, data=weights, meta=meta).to_shareable()
+    common_decomposers.register()
+    sent = QuantizeWeights().process(make_copy(task), _ctx())
+    assert from_shareable(task).meta[wire.BANK] is bank, "the shared task meta is not modified"
+    restored = from_shareable(DequantizeWeights().process(_wire(sent), _ctx("site-1"))).meta
+    for key in ("ids", "counts", "version", "short", "mixed", "name"):
+        assert restored[wire.BANK][key] == bank[key], key
+    for got, want in zip(restored[wire.BANK]["ragged"], bank["ragged"]):  # a ragged list is packed row by row
+        assert isinstance(got, list) and np.allclose(got, want, rtol=1e-7)
+    for got, want in ((restored[wire.BANK]["keys"], bank["keys"]), (restored[wire.BANK]["values"], bank["values"]),
+                      (restored[wire.PROTOTYPES], meta[wire.PROTOTYPES])):
+        assert isinstance(got, list) and isinstance(got[0], list) and isinstance(got[0][0], float)
+        np.testing.assert_allclose(np.array(got), np.array(want), rtol=1e-7, atol=1e-30)
+    assert restored[MetaKey.NUM_STEPS_CURRENT_ROUND] == 5 and quantize.LAYOUT not in restored
+    plain_meta = len(fobs.dumps(DXO(DataKind.WEIGHTS, data={}, meta=meta).to_shareable()))
+    packed_meta = len(fobs.dumps(DXO(DataKind.WEIGHTS, data={}, meta=quantize.pack_floats(meta)).to_shareable()))
+    assert packed_meta < 0.5 * plain_meta

@@ -9,8 +9,10 @@ shapes: ``x' = q * scale``, so ``|x - x'| <= scale / 2`` in every block.
 Both directions use the same pair: the server quantizes the global model in its
 ``task_data_filters`` and each site dequantizes it in its ``task_data_filters``; each site
 quantizes its result in its ``task_result_filters`` and the server dequantizes it in its
-``task_result_filters`` (``jobs/omnifm_seg_q8``, ``docs/COMPRESSION.md``). Everything in meta
-(spec, knowledge bank, prototypes, counts, metrics) is left as it is.
+``task_result_filters`` (``jobs/omnifm_seg_q8``, ``docs/COMPRESSION.md``). Meta (spec, knowledge
+bank, prototypes, counts, metrics) keeps its content; only its long lists of floats (the bank's
+keys and values, prototypes: plain lists cost 9 bytes per number on the wire) travel as float32
+arrays and are restored to lists (values rounded to float32, relative error < 6e-8).
 
 Scales are float32 (not float16): the bound above holds exactly with the scale that is sent, no
 float16 range problems (weights below 6e-8 or above 65504), and at the default block of 256 values
@@ -43,6 +45,10 @@ rejects it with ``data kind OMNIFM_Q8_WEIGHTS, expected DataKind.WEIGHTS`` when 
 
 LAYOUT = "omnifm_q8_layout"
 """DXO meta key: ``{"block_size": int, "names": [...], "shapes": [[dims], ...]}`` (plain lists)."""
+
+FLOAT32 = "__omnifm_float32__"
+"""Marker of a meta float list sent as a float32 array: ``{FLOAT32: ndarray}`` (on the wire only)."""
+MIN_FLOATS = 16
 
 VALUES = "int8_values"
 SCALES = "float32_scales"
@@ -166,6 +172,42 @@ def _check_layout(layout: Any) -> tuple[int, list[str], list[list[int]]]:
     return block, names, shapes
 
 
+def _all_floats(node: Any) -> bool:
+    if isinstance(node, list):
+        return bool(node) and all(_all_floats(v) for v in node)
+    return isinstance(node, float)
+
+
+def pack_floats(node: Any) -> Any:
+    """``node`` with every rectangular list of >= 16 Python floats replaced by ``{FLOAT32: float32 array}``.
+
+    Ints, bools, strings, short or ragged lists and mixed lists are left as they are; nothing is modified in place.
+    """
+    if isinstance(node, dict):
+        return {k: pack_floats(v) for k, v in node.items()}
+    if isinstance(node, list):
+        if _all_floats(node):
+            try:
+                array = np.asarray(node, dtype=np.float32)
+            except ValueError:  # ragged
+                array = None
+            if array is not None and array.size >= MIN_FLOATS:
+                return {FLOAT32: array}
+        return [pack_floats(v) for v in node]
+    return node
+
+
+def unpack_floats(node: Any) -> Any:
+    """Inverse of :func:`pack_floats`: the float32 arrays back to (nested) lists of Python floats."""
+    if isinstance(node, dict):
+        if set(node) == {FLOAT32}:
+            return np.asarray(node[FLOAT32], dtype=np.float32).tolist()
+        return {k: unpack_floats(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [unpack_floats(v) for v in node]
+    return node
+
+
 def _meta_without_history(dxo: DXO) -> dict[str, Any]:
     """A copy of ``dxo.meta`` (FLARE shares one task's meta between all sites; never mutate it)."""
     return {k: v for k, v in (dxo.meta or {}).items() if k != MetaKey.FILTER_HISTORY}
@@ -201,7 +243,7 @@ class QuantizeWeights(DXOFilter):
             raise ValueError(f"weights are already processed ({dxo.get_meta_prop(MetaKey.PROCESSED_ALGORITHM)}): "
                              f"{combinations.HE_INT8}")
         data, layout = compress(dxo.data, self.block_size)
-        meta = {**_meta_without_history(dxo), LAYOUT: layout}
+        meta = {**pack_floats(_meta_without_history(dxo)), LAYOUT: layout}
         sent, fp32 = data[VALUES].nbytes + data[SCALES].nbytes, 4 * data[VALUES].size
         self.log_info(fl_ctx, f"int8-quantized {len(layout['names'])} tensors ({data[VALUES].size} values): {sent} "
                       f"bytes instead of {fp32} ({sent / max(fp32, 1):.3f}x; meta unchanged)")
@@ -232,5 +274,5 @@ class DequantizeWeights(DXOFilter):
             self.log_warning(fl_ctx, "weights arrived uncompressed (the sender has no QuantizeWeights filter)")
             return None
         weights = decompress(dxo.data, dxo.get_meta_prop(LAYOUT))
-        meta = {k: v for k, v in _meta_without_history(dxo).items() if k != LAYOUT}
+        meta = unpack_floats({k: v for k, v in _meta_without_history(dxo).items() if k != LAYOUT})
         return DXO(data_kind=DataKind.WEIGHTS, data=weights, meta=meta)
