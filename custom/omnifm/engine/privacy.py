@@ -28,7 +28,8 @@ the personal state (it never leaves the site): anyone who knew it could subtract
 
 What DP mode also changes (see docs/PRIVACY.md): the knowledge-bank upload (prototype keys,
 class-conditional values, member counts), retrieval counts and training-token diagnostics are
-not sent; ``n_samples`` is the expected (not the realised) number of slices. Algorithms whose
+not sent, nor are the training losses (kept in the site log); ``n_samples`` is the expected (not
+the realised) number of slices. Algorithms whose
 network or rule releases un-noised training statistics are refused (:func:`refusal`).
 """
 
@@ -48,8 +49,8 @@ from torch import nn
 from omnifm.engine.train import EpochStats, batch_loss
 
 __all__ = [
-    "ACCOUNTANTS", "DP_PREFIX", "CaseSampler", "DPBudgetExhausted", "DPConfig", "SitePrivacy",
-    "clip_and_noise", "epsilon_spent", "refusal",
+    "ACCOUNTANTS", "DP_PREFIX", "VALIDATION_DIAGNOSTICS", "CaseSampler", "DPBudgetExhausted", "DPConfig",
+    "SitePrivacy", "clip_and_noise", "epsilon_spent", "refusal", "released_under_dp",
 ]
 
 DP_PREFIX = "dp/"
@@ -128,6 +129,9 @@ class DPConfig:
 
 def refusal(algorithm: Any, model: nn.Module) -> str | None:
     """Why ``algorithm`` cannot train under case-level DP-SGD (None: it can)."""
+    if getattr(algorithm, "ditto", False):
+        return (f"algorithm {algorithm.name!r} trains a personal model without DP next to the global one and "
+                "reports its validation Dice, a function of the training cases that DP-SGD would not cover")
     if getattr(algorithm, "amplitude_aug", False):
         return (f"algorithm {algorithm.name!r} uploads group-mean amplitude spectra of the training slices "
                 "(FedDG's amplitude bank) without noise; DP-SGD would not cover them")
@@ -139,6 +143,16 @@ def refusal(algorithm: Any, model: nn.Module) -> str | None:
     if not getattr(algorithm, "federated", True):
         return f"algorithm {algorithm.name!r} is not a federation (pooled data); site DP does not apply"
     return None
+
+
+# diagnostics computed from the validation cases (DP covers the training cases; see docs/PRIVACY.md)
+VALIDATION_DIAGNOSTICS = ("placebo_dice_delta", "placebo_logit_rel")
+
+
+def released_under_dp(diagnostics: dict[str, float]) -> dict[str, float]:
+    """The diagnostics a DP site still sends: those of the validation cases only (the training-retrieval
+    statistics and token cosines are functions of the training cases, not privatised)."""
+    return {k: v for k, v in diagnostics.items() if k in VALIDATION_DIAGNOSTICS}
 
 
 def epsilon_spent(noise_multiplier: float, sample_rate: float, steps: int, delta: float, accountant: str = "rdp") -> float:

@@ -32,7 +32,7 @@ from omnifm.data.amplitude import group_mean_amplitudes, interpolate_amplitude
 from omnifm.engine.diagnostics import mean_pairwise_cosine, placebo_effect, retrieval_stats
 from omnifm.engine.evaluate import evaluate_volumes
 from omnifm.engine.optim_state import flat_state, init_adam_state, load_flat_state
-from omnifm.engine.privacy import DP_PREFIX, DPConfig, SitePrivacy, refusal
+from omnifm.engine.privacy import DP_PREFIX, DPConfig, SitePrivacy, refusal, released_under_dp
 from omnifm.engine.retrieval import Retriever
 from omnifm.engine.scaffold import ControlVariates
 from omnifm.engine.train import EpochStats, train_epoch
@@ -397,8 +397,11 @@ class SiteTrainer:
             self._train_ditto(anchor, round_num)
         prototypes, values, counts, token_cos = summary
         diagnostics = self._diagnostics(bank, retriever, token_cos, round_num)
+        train_metrics = stats.means()
         if self.dp is not None:  # privacy accounting is reported with the diagnostics (benchmark JSONs read those)
-            diagnostics.update(self.dp.metrics())
+            diagnostics = {**released_under_dp(diagnostics), **self.dp.metrics()}
+            self.logger.info("round %d training (site log only under DP): %s", round_num, _fmt(train_metrics))
+            train_metrics = {}  # training losses are functions of the training cases: not released un-noised
             self.dp.log_round(round_num)
         weights = self.shared_state()
         if self.control is not None:
@@ -409,7 +412,7 @@ class SiteTrainer:
             prototypes=prototypes,
             prototype_counts=counts,
             retrieval_counts=dict(retriever.counts) if retriever and self.dp is None else {},
-            metrics={**stats.means(), "lr": lr, **diagnostics},
+            metrics={**train_metrics, "lr": lr, **diagnostics},
             extras=self._extras(round_num),
             prototype_values=values,
             diagnostics=diagnostics,

@@ -8,12 +8,13 @@ maps a set of mechanisms that must not run together to the reason given at job s
 ``he`` + ``int8``  refused (:data:`HE_INT8`): CKKS ciphertexts cannot be int8-quantized
 ``he`` alone       supported: weights protected from the server (``docs/HE.md``)
 ``int8`` alone     supported: 4x fewer weight bytes, meta (bank, prototypes) unchanged
+``dp`` + ``he``    supported: DP noise is added at the site before encryption (``docs/PRIVACY.md``)
+``dp`` + ``int8``  supported: quantizing a DP update is post-processing, the guarantee is unchanged
 =================  ==========================================================================
 
-Extension point for differential privacy (not implemented here): add a ``"dp"`` entry to
-:data:`DETECTORS` (e.g. the executor's DP settings) and, for each combination you decide to
-refuse, an entry to :data:`REFUSED`; every component that calls :func:`refuse_at_start` then checks
-it. ``docs/COMPRESSION.md`` lists the combinations and what each protects.
+``dp`` is recognised by the executor's DP settings (``train_config.dp``). For each combination to
+refuse, add an entry to :data:`REFUSED`; every component that calls :func:`refuse_at_start` then
+checks it. ``docs/COMPRESSION.md`` and ``docs/PRIVACY.md`` list the combinations and what each protects.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from typing import Any
 from nvflare.apis.fl_constant import FLContextKey
 from nvflare.apis.fl_context import FLContext
 
-HE, INT8 = "he", "int8"
+HE, INT8, DP = "he", "int8", "dp"
 
 HE_INT8 = (
     "homomorphic encryption and int8 compression cannot be combined: CKKS ciphertexts cannot be int8-quantized "
@@ -41,8 +42,9 @@ def _module_of(component: Any) -> str:
 DETECTORS: dict[str, Callable[[Any], bool]] = {
     HE: lambda c: _module_of(c).startswith(("nvflare.app_opt.he.", "omnifm.fl.he_")),
     INT8: lambda c: _module_of(c).startswith("omnifm.fl.quantize."),
+    DP: lambda c: getattr(getattr(c, "train_config", None), "dp", None) is not None,
 }
-"""Mechanism name -> does this component belong to it. Add ``"dp"`` here when DP exists."""
+"""Mechanism name -> does this component belong to it."""
 
 REFUSED: dict[frozenset[str], str] = {frozenset({HE, INT8}): HE_INT8}
 """Mechanisms that must not run in one job -> the reason shown at job start."""

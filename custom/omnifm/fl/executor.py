@@ -158,7 +158,7 @@ class OmniFMExecutor(Executor):
         self.log_info(
             fl_ctx,
             f"round {current} {site}: received model {_dice_text(before)}; after local training "
-            f"{_dice_text(after)}; loss {result.metrics['loss']:.4f}",
+            f"{_dice_text(after)}; loss {result.metrics.get('loss', float('nan')):.4f}",
         )
         if result.diagnostics:
             shown = " ".join(f"{k}={v:.4f}" for k, v in result.diagnostics.items())

@@ -150,7 +150,8 @@ def test_dp_omnifm_uploads_no_bank_entries_and_no_retrieval_counts():
     result = trainer.train_round(None, 0, {}, num_rounds=2)
     assert result.prototypes.shape[0] == 0 and result.prototype_counts.numel() == 0
     assert result.prototype_values is None and result.retrieval_counts == {}
-    assert "token_cos_within" not in result.metrics
+    assert "token_cos_within" not in result.metrics and "retrieval_own_share" not in result.metrics
+    assert not {"loss", "task_loss", "align_loss"} & set(result.metrics)  # training losses stay in the site log
     for key in ("dp_epsilon", "dp_delta", "dp_noise_multiplier", "dp_max_grad_norm", "dp_sample_rate"):
         assert key in result.metrics and key in result.diagnostics
     assert result.metrics["dp_epsilon"] == pytest.approx(trainer.dp.epsilon()) and result.metrics["dp_epsilon"] > 0
@@ -171,7 +172,8 @@ def test_dp_training_moves_the_weights_and_the_personal_state_holds_the_accounta
 
 # ---- refusals ------------------------------------------------------------------------------
 @pytest.mark.parametrize(
-    "algorithm, match", [("fedbn", "running statistics"), ("feddg", "amplitude spectra")]
+    "algorithm, match",
+    [("fedbn", "running statistics"), ("feddg", "amplitude spectra"), ("ditto", "personal model without DP")],
 )
 def test_algorithms_dp_cannot_cover_are_refused_with_the_reason(algorithm, match):
     with pytest.raises(ValueError, match=match):
@@ -227,3 +229,30 @@ def test_the_dp_job_is_the_default_job_with_dp_on():
     args.pop("local_epochs")
     plain["executors"][0]["executor"]["args"].pop("local_epochs")
     assert dp_client == plain
+
+
+# ---- combinations --------------------------------------------------------------------------
+def test_dp_combines_with_he_and_int8_but_he_and_int8_stay_refused():
+    from omnifm.fl import combinations
+    from omnifm.fl.executor import OmniFMExecutor
+
+    dp_site = OmniFMExecutor(dp={"target_epsilon": 3.0})
+    assert combinations.mechanisms([dp_site]) == {combinations.DP}
+    assert combinations.mechanisms([OmniFMExecutor()]) == set()
+    assert combinations.refusal({combinations.DP, combinations.HE}) is None
+    assert combinations.refusal({combinations.DP, combinations.INT8}) is None
+    assert combinations.refusal({combinations.DP, combinations.HE, combinations.INT8}) == combinations.HE_INT8
+
+
+def test_a_dp_update_survives_int8_compression_within_the_block_bound():
+    """int8 after DP is post-processing: the site's DP weights go through the real codec unchanged in kind."""
+    from omnifm.fl.quantize import compress, decompress
+
+    trainer = _trainer("fedavg")
+    result = trainer.train_round(None, 0, {}, num_rounds=1)
+    weights = {k: v.numpy() for k, v in result.weights.items()}
+    data, layout = compress(weights, 256)
+    restored = decompress(data, layout)
+    for name, value in weights.items():
+        scale = np.abs(value).max() / 127 if value.size else 0
+        assert np.abs(restored[name] - value).max() <= scale / 2 + 1e-7, name
