@@ -180,6 +180,22 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
+def merge(paths: list[Path], out: Path, command: str) -> int:
+    """Combine the rows (and step costs) of several runs' JSONs into one table and plot."""
+    rows, costs, commands = [], {}, []
+    for path in paths:
+        part = json.loads(path.read_text())
+        rows += part["rows"]
+        costs.update(part.get("step_cost") or {})
+        commands.append(part.get("command", "?"))
+    (out / "privacy_curve.json").write_text(json.dumps(
+        {"command": command, "parts": commands, "rows": rows, "step_cost": costs}, default=float))
+    (out / "privacy_curve.md").write_text(table(rows, costs, " ; ".join(commands) + f" ; then {command}"))
+    plot(rows, out / "privacy_curve.png")
+    print((out / "privacy_curve.md").read_text())
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--algorithms", nargs="+", default=list(ALGORITHMS))
@@ -187,13 +203,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--setting", default="cross-modality")
-    parser.add_argument("--cost-steps", type=int, default=10)
+    parser.add_argument("--cost-steps", type=int, default=10, help="0: skip the step-cost measurement")
+    parser.add_argument("--merge", nargs="+", type=Path, default=None,
+                        help="only combine the privacy_curve.json files of earlier (e.g. parallel) runs into --out")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/privacy"))
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "omnifm_privacy_cache")
     args = parser.parse_args(argv)
     command = "python benchmarks/privacy_curve.py " + " ".join(argv if argv is not None else sys.argv[1:])
     args.out.mkdir(parents=True, exist_ok=True)
-    costs = {a: step_cost(a, args.cache, args.cost_steps, args.setting) for a in args.algorithms}
+    if args.merge:
+        return merge(args.merge, args.out, command)
+    costs = {a: step_cost(a, args.cache, args.cost_steps, args.setting) for a in args.algorithms if args.cost_steps}
     print(f"step cost: {costs}", flush=True)
     records, rows = [], []
     for seed in args.seeds:  # seed-major: an interrupted run still has every cell of the first seeds
