@@ -4,11 +4,13 @@ Two measurements:
 
 1. **Bytes per client per round** (exact, no timing noise): the FOBS-serialized shareable a site
    sends (its round result) and receives (the next global model), for the job's real model spec,
-   in plaintext (``jobs/omnifm_seg``) and after ``OmniFMHEModelEncryptor`` (FLARE's encryptor) (+ our
-   ``SerializeCiphertexts``, and without it: FLARE's default wire format) / the encrypted
-   aggregate (``jobs/omnifm_seg_he``, contexts from :func:`omnifm.fl.he.make_contexts`, i.e.
-   FLARE's HEBuilder defaults). Meta (prototypes, retrieval counts, metrics) is sized like a real
-   upload (``num_prototypes`` x ``spectral_dim``).
+   in plaintext (``jobs/omnifm_seg``) and after ``OmniFMHEModelEncryptor`` (FLARE's encryptor on
+   the packed weights) (+ our ``SerializeCiphertexts``, and without it: FLARE's default wire
+   format) / the encrypted aggregate (``jobs/omnifm_seg_he``, contexts from
+   :func:`omnifm.fl.he.make_contexts`, i.e. FLARE's HEBuilder defaults); for comparison also one
+   CKKS vector per tensor (FLARE's stock encryptor, the format before packing). Meta
+   (prototypes, retrieval counts, metrics) is sized like a real upload (``num_prototypes`` x
+   ``spectral_dim``).
 2. **Round wall time**: both jobs shrunk like ``tests/integration/test_simulator.py`` (2 sites,
    32x32x8 phantom, 6 cases, 1 local epoch, ``--rounds`` rounds) run through ``nvflare simulator``
    one after the other; round time is "Round N started" -> "Round N finished" in the server log,
@@ -42,6 +44,7 @@ from nvflare.apis.fl_constant import FLContextKey, ReservedKey
 from nvflare.apis.fl_context import FLContext
 from nvflare.app_common.abstract.model import make_model_learnable
 from nvflare.app_common.decomposers import common_decomposers
+from nvflare.app_opt.he.model_encryptor import HEModelEncryptor
 from nvflare.app_opt.he.model_shareable_generator import HEModelShareableGenerator
 from nvflare.fuel.sec.security_content_service import SecurityContentService
 from nvflare.fuel.utils import fobs
@@ -99,17 +102,34 @@ def payload_sizes(job: Path) -> dict[str, int]:
         SecurityContentService.initialize(content_folder=folder)
         encryptor = OmniFMHEModelEncryptor()
         encryptor.handle_event(EventType.START_RUN, _ctx("site-1"))
-        upload = DXO(DataKind.WEIGHTS, data={k: v.copy() for k, v in weights.items()}, meta=_upload_meta(spec, 96))
-        he_result = encryptor.process(upload.to_shareable(), _ctx("site-1"))
+        he_result = _encrypted_upload(encryptor, weights, spec)
         sizes["he_result_with_context"] = _size(he_result)  # FLARE's CKKSVector decomposer: vector + context
         averaged = he.encrypted_mean([(dict(from_shareable(he_result).data), 96)])
+        sizes["ciphertexts"] = sum(len(v.ciphertext()) for v in averaged.values())
         sizes["he_result"] = _size(SerializeCiphertexts().process(he_result, _ctx("site-1")))  # as the job sends
-        meta = {**task_meta, he.SHAPES: he.shapes_of(weights), MetaKey.PROCESSED_KEYS: {k: True for k in weights},
-                MetaKey.PROCESSED_ALGORITHM: "CKKS"}
-        generator = HEModelShareableGenerator()
-        generator.handle_event(EventType.START_RUN, _ctx("server"))
-        sizes["he_task"] = _size(generator.learnable_to_shareable(make_model_learnable(averaged, meta), _ctx("server")))
+        sizes["he_task"] = _task_size(averaged, {he.PACKED: True}, {**task_meta, he.SHAPES: he.shapes_of(weights)})
+        per_tensor = HEModelEncryptor(weigh_by_local_iter=False)  # before packing: one CKKS vector per tensor
+        per_tensor.handle_event(EventType.START_RUN, _ctx("site-1"))
+        old = _encrypted_upload(per_tensor, weights, spec)
+        old_mean = he.encrypted_mean([(dict(from_shareable(old).data), 96)])
+        sizes["ciphertexts_per_tensor"] = sum(len(v.ciphertext()) for v in old_mean.values())
+        sizes["he_result_per_tensor"] = _size(SerializeCiphertexts().process(old, _ctx("site-1")))
+        sizes["he_task_per_tensor"] = _task_size(old_mean, {k: True for k in weights},
+                                                 {**task_meta, he.SHAPES: he.shapes_of(weights)})
     return sizes
+
+
+def _encrypted_upload(encryptor, weights: dict, spec: dict):
+    upload = DXO(DataKind.WEIGHTS, data={k: v.copy() for k, v in weights.items()}, meta=_upload_meta(spec, 96))
+    return encryptor.process(upload.to_shareable(), _ctx("site-1"))
+
+
+def _task_size(averaged: dict, keys: dict, meta: dict) -> int:
+    """Bytes of the global-model task the server's HEModelShareableGenerator sends for an encrypted mean."""
+    meta = {**meta, MetaKey.PROCESSED_KEYS: keys, MetaKey.PROCESSED_ALGORITHM: "CKKS"}
+    generator = HEModelShareableGenerator()
+    generator.handle_event(EventType.START_RUN, _ctx("server"))
+    return _size(generator.learnable_to_shareable(make_model_learnable(averaged, meta), _ctx("server")))
 
 
 def shrink_job(job: Path, rounds: int) -> None:
@@ -137,7 +157,8 @@ def parse_log(log: str) -> dict[str, list[float]]:
     finished = {int(r): _stamp(t) for t, r in re.findall(STAMP + r".*Round (\d+) finished", log)}
     return {
         "round_s": [finished[r] - started[r] for r in sorted(finished) if r in started],
-        "encrypt_s": [float(x) for x in re.findall(r"Encryption time for .*? ([\d.]+) seconds", log)],
+        "encrypt_s": [float(stock or ours) for stock, ours in re.findall(  # FLARE's line, or ours (quieter encryptor)
+            r"(?:Encryption time for .*? ([\d.]+) seconds|as one packed CKKS vector in ([\d.]+) s)", log)],
         "decrypt_s": [float(x) for x in re.findall(r"Decryption time for .*? ([\d.]+) seconds", log)],
         "aggregate_s": [float(x) for x in re.findall(r"encrypted mean of \d+ sites in ([\d.]+) s", log)],
     }
@@ -183,10 +204,14 @@ def table(sizes: dict[str, int], runs: dict[str, list[dict]]) -> str:
         return f"{min(values):.2f}-{max(values):.2f}" if values else "-"
 
     rows = [
-        ("site -> server bytes per round (result, as the job sends it)", sizes["plain_result"], sizes["he_result"]),
-        ("... with FLARE's default CKKSVector wire format (context per tensor)", sizes["plain_result"],
+        (f"site -> server bytes per round (result, as the job sends it: packed, {sizes['ciphertexts']} ciphertexts)",
+         sizes["plain_result"], sizes["he_result"]),
+        ("... with FLARE's default CKKSVector wire format (+ context)", sizes["plain_result"],
          sizes["he_result_with_context"]),
-        ("server -> site bytes per round (global model)", sizes["plain_task"], sizes["he_task"]),
+        (f"... one CKKS vector per tensor (before packing, {sizes['ciphertexts_per_tensor']} ciphertexts)",
+         sizes["plain_result"], sizes["he_result_per_tensor"]),
+        ("server -> site bytes per round (global model, packed)", sizes["plain_task"], sizes["he_task"]),
+        ("... one CKKS vector per tensor (before packing)", sizes["plain_task"], sizes["he_task_per_tensor"]),
         ("round 0 wall time, s (median; includes site setup)",
          _median([r["round_s"][0] for r in runs["plain"]]), _median([r["round_s"][0] for r in runs["he"]])),
         ("later rounds' wall time, s (median)", med("plain", "round_s", 1), med("he", "round_s", 1)),
