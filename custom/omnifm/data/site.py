@@ -108,8 +108,18 @@ def load_site_data(config: SiteConfig, workspace_root: str | Path, site_name: st
         config = _phantom_root(config, Path(workspace_root), site_name)
     key = (config, site_name, task.classes, _mtime(config.datalist_path))
     if key not in _CACHE:
-        _CACHE[key] = _verified_site_data(config, task, synthetic)
+        _CACHE[key] = _phantom_cached(config, site_name, task) if synthetic else _verified_site_data(config, task, synthetic)
     return _CACHE[key]
+
+
+def _phantom_cached(config: SiteConfig, site_name: str, task: SegTask) -> SiteData:
+    """A phantom site's data through the on-disk cache next to the phantom (:mod:`omnifm.data.cache`)."""
+    from omnifm.data import cache
+
+    key = cache.cache_key(config, site_name, task.classes, resolve_cases(config), config.datalist_path)
+    fields, _ = cache.cached(config.data_root, key,
+                             lambda: dataclasses.asdict(_verified_site_data(config, task, synthetic=True)))
+    return SiteData(**fields)
 
 
 def _mtime(path: Path | None) -> float:
