@@ -50,7 +50,7 @@ from omnifm.bench import runner
 from omnifm.bench.presets import build_grid, customize, get_preset
 from omnifm.bench.record import git_info
 from omnifm.fl import wire
-from omnifm.fl.quantize import DequantizeWeights, QuantizeWeights
+from omnifm.fl.quantize import DequantizeWeights, QuantizeWeights, pack_floats
 
 FP32 = 4
 
@@ -66,10 +66,11 @@ class Wire:
         common_decomposers.register()
 
     def sizes(self, weights: dict[str, np.ndarray], meta: dict[str, Any]) -> dict[str, int]:
-        """FOBS bytes of a WEIGHTS DXO as sent fp32, as sent int8, and of its meta alone."""
+        """FOBS bytes of a WEIGHTS DXO as sent fp32, as sent int8, and of its meta alone (as fp32 / int8 send it)."""
         shareable = DXO(DataKind.WEIGHTS, data=weights, meta=meta).to_shareable()
         return {"fp32": len(fobs.dumps(shareable)), "int8": len(fobs.dumps(self.quantize.process(shareable, self.ctx))),
                 "meta": len(fobs.dumps(DXO(DataKind.WEIGHTS, data={}, meta=meta).to_shareable())),
+                "meta_int8": len(fobs.dumps(DXO(DataKind.WEIGHTS, data={}, meta=pack_floats(meta)).to_shareable())),
                 "weights_fp32": FP32 * int(sum(v.size for v in weights.values()))}
 
     def transfer(self, weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -136,7 +137,9 @@ def run_pair(config: runner.RunConfig, cache: Path, block_size: int, repeat: boo
 
 def _ratios(log: list[dict[str, Any]], direction: str) -> dict[str, float]:
     rows = [r for r in log if r["direction"] == direction]
-    return {key: statistics.mean(r[key] / r["weights_fp32"] for r in rows) for key in ("fp32", "int8", "meta")}
+    keys = [k for k in ("fp32", "int8", "meta", "meta_int8") if all(k in r for r in rows)]
+    out = {key: statistics.mean(r[key] / r["weights_fp32"] for r in rows) for key in keys}
+    return {**out, "int8_max": max(r["int8"] / r["weights_fp32"] for r in rows)}
 
 
 def summarise(pairs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -159,14 +162,15 @@ def summarise(pairs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def table(summary: dict[str, Any]) -> str:
-    lines = ["| algorithm | up fp32 / w | up int8 / w | down fp32 / w | down int8 / w | (up+down)/2 int8 / w | "
-             "meta down / w | val Dice fp32 | val Dice int8 - fp32 (paired, mean +- sd) | test Dice int8 - fp32 |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| algorithm | up fp32 / w | up int8 / w | down fp32 / w | down int8 / w (max) | (up+down)/2 int8 / w | "
+             "meta down / w (fp32, int8) | val Dice fp32 | val Dice int8 - fp32 (paired, mean +- sd) | "
+             "test Dice int8 - fp32 |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for algorithm, row in summary.items():
         val, test = row["val_dice"], row["test_dice"]
         lines.append(
             f"| {algorithm} | {row['up']['fp32']:.3f} | {row['up']['int8']:.3f} | {row['down']['fp32']:.3f} | "
-            f"{row['down']['int8']:.3f} | {row['per_round_per_client']['int8']:.3f} | {row['down']['meta']:.3f} | "
+            f"{row['down']['int8']:.3f} ({row['down']['int8_max']:.3f}) | {row['per_round_per_client']['int8']:.3f} | "
+            f"{row['down']['meta']:.3f}, {row['down'].get('meta_int8', float('nan')):.3f} | "
             f"{statistics.mean(val['fp32']):.4f} | {val['delta_mean']:+.4f} +- {val['delta_sd']:.4f} | "
             f"{test['delta_mean']:+.4f} +- {test['delta_sd']:.4f} |")
     return "\n".join(lines)
