@@ -45,6 +45,7 @@ class OmniFMHEAggregator(OmniFMAggregator):
         decomposers.register()
 
     def handle_event(self, event_type: str, fl_ctx: FLContext) -> None:
+        super().handle_event(event_type, fl_ctx)  # records error replies, as in the plain job
         if event_type == EventType.START_RUN:
             try:
                 self._context = load_tenseal_context_from_workspace(self.tenseal_context_file, fl_ctx)
