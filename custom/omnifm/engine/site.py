@@ -326,10 +326,13 @@ class SiteTrainer:
             os.replace(path, previous_personal_path(path))
         atomic_torch_save({"personal": self.personal_state(), "round": int(round_num)}, path)
 
-    def load_personal(self, path: str | Path) -> int | None:
+    def load_personal(self, path: str | Path, spent_from: str | Path | None = None) -> int | None:
         """Restore the personal state saved by :meth:`save_personal`; returns its round or None.
 
         Orphaned temporary files of an interrupted save in the file's folder are removed first.
+        ``spent_from``: a newer personal file whose privacy accounting (``dp/`` entries) wins over
+        ``path``'s. Rolling back to an older generation (a server crash) must not roll back the
+        privacy already spent, nor reuse that round's noise.
 
         Raises:
             ValueError: the file is unreadable, holds NaN/Inf in any tensor, or does not match
@@ -347,6 +350,9 @@ class SiteTrainer:
         saved = payload["personal"]
         if set(saved) != set(expected) or any(saved[k].shape != expected[k].shape for k in saved):
             raise ValueError(f"personal-state file {path} does not match this job's model — {PERSONAL_FIX}")
+        if spent_from is not None and Path(spent_from).is_file():
+            newer = load_personal_file(Path(spent_from))["personal"]
+            saved = {**saved, **{k: v for k, v in newer.items() if k.startswith(DP_PREFIX) and k in saved}}
         self._set_personal(saved)
         return int(payload.get("round", -1))
 

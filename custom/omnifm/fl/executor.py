@@ -179,8 +179,10 @@ class OmniFMExecutor(Executor):
             spec, self.train_config, data.train, data.val, logger=self.logger, test_volumes=data.test, site=site
         )
         self.log_info(fl_ctx, f"{site}: algorithm {spec['algorithm']} on {trainer.device}")
-        path = self._restore_path(self._personal_path(spec, fl_ctx), current, fl_ctx)
-        restored = trainer.load_personal(path) if path is not None else None
+        newest = self._personal_path(spec, fl_ctx)
+        path = self._restore_path(newest, current, fl_ctx)
+        # a rollback to the previous generation keeps the newest file's privacy accounting (dp/)
+        restored = trainer.load_personal(path, spent_from=newest if path != newest else None) if path else None
         if restored is not None:
             self.log_info(fl_ctx, f"{site}: restored personal parameters saved after round {restored}")
         self._trainer = trainer

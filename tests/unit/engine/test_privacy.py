@@ -256,3 +256,23 @@ def test_a_dp_update_survives_int8_compression_within_the_block_bound():
     for name, value in weights.items():
         scale = np.abs(value).max() / 127 if value.size else 0
         assert np.abs(restored[name] - value).max() <= scale / 2 + 1e-7, name
+
+
+def test_rolling_back_to_the_previous_personal_file_keeps_the_privacy_spent(tmp_path):
+    """After a server crash the site may resume from its previous file; the epsilon spent since must stay."""
+    from omnifm.engine.site import previous_personal_path
+
+    trainer = _trainer()
+    path = tmp_path / "p.pt"
+    trainer.train_round(None, 0)
+    trainer.save_personal(path, 0)
+    trainer.train_round(None, 1)
+    trainer.save_personal(path, 1)
+    spent = trainer.dp.steps
+    assert spent > 0
+    rebuilt = _trainer()
+    rebuilt.load_personal(previous_personal_path(path), spent_from=path)
+    assert rebuilt.dp.steps == spent, "the rollback un-spent privacy budget"
+    plain = _trainer()
+    plain.load_personal(previous_personal_path(path))
+    assert plain.dp.steps < spent, "without spent_from the previous file's (smaller) count is restored"
