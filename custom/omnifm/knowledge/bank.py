@@ -253,9 +253,20 @@ class KnowledgeBank:
         Returns:
             ``(owners, ages)``: a flat list of owner names and a flat int64 tensor of ages.
         """
-        position = {pid: row for row, pid in enumerate(self._ids.tolist())}
-        rows = torch.tensor([position[int(i)] for i in ids.reshape(-1).tolist()], dtype=torch.int64)
+        rows = self._rows_of(ids)
         return [self._owners[r] for r in rows.tolist()], self._version - self._refreshed[rows]
+
+    def _rows_of(self, ids: Tensor) -> Tensor:
+        """Flat int64 row indices of the entries with these ids (rows are sorted by id).
+
+        Raises:
+            ValueError: an id that is not in the bank.
+        """
+        flat = ids.reshape(-1).to(device="cpu", dtype=torch.int64)
+        rows = torch.searchsorted(self._ids, flat).clamp(max=max(len(self) - 1, 0))
+        if flat.numel() and (len(self) == 0 or not bool(torch.equal(self._ids[rows], flat))):
+            raise ValueError("ids must be ids of entries in the bank")
+        return rows
 
     def __len__(self) -> int:
         return int(self._ids.numel())
@@ -460,9 +471,7 @@ class KnowledgeBank:
 
     def values_for(self, ids: Tensor) -> Tensor:
         """Values ``(*ids.shape, value_dim)`` of the entries with these ids (e.g. from :meth:`retrieve`)."""
-        position = {pid: row for row, pid in enumerate(self._ids.tolist())}
-        rows = torch.tensor([position[int(i)] for i in ids.reshape(-1).tolist()], dtype=torch.int64)
-        return self._values[rows].reshape(*ids.shape, self._value_dim).to(ids.device)
+        return self._values[self._rows_of(ids)].reshape(*ids.shape, self._value_dim).to(ids.device)
 
     def project(self) -> None:
         """Project every key onto ``||s||_2 <= rho`` and value onto ``||v||_2 <= value_rho`` (rows inside are untouched).

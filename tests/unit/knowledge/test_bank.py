@@ -627,3 +627,13 @@ def test_key_value_bank_round_trips_through_plain_and_state_dict():
     loaded = KnowledgeBank.from_state_dict(torch.load(buffer, weights_only=True))
     _assert_states_equal(loaded.state_dict(), bank.state_dict())
     assert KnowledgeBank.from_plain(_kv_bank().to_plain()).values.shape == (0, 3)
+
+
+def test_values_and_entry_info_refuse_ids_not_in_the_bank():
+    bank = _kv_bank(merge_threshold=2.0)
+    bank.update(torch.eye(2), None, torch.zeros(2, 3))
+    with pytest.raises(ValueError, match="ids must be ids of entries"):
+        bank.values_for(torch.tensor([[0, 7]]))
+    with pytest.raises(ValueError, match="ids must be ids of entries"):
+        KnowledgeBank(2).entry_info(torch.tensor([0]))
+    assert bank.values_for(torch.tensor([[1, 0]])).shape == (1, 2, 3)
