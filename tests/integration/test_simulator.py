@@ -89,9 +89,11 @@ def test_ditto_runs_through_flare_and_keeps_a_personal_model(tmp_path):
     assert all(math.isfinite(results[s]["SRV_FL_global_model"]["dice"]) for s in SITES)
     assert "rejected contribution" not in log
     for site in SITES:
-        (personal,) = (workspace / site / "omnifm_personal").glob("ditto-*.pt")
+        files = sorted((workspace / site / "omnifm_personal").glob("ditto-*.pt"))
+        (personal,) = [p for p in files if not p.name.endswith(".prev.pt")]  # + the previous generation
         state = torch.load(personal, weights_only=True)
         assert state["round"] == 1 and any(k.startswith("ditto/") for k in state["personal"])
+        assert torch.load(personal.with_name(personal.stem + ".prev.pt"), weights_only=True)["round"] == 0
 
 
 NAN_FILTER = """
