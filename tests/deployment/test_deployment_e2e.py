@@ -218,20 +218,26 @@ def test_a_site_killed_mid_round_the_job_completes_with_the_others(plain: Runnin
         return "Round 1 started." in H.job_log(plain.fed.server, job_id) and \
             H.job_log(plain.fed.sites["site-2"], job_id).count("got task assignment: name=train") >= 2
 
-    H.wait_for(site_2_training_round_1, JOB_TIMEOUT, "site-2 to receive round 1's train task", plain.all(), poll=0.5)
+    H.wait_for(site_2_training_round_1, JOB_TIMEOUT, "site-2 to receive round 1's train task", plain.all(), poll=0.2)
     H.stop(victim, grace=0)  # the site's client and its job process, as if the machine died
     killed_at = time.monotonic()
     try:
         done = H.monitor(plain.fed, job_id, JOB_TIMEOUT)
         finished = time.monotonic()
         assert done.returncode == 0, f"the job did not complete without site-2:\n{done.stdout}\n{done.stderr}"
-        assert re.search(r"waiting for site-2 \(missing \d+ s; last reply: round 0\)", done.stdout), done.stdout
-        assert "round 1 closed without site-2" in done.stdout and "round 2 closed without site-2" in done.stdout
+        # A round is a few seconds, so site-2 may have replied to round 1 just before the kill landed:
+        # read its last reply from the monitor and expect every later round to close without it.
+        waits = re.findall(r"waiting for site-2 \(missing \d+ s; last reply: round (\d+)\)", done.stdout)
+        assert waits, done.stdout
+        last = int(waits[-1])
+        assert last in (0, 1), f"site-2 was killed in round 1, yet its last reply was round {last}:\n{done.stdout}"
+        assert all(f"round {rnd} closed without site-2" in done.stdout for rnd in range(last + 1, 3)), done.stdout
         download = H.download(plain.fed, job_id, tmp_path / "download")
         log = next(download.rglob("log.txt")).read_text(errors="replace")  # the job's log moved to the job store
         for rnd in (1, 2):
             assert f"Contribution from site-1 ACCEPTED by the aggregator at round {rnd}." in log
-            assert f"Contribution from site-2 ACCEPTED by the aggregator at round {rnd}." not in log
+            site_2 = f"Contribution from site-2 ACCEPTED by the aggregator at round {rnd}." in log
+            assert site_2 == (rnd <= last), f"site-2's round-{rnd} contribution (last reply: round {last})"
         final = _load(server_file(download, MODEL))
         assert final["round"] == 2, "all three rounds were aggregated"
         print(f"kill-a-site: job done {finished - killed_at:.0f} s after the kill, test {finished - started:.0f} s")

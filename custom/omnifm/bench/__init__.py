@@ -4,8 +4,32 @@ The in-process runner calls the same core code as the FLARE job (``SiteTrainer``
 side, :func:`omnifm.algorithms.server_round` on the server side); only the transport differs.
 ``omnifm-bench --preset quick`` (or ``python -m omnifm.bench``) runs a small grid; see
 ``benchmarks/README.md`` for the full preset and its results.
+
+The names below are imported on first use (PEP 562), so ``omnifm-bench --help`` does not pay for
+torch, MONAI and SciPy.
 """
 
-from omnifm.bench.settings import SETTINGS, DataConfig, load_federation
+from __future__ import annotations
 
-__all__ = ["SETTINGS", "DataConfig", "load_federation"]
+import importlib
+from typing import Any
+
+_LAZY = {
+    "SETTINGS": "omnifm.bench.names",
+    "DataConfig": "omnifm.bench.settings",
+    "load_federation": "omnifm.bench.settings",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(_LAZY[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

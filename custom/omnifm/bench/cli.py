@@ -25,16 +25,14 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+from omnifm.bench.names import GROUPS, PRESET_NAMES, SETTINGS
+from omnifm.tools._cli import pipe_safe
 
-from omnifm.bench.presets import GROUPS, PRESETS, Preset, build_grid, customize, get_preset, tuning_grid
-from omnifm.bench.record import git_info, machine_info, read_runs, write_json
-from omnifm.bench.report import write_report
-from omnifm.bench.runner import RunConfig, run_one
-from omnifm.bench.settings import SETTINGS
-from omnifm.bench.tune import select_learning_rates
+if TYPE_CHECKING:  # the stack (torch, MONAI, the data layer) is imported after argument parsing
+    from omnifm.bench.presets import Preset
+    from omnifm.bench.runner import RunConfig
 
 DEFAULT_CACHE = Path(tempfile.gettempdir()) / "omnifm_bench_cache"
 DEFAULT_OUT = Path("omnifm-bench-results")
@@ -47,7 +45,7 @@ def _run_parser() -> argparse.ArgumentParser:
         description="Run the OmniFM benchmark grid in-process on the built-in phantom "
         "(subcommands: `report DIR`, `premise`, `contrast`, `flare-cost`).",
     )
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="quick")
+    parser.add_argument("--preset", choices=PRESET_NAMES, default="quick")
     parser.add_argument("--algorithms", nargs="+", help="main-group algorithms (default: the preset's)")
     parser.add_argument("--settings", nargs="+", choices=SETTINGS, help="data settings (default: the preset's)")
     parser.add_argument("--seeds", nargs="+", type=int, help="seeds (default: the preset's)")
@@ -74,6 +72,7 @@ def _run_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@pipe_safe
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``omnifm-bench`` and ``python -m omnifm.bench``."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -94,6 +93,10 @@ def main(argv: list[str] | None = None) -> int:
     args = _run_parser().parse_args(argv)
     if args.workers < 1 or args.threads < 1:
         raise SystemExit(f"--workers and --threads must be >= 1, got {args.workers} and {args.threads}")
+    from omnifm.bench.presets import build_grid, customize, get_preset
+    from omnifm.bench.record import git_info, machine_info, write_json
+    from omnifm.bench.report import write_report
+
     try:
         preset = customize(
             get_preset(args.preset), args.algorithms, args.settings, args.seeds, args.rounds, args.groups,
@@ -125,6 +128,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def _tune(preset: Preset, out: Path, args: argparse.Namespace, context: dict[str, Any]) -> dict[str, float]:
     """Run the tuning grid (if the preset has one) and pick each algorithm's learning rate on validation."""
+    from omnifm.bench.presets import tuning_grid
+    from omnifm.bench.record import read_runs, write_json
+    from omnifm.bench.tune import select_learning_rates
+
     grid = tuning_grid(preset)
     if not grid:
         return {}
@@ -156,6 +163,8 @@ def _report(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="omnifm-bench report", description="Tables and plots from a results folder.")
     parser.add_argument("results", type=Path)
     args = parser.parse_args(argv)
+    from omnifm.bench.report import write_report
+
     try:
         summary = write_report(args.results)
     except ValueError as err:
@@ -188,6 +197,11 @@ def _done(out: Path, cfg: RunConfig) -> bool:
 
 
 def _work(job: tuple[RunConfig, str, str, int, dict[str, Any]]) -> str:
+    import torch
+
+    from omnifm.bench.record import write_json
+    from omnifm.bench.runner import run_one
+
     cfg, cache, out, threads, context = job
     torch.set_num_threads(threads)
     record = run_one(cfg, cache, progress=lambda line: print(line, flush=True))

@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from omnifm.bench.names import SETTINGS
 from omnifm.data.loading import split_cases
 from omnifm.data.phantom import read_phantom_manifest, write_phantom_site
 from omnifm.data.site import BRATS_LABEL_MAP, SiteData, load_site_data, simulator_config, site_index
@@ -39,7 +40,6 @@ from omnifm.data.site_config import SiteConfig, parse_site_config
 from omnifm.task import SegTask
 from omnifm.validation import check_int, check_range
 
-SETTINGS = ("cross-modality", "cross-modality+t1", "same-modality", "dirichlet", "same-modality-t2")
 HARD_MODALITY = "t1"
 _SAME_MODALITY = {"same-modality": "t1ce", "same-modality-t2": "t2"}
 DIRICHLET_DATALIST = "datalist_dirichlet.json"

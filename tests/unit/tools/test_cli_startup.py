@@ -96,3 +96,37 @@ def test_he_context_without_tenseal_is_one_line_naming_the_extra(tmp_path, monke
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert '".[he]"' in err and "TenSEAL" in err
     assert not (tmp_path / "startup").exists()
+
+
+BENCH_PROBE = """
+import json, sys
+from omnifm.bench.cli import main
+try:
+    main({argv!r})
+except SystemExit:
+    pass
+sys.stderr.write(json.dumps(sorted(m for m in {heavy!r} + ("numpy",) if m in sys.modules)))
+"""
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["report", "--help"]])
+def test_bench_help_imports_no_heavy_module(argv):
+    """Issue 13, item 23: ``omnifm-bench --help`` answers from torch-free names (omnifm.bench.names)."""
+    done = subprocess.run([sys.executable, "-c", BENCH_PROBE.format(argv=argv, heavy=HEAVY)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "usage: omnifm-bench" in done.stdout
+    assert json.loads(done.stderr.strip().splitlines()[-1]) == [], "omnifm-bench --help imported the stack"
+
+
+def test_bench_names_match_the_modules_that_own_them():
+    from omnifm.bench import names, presets, settings
+
+    assert tuple(sorted(presets.PRESETS)) == tuple(sorted(names.PRESET_NAMES))
+    assert settings.SETTINGS is names.SETTINGS and presets.GROUPS is names.GROUPS
+
+
+def test_bench_help_into_a_closed_pipe_ends_quietly():
+    done = _run_into_closed_pipe(["omnifm.bench", "--help"])
+    assert "Traceback" not in done.stderr and "BrokenPipeError" not in done.stderr, done.stderr
+    assert done.returncode in (0, 141)
