@@ -83,7 +83,7 @@ def test_full_preset_tunes_every_algorithm_on_separate_seeds():
     tuning = tuning_grid(preset)
     assert len(tuning) == len(preset.algorithms) * len(preset.lr_grid) * len(preset.tuning_seeds)
     assert {r.seed for r in tuning}.isdisjoint(preset.seeds) and {r.group for r in tuning} == {"tuning"}
-    assert {r.train["learning_rate"] for r in tuning} == set(LR_GRID) == {3e-3, 1e-2, 3e-2}
+    assert {r.train["learning_rate"] for r in tuning} == set(LR_GRID) == {1e-2, 3e-2, 1e-1}
     assert {"fedper-fusion", "omnifm-placebo", "fedrep", "feddyn", "fedper", "central", "local"} <= set(preset.algorithms)
     assert tuning_grid(customize(preset, train_overrides={"learning_rate": 0.02})) == [], "a fixed lr switches tuning off"
 
@@ -108,3 +108,14 @@ def test_tuning_picks_the_best_validation_learning_rate():
     assert select_learning_rates(runs, last_k=2) == {"fedavg": 0.03, "local": 0.003}, "last rounds, mean over seeds"
     assert select_learning_rates(runs, last_k=3)["fedavg"] == 0.01
     assert "**0.300**" in tuning_markdown(runs, last_k=2)
+
+
+def test_full_preset_runs_the_hard_case_on_fewer_seeds_and_a_seed_override_runs_every_setting():
+    preset = get_preset("full")
+    seeds = {(r.setting, r.seed) for r in build_grid(preset) if r.group == "main"}
+    assert {s for setting, s in seeds if setting == "cross-modality"} == set(preset.seeds)
+    assert {s for setting, s in seeds if setting == "cross-modality+t1"} == {0, 1, 2}
+    custom = customize(preset, seeds=[7, 8])
+    assert {(r.setting, r.seed) for r in build_grid(custom) if r.group == "main"} == {
+        (setting, s) for setting in preset.settings for s in (7, 8)
+    }
