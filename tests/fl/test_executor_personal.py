@@ -23,27 +23,7 @@ from omnifm.engine import TrainConfig
 from omnifm.fl import executor as executor_module
 from omnifm.fl import wire
 from omnifm.fl.executor import OmniFMExecutor
-
-SMALL = {"channels": [8, 16, 32], "strides": [2, 2]}
-
-
-class _Workspace:
-    def __init__(self, root):
-        self.root = str(root)
-
-    def get_root_dir(self):
-        return self.root
-
-
-class _Engine:
-    def __init__(self, root):
-        self.workspace = _Workspace(root)
-
-    def get_workspace(self):
-        return self.workspace
-
-    def __getattr__(self, name):  # fire_event etc.
-        return lambda *args, **kwargs: None
+from synthetic_cases import SMALL, FakeEngine as _Engine
 
 
 def _volumes():

@@ -7,8 +7,7 @@ command's ``--help`` does not pay for torch, MONAI and SciPy.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from omnifm.lazy import lazy_attributes
 
 _LAZY = {
     "SliceDataset": "omnifm.data.loading",
@@ -25,14 +24,4 @@ _LAZY = {
 
 __all__ = sorted(_LAZY)
 
-
-def __getattr__(name: str) -> Any:
-    if name not in _LAZY:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(_LAZY[name]), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY)

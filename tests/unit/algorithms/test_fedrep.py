@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 
@@ -10,18 +9,7 @@ import omnifm.engine.site as site_module
 from omnifm.algorithms import get_algorithm, make_run_spec
 from omnifm.algorithms.fedrep import head_steps
 from omnifm.engine import SiteTrainer, TrainConfig
-
-SMALL = {"channels": [8, 16, 32], "strides": [2, 2]}
-
-
-def _volumes(n: int, seed: int) -> list[dict[str, np.ndarray]]:
-    rng = np.random.default_rng(seed)
-    cases = []
-    for _ in range(n):
-        label = np.zeros((1, 32, 32, 4), np.uint8)
-        label[0, 10:20, 12:22, 1:3] = 1
-        cases.append({"image": rng.normal(0, 0.3, (1, 32, 32, 4)).astype(np.float32) + 2.0 * label, "label": label})
-    return cases
+from synthetic_cases import SMALL, volumes as _volumes
 
 
 def _trainer(epochs: int, head_epochs: int = 1) -> SiteTrainer:

@@ -11,19 +11,9 @@ from omnifm.algorithms.server import AMPLITUDES, CONTROL_PREFIX
 from omnifm.engine import Retriever, SiteTrainer, TrainConfig, train_central
 from omnifm.engine.scaffold import ControlVariates
 from omnifm.knowledge import KnowledgeBank
+from synthetic_cases import SMALL, volumes as _volumes
 
-SMALL = {"channels": [8, 16, 32], "strides": [2, 2]}
 FEDERATED = sorted(name for name, algo in ALGORITHMS.items() if algo.federated)
-
-
-def _volumes(n: int, seed: int, contrast: float = 2.0) -> list[dict[str, np.ndarray]]:
-    rng = np.random.default_rng(seed)
-    cases = []
-    for _ in range(n):
-        label = np.zeros((1, 32, 32, 4), np.uint8)
-        label[0, 10:20, 12:22, 1:3] = 1
-        cases.append({"image": rng.normal(0, 0.3, (1, 32, 32, 4)).astype(np.float32) + contrast * label, "label": label})
-    return cases
 
 
 def _trainer(algorithm: str, epochs: int = 1, lr: float = 1e-3, **spec_args) -> SiteTrainer:

@@ -9,20 +9,9 @@ import torch
 from omnifm.algorithms import BANK, STATE, initial_global, make_run_spec, server_round
 from omnifm.engine import SiteTrainer, TrainConfig
 from omnifm.knowledge import KnowledgeBank
+from synthetic_cases import SMALL, volumes as _volumes
 
-SMALL = {"channels": [8, 16, 32], "strides": [2, 2]}
 SITES = ("site-1", "site-2")
-
-
-def _volumes(n: int, seed: int, contrast: float) -> list[dict[str, np.ndarray]]:
-    rng = np.random.default_rng(seed)
-    cases = []
-    for _ in range(n):
-        label = np.zeros((1, 32, 32, 4), np.uint8)
-        label[0, 10:20, 12:22, 1:3] = 1
-        image = rng.normal(0, 0.3, (1, 32, 32, 4)).astype(np.float32) + contrast * label
-        cases.append({"image": image, "label": label})
-    return cases
 
 
 def _trainer(spec: dict, site: int, dp: dict | None = None) -> SiteTrainer:

@@ -7,19 +7,7 @@ import torch
 from omnifm.algorithms import make_run_spec
 from omnifm.engine import SiteTrainer, TrainConfig
 from omnifm.knowledge import KnowledgeBank
-
-SMALL = {"channels": [8, 16, 32], "strides": [2, 2]}
-
-
-def _volumes(n: int, seed: int) -> list[dict[str, np.ndarray]]:
-    rng = np.random.default_rng(seed)
-    cases = []
-    for _ in range(n):
-        label = np.zeros((1, 32, 32, 4), np.uint8)
-        label[0, 10:20, 12:22, 1:3] = 1
-        image = rng.normal(0, 0.3, (1, 32, 32, 4)).astype(np.float32) + 2.0 * label
-        cases.append({"image": image, "label": label})
-    return cases
+from synthetic_cases import SMALL, volumes as _volumes
 
 
 def _trainer(algorithm: str = "omnifm", **cfg) -> SiteTrainer:

@@ -1,0 +1,45 @@
+"""Shared test fixtures-as-functions: a tiny UNet size, synthetic labelled volumes, a fake FLARE engine.
+
+Importable as ``synthetic_cases`` from any test (pytest puts ``tests/`` on ``sys.path`` for its
+rootdir ``conftest.py``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+SMALL = {"channels": [8, 16, 32], "strides": [2, 2]}
+"""A UNet small enough for CPU unit tests."""
+
+
+def volumes(n: int, seed: int, contrast: float = 2.0) -> list[dict[str, np.ndarray]]:
+    """``n`` cases of 1x32x32x4: Gaussian noise plus ``contrast`` inside one box labelled 1."""
+    rng = np.random.default_rng(seed)
+    cases = []
+    for _ in range(n):
+        label = np.zeros((1, 32, 32, 4), np.uint8)
+        label[0, 10:20, 12:22, 1:3] = 1
+        image = rng.normal(0, 0.3, (1, 32, 32, 4)).astype(np.float32) + contrast * label
+        cases.append({"image": image, "label": label})
+    return cases
+
+
+class FakeWorkspace:
+    def __init__(self, root):
+        self.root = str(root)
+
+    def get_root_dir(self):
+        return self.root
+
+
+class FakeEngine:
+    """What the executor asks of FLARE's engine: a workspace; every other call is a no-op."""
+
+    def __init__(self, root):
+        self.workspace = FakeWorkspace(root)
+
+    def get_workspace(self):
+        return self.workspace
+
+    def __getattr__(self, name):  # fire_event etc.
+        return lambda *args, **kwargs: None
