@@ -204,12 +204,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--setting", default="cross-modality")
     parser.add_argument("--cost-steps", type=int, default=10, help="0: skip the step-cost measurement")
+    parser.add_argument("--local-epochs", type=int, default=None,
+                        help=f"local epochs per round (default {TRAIN['local_epochs']}); DP-SGD takes one step per "
+                             "Poisson sample of cases_per_step cases, so it needs more epochs for the same number of steps")
     parser.add_argument("--merge", nargs="+", type=Path, default=None,
                         help="only combine the privacy_curve.json files of earlier (e.g. parallel) runs into --out")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/privacy"))
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "omnifm_privacy_cache")
     args = parser.parse_args(argv)
     command = "python benchmarks/privacy_curve.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    if args.local_epochs is not None:
+        if args.local_epochs < 1:
+            parser.error(f"--local-epochs must be >= 1, got {args.local_epochs}")
+        TRAIN["local_epochs"] = args.local_epochs  # the runs and the table's setup line read TRAIN
     args.out.mkdir(parents=True, exist_ok=True)
     if args.merge:
         return merge(args.merge, args.out, command)
