@@ -186,6 +186,9 @@ def _apply(config: dict, key: str, value: Any, where: str) -> str:
         config[key] = value
         return f"{where}: {key} = {json.dumps(value)}"
     comp_id, arg = key.split(".")
+    if isinstance(config.get(comp_id), dict):  # a top-level section, e.g. server.task_request_interval
+        config[comp_id][arg] = value
+        return f"{where}: {comp_id}.{arg} = {json.dumps(value)}"
     matches = [c for c in _components(config) if c.get("id") == comp_id]
     if not matches:
         ids = sorted(c.get("id", "?") for c in _components(config))

@@ -117,6 +117,18 @@ def test_set_overrides_top_level_variables_and_component_args(tmp_path):
     assert job.name == "tiny" and _json(job / "meta.json")["name"] == "tiny"
 
 
+def test_set_reaches_a_top_level_section_and_the_jobs_ship_the_short_round_settings(tmp_path):
+    """Issue 13, item 24: ``server.task_request_interval`` is a top-level section of the server config."""
+    shipped = _json(SOURCE / "app" / "config" / "config_fed_server.json")
+    assert shipped["server"] == {"task_request_interval": 0.5}
+    flows = {w["id"]: w["args"] for w in shipped["workflows"]}
+    assert flows["scatter_and_gather"]["snapshot_every_n_rounds"] == 0
+    assert flows["scatter_and_gather"]["task_check_period"] == flows["final_evaluation"]["task_check_period"] == 0.1
+    overrides = [parse_assignment("server:server.task_request_interval=2.0")]
+    job, _ = build_job(SOURCE, tmp_path, BuildSpec(mode="installed", overrides=overrides))
+    assert _json(job / "app" / "config" / "config_fed_server.json")["server"] == {"task_request_interval": 2.0}
+
+
 @pytest.mark.parametrize("mode", ["installed", "byoc"])
 def test_built_job_passes_the_job_config_checks(tmp_path, mode):
     checks = _load_config_checks()
