@@ -69,3 +69,33 @@ def test_he_job_without_context_files_fails_with_the_missing_file_named(tmp_path
     assert "omnifm-he-context <workspace>/startup" in log, "the failure names the fix"
     assert proc.returncode != 0
     assert not (tmp_path / "ws/server/simulate_job/app_server" / ENCRYPTED_MODEL_FILE).exists()
+
+
+@pytest.mark.he
+@pytest.mark.slow
+def test_dp_and_he_together_train_encrypted_with_epsilon_reported_and_no_bank(tmp_path):
+    """Issue 12, item 6: DP-SGD at the sites (jobs/omnifm_seg_dp's settings) inside the HE job: the server
+    averages CKKS ciphertexts of DP-trained weights, every site reports epsilon, no bank entry is uploaded."""
+    job = tmp_path / "omnifm_seg_he"
+    shutil.copytree(JOB, job)
+    _shrink(job, "omnifm")
+    dp_client = json.loads((JOB.parent / "omnifm_seg_dp" / "app/config/config_fed_client.json").read_text())
+    dp = {**dp_client["executors"][0]["executor"]["args"]["dp"], "cases_per_step": 2, "slices_per_case": 2}
+    client_path = job / "app/config/config_fed_client.json"
+    client = json.loads(client_path.read_text())
+    client["executors"][0]["executor"]["args"]["dp"] = dp
+    client_path.write_text(json.dumps(client))
+    workspace = tmp_path / "ws"
+    tool = subprocess.run([sys.executable, "-m", "omnifm.tools.he_context", str(workspace / "startup")],
+                          capture_output=True, text=True, timeout=120)
+    assert tool.returncode == 0, tool.stderr
+    proc = _simulate(job, workspace)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-4000:]
+    assert log.count("encrypted mean of 2 sites") == 2 and "rejected contribution" not in log
+    assert log.count("DP (unit: case") == 2 * len(SITES), log[-4000:]
+    app = workspace / "server/simulate_job/app_server"
+    assert not (app / "FL_global_model.pt").exists(), "the server holds no plaintext model in HE mode"
+    assert torch.load(app / ENCRYPTED_MODEL_FILE, weights_only=True)["round"] == 1
+    bank = torch.load(app / "knowledge_bank.pt", weights_only=True)["bank"]
+    assert bank["prototypes"].shape[0] == 0, "DP mode sends no bank entries, in HE mode too"
