@@ -22,6 +22,17 @@ from test_simulator import SITES, _shrink, _simulate  # noqa: E402  (same folder
 JOB = Path(__file__).resolve().parents[2] / "jobs" / "omnifm_seg_he"
 
 
+def _simulate_with_contexts(job: Path, workspace: Path) -> str:
+    """Write the TenSEAL contexts into the workspace's startup/ (omnifm-he-context), run the simulator; its log."""
+    tool = subprocess.run([sys.executable, "-m", "omnifm.tools.he_context", str(workspace / "startup")],
+                          capture_output=True, text=True, timeout=120)
+    assert tool.returncode == 0, tool.stderr
+    proc = _simulate(job, workspace)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-4000:]
+    return log
+
+
 @pytest.mark.he
 @pytest.mark.slow
 def test_he_job_trains_persists_encrypted_and_evaluates(tmp_path):
@@ -29,12 +40,7 @@ def test_he_job_trains_persists_encrypted_and_evaluates(tmp_path):
     shutil.copytree(JOB, job)
     _shrink(job, "omnifm")
     workspace = tmp_path / "ws"
-    tool = subprocess.run([sys.executable, "-m", "omnifm.tools.he_context", str(workspace / "startup")],
-                          capture_output=True, text=True, timeout=120)
-    assert tool.returncode == 0, tool.stderr
-    proc = _simulate(job, workspace)
-    log = proc.stdout + proc.stderr
-    assert proc.returncode == 0, log[-4000:]
+    log = _simulate_with_contexts(job, workspace)
 
     app = workspace / "server/simulate_job/app_server"
     assert not (app / "FL_global_model.pt").exists(), "the server holds no plaintext model in HE mode"
@@ -86,12 +92,7 @@ def test_dp_and_he_together_train_encrypted_with_epsilon_reported_and_no_bank(tm
     client["executors"][0]["executor"]["args"]["dp"] = dp
     client_path.write_text(json.dumps(client))
     workspace = tmp_path / "ws"
-    tool = subprocess.run([sys.executable, "-m", "omnifm.tools.he_context", str(workspace / "startup")],
-                          capture_output=True, text=True, timeout=120)
-    assert tool.returncode == 0, tool.stderr
-    proc = _simulate(job, workspace)
-    log = proc.stdout + proc.stderr
-    assert proc.returncode == 0, log[-4000:]
+    log = _simulate_with_contexts(job, workspace)
     assert log.count("encrypted mean of 2 sites") == 2 and "rejected contribution" not in log
     assert log.count("DP (unit: case") == 2 * len(SITES), log[-4000:]
     app = workspace / "server/simulate_job/app_server"
