@@ -57,11 +57,12 @@ QUICK_ALGORITHMS = ("omnifm", "fedper", "local", "central")
 # The hard case (native T1 added as a sixth site) with fewer methods: the references and the closest peers.
 HARD_CASE_ALGORITHMS = ("omnifm", "fedper", "local", "central")
 ABLATIONS = ("omnifm-noretrieval", "omnifm-noeca", "omnifm-noprompt", "omnifm-noalign")
-# lambda (SPAlign + variance floor weight) against the default 0.1, read on validation Dice; top_k was
-# dropped from the full grid for time (2 cores): add ("omnifm top_k=1", {"top_k": 1}) here to measure it.
+# lambda (SPAlign + variance floor weight) and top_k against the defaults 0.1 and 2, read on validation Dice.
 SENSITIVITY: tuple[tuple[str, dict[str, Any]], ...] = (
     ("omnifm lambda=0.01", {"align_weight": 0.01}),
     ("omnifm lambda=1", {"align_weight": 1.0}),
+    ("omnifm top_k=1", {"top_k": 1}),
+    ("omnifm top_k=4", {"top_k": 4}),
 )
 REFERENCE = "omnifm"  # the method every paired comparison is against
 
