@@ -36,6 +36,8 @@ sys.path.insert(0, str(REPO / "tests" / "deployment"))
 
 import deploy_harness as H  # noqa: E402  (the deployment tests' harness)
 
+from omnifm.bench.flare import round_times  # noqa: E402
+
 SITES = ("site-1", "site-2")
 STAMP = re.compile(r"^(\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2},\d{3})")
 FLARE_DEFAULTS = {"task_request_interval": 2.0, "task_check_period": 0.5, "snapshot_every_n_rounds": 1}
@@ -50,10 +52,10 @@ def _lines(log: str, pattern: str) -> list[float]:
 
 
 def round_costs(server_log: str, site_logs: dict[str, str]) -> list[dict[str, float]]:
-    """Per round: server round seconds, the slowest site's own seconds, and the difference."""
-    started, finished = _lines(server_log, r"Round \d+ started\."), _lines(server_log, r"Round \d+ finished\.")
+    """Per round: server round seconds (:func:`omnifm.bench.flare.round_times`), the slowest site's own
+    seconds, and the difference."""
     rows = []
-    for rnd, (t0, t1) in enumerate(zip(started, finished)):
+    for rnd, round_s in enumerate(round_times(server_log)):
         work = []
         for site, log in site_logs.items():
             got = _lines(log, r"got task assignment: name=train")
@@ -61,7 +63,7 @@ def round_costs(server_log: str, site_logs: dict[str, str]) -> list[dict[str, fl
             if rnd < len(got) and done:
                 work.append(done[0] - got[rnd])
         if work:
-            rows.append({"round": rnd, "round_s": t1 - t0, "site_s": max(work), "fixed_s": t1 - t0 - max(work)})
+            rows.append({"round": rnd, "round_s": round_s, "site_s": max(work), "fixed_s": round_s - max(work)})
     return rows
 
 

@@ -186,14 +186,14 @@ def _apply(config: dict, key: str, value: Any, where: str) -> str:
         config[key] = value
         return f"{where}: {key} = {json.dumps(value)}"
     comp_id, arg = key.split(".")
-    if isinstance(config.get(comp_id), dict):  # a top-level section, e.g. server.task_request_interval
-        config[comp_id][arg] = value
-        return f"{where}: {comp_id}.{arg} = {json.dumps(value)}"
-    matches = [c for c in _components(config) if c.get("id") == comp_id]
-    if not matches:
-        ids = sorted(c.get("id", "?") for c in _components(config))
-        raise ValueError(f"--set {key}: {where} has no component {comp_id!r} (has {ids})")
-    matches[0].setdefault("args", {})[arg] = value
+    target = config.get(comp_id)  # a top-level section, e.g. server.task_request_interval, or a component
+    if not isinstance(target, dict):
+        matches = [c for c in _components(config) if c.get("id") == comp_id]
+        if not matches:
+            ids = sorted(c.get("id", "?") for c in _components(config))
+            raise ValueError(f"--set {key}: {where} has no component {comp_id!r} (has {ids})")
+        target = matches[0].setdefault("args", {})
+    target[arg] = value
     return f"{where}: {comp_id}.{arg} = {json.dumps(value)}"
 
 
