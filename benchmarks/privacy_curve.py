@@ -39,7 +39,7 @@ from omnifm.bench.runner import RunConfig, run_one
 from omnifm.bench.settings import DataConfig, load_federation
 from omnifm.engine import SiteTrainer, TrainConfig
 from omnifm.engine.train import train_epoch
-from omnifm.task import SegTask
+from omnifm.tasks.segmentation import SegTask
 
 ALGORITHMS = ("omnifm", "fedavg", "fedper")
 EPSILONS = (1.0, 3.0, 8.0, math.inf)

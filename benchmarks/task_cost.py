@@ -28,7 +28,7 @@ import omnifm.fl.executor  # noqa: F401
 imports = time.perf_counter() - t
 from omnifm.data import cache, site
 from omnifm.data.site import load_site_data, simulator_config
-from omnifm.task import SegTask
+from omnifm.tasks.segmentation import SegTask
 ws, cases, shape, use_cache = Path(sys.argv[1]), int(sys.argv[2]), tuple(map(int, sys.argv[3:6])), sys.argv[6] == "1"
 config = simulator_config("site-1", cases, shape, 0.25, 0)
 if not use_cache:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from omnifm.data.site_config import FORMATS, SiteConfig, load_site_config, parse_site_config
-from omnifm.task import BRATS_CLASSES
+from omnifm.tasks.segmentation import BRATS_CLASSES
 
 authorizer_module = pytest.importorskip("nvflare.app_common.widgets.component_path_authorizer")
 policy_module = pytest.importorskip("nvflare.app_common.default_component_policy")

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from omnifm.task import BRATS_CLASSES, SegTask
+from omnifm.tasks.segmentation import BRATS_CLASSES, SegTask
 
 
 def test_brats_regions_from_class_indices():

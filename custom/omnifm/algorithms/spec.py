@@ -13,8 +13,8 @@ import torch
 from torch import nn
 
 from omnifm.algorithms.registry import Algorithm, get_algorithm
-from omnifm.models import OmniFM, build_seg_model
-from omnifm.task import SegTask
+from omnifm.models import OmniFM
+from omnifm.tasks import get_task
 from omnifm.validation import check_int, check_range
 
 SPEC_KEYS = ("algorithm", "task", "model", "omnifm", "top_k", "align_weight", "num_prototypes", "prox_mu", "seed")
@@ -40,10 +40,10 @@ def make_run_spec(
 
     Args:
         algorithm: registry name (``omnifm``, ``fedavg``, ...).
-        task: ``{"classes": [...], "regions": {...}}`` (see :class:`~omnifm.task.SegTask`);
-            default BraTS (background, necrotic, edema, enhancing; regions WT, TC, ET).
-        model: UNet arguments, see :func:`omnifm.models.build_seg_model`; ``out_channels`` is the
-            number of classes.
+        task: ``{"name": <task>, ...}`` (see :mod:`omnifm.tasks`); default segmentation with the
+            BraTS classes (background, necrotic, edema, enhancing; regions WT, TC, ET).
+        model: the task network's arguments (segmentation: UNet arguments, see
+            :func:`omnifm.tasks.segmentation.network.build_seg_model`); the task checks them.
         omnifm: :class:`~omnifm.models.OmniFMConfig` sizes; the algorithm's module switches win.
         top_k: prototypes retrieved per image (paper default 2).
         align_weight: lambda of the spectral-proximal alignment term.
@@ -57,13 +57,8 @@ def make_run_spec(
             remaining local epochs train the body (``fedrep`` only; see :func:`omnifm.algorithms.fedrep.head_steps`).
     """
     get_algorithm(algorithm)
-    seg_task = SegTask.from_dict(task)
-    model = dict(model or {})
-    if model.setdefault("out_channels", len(seg_task.classes)) != len(seg_task.classes):
-        raise ValueError(
-            f"model.out_channels is {model['out_channels']} but the task has {len(seg_task.classes)} classes; "
-            "drop out_channels, it follows the classes"
-        )
+    the_task = get_task(task)
+    model = the_task.check_model(dict(model or {}))
     top_k = check_int("top_k", top_k)
     if align_weight < 0:
         raise ValueError(f"align_weight must be >= 0, got {align_weight!r}")
@@ -75,7 +70,7 @@ def make_run_spec(
     fedrep_head_epochs = check_int("fedrep_head_epochs", fedrep_head_epochs)
     return {
         "algorithm": algorithm,
-        "task": seg_task.to_dict(),
+        "task": the_task.to_dict(),
         "model": model,
         "omnifm": dict(omnifm or {}),
         "top_k": top_k,
@@ -103,17 +98,15 @@ def check_run_spec(spec: Any) -> dict[str, Any]:
 def build_model(spec: dict[str, Any]) -> OmniFM:
     """The model a spec describes, with the spec's seeded initial weights.
 
-    An algorithm with ``affine_norm`` (FedBN) turns the default non-affine ``instance`` norm into
-    ``batch`` norm, so its network has affine normalisation parameters (and running statistics)
-    that the other algorithms' networks do not have.
+    The task builds the network (:meth:`omnifm.tasks.Task.build_network`). An algorithm with
+    ``affine_norm`` (FedBN) asks for affine normalisation layers with running statistics (the
+    segmentation UNet's default non-affine ``instance`` norm becomes ``batch`` norm).
     """
     algo = get_algorithm(spec["algorithm"])
-    model = dict(spec["model"])
-    if algo.affine_norm and model.get("norm", "instance") == "instance":
-        model["norm"] = "batch"
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(spec["seed"])
-        return build_seg_model(model, {**spec["omnifm"], **algo.modules})
+        omnifm = {**spec["omnifm"], **algo.modules}
+        return get_task(spec["task"]).build_network(dict(spec["model"]), omnifm, algo.affine_norm)
 
 
 def shared_state(model: nn.Module, algo: Algorithm) -> dict[str, torch.Tensor]:

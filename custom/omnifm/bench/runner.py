@@ -48,7 +48,7 @@ from omnifm.data.site import SiteData
 from omnifm.engine import Retriever, SiteTrainer, TrainConfig, evaluate_volumes
 from omnifm.engine.central import train_central
 from omnifm.knowledge import KnowledgeBank
-from omnifm.task import SegTask
+from omnifm.tasks import get_task
 
 Progress = Callable[[str], None]
 DICE_KEYS = ("dice", "dice_WT", "dice_TC", "dice_ET")
@@ -118,7 +118,7 @@ def run_one(config: RunConfig, cache_dir: str | Path, progress: Progress | None 
     progress = progress or (lambda line: None)
     start = time.perf_counter()
     spec = config.spec()
-    sites, summary = load_federation(config.setting, config.data, config.seed, cache_dir, SegTask.from_dict(spec["task"]))
+    sites, summary = load_federation(config.setting, config.data, config.seed, cache_dir, get_task(spec["task"]))
     data_s = time.perf_counter() - start
     if get_algorithm(config.algorithm).federated:
         rounds, diagnostics, test = _federated(config, spec, sites, progress)
@@ -309,7 +309,7 @@ def _central(
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, dict[str, float]]]:
     """:func:`~omnifm.engine.central.train_central` on the pooled training cases; Dice on each site's
     own validation cases every round, on its test cases once at the end."""
-    device, task = torch.device("cpu"), SegTask.from_dict(spec["task"])
+    device, task = torch.device("cpu"), get_task(spec["task"])
     history: list[dict[str, Any]] = []
     clock = [time.perf_counter()]
 

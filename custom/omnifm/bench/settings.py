@@ -37,7 +37,7 @@ from omnifm.data.loading import split_cases
 from omnifm.data.phantom import read_phantom_manifest, write_phantom_site
 from omnifm.data.site import BRATS_LABEL_MAP, SiteData, load_site_data, simulator_config, site_index
 from omnifm.data.site_config import SiteConfig, parse_site_config
-from omnifm.task import SegTask
+from omnifm.tasks import Task
 from omnifm.validation import check_int, check_range
 
 HARD_MODALITY = "t1"
@@ -103,7 +103,7 @@ def site_names(sites: int) -> list[str]:
 
 
 def load_federation(
-    setting: str, data: DataConfig, seed: int, root: str | Path, task: SegTask
+    setting: str, data: DataConfig, seed: int, root: str | Path, task: Task
 ) -> tuple[dict[str, SiteData], dict[str, dict[str, Any]]]:
     """Write (or reuse) a setting's phantom under ``root`` and load every site like a FLARE client.
 

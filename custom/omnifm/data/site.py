@@ -21,7 +21,8 @@ from omnifm.data.loading import split_cases
 from omnifm.data.normalize import normalize_intensity
 from omnifm.data.phantom import BRATS_LABELS, modality_for_site, write_phantom_site
 from omnifm.data.site_config import SITE_CONFIG_NAME, SiteConfig, SiteConfigError, load_site_config, parse_site_config
-from omnifm.task import BRATS_CLASSES, SegTask
+from omnifm.tasks import Task
+from omnifm.tasks.segmentation import BRATS_CLASSES
 
 # The phantom's raw BraTS values (0, 1, 2, 4) named as the default task's classes.
 BRATS_LABEL_MAP = {str(value): name for value, name in zip(BRATS_LABELS, BRATS_CLASSES)}
@@ -93,7 +94,7 @@ def _phantom_root(config: SiteConfig, workspace_root: Path, site_name: str) -> S
 _CACHE: dict[tuple, SiteData] = {}
 
 
-def load_site_data(config: SiteConfig, workspace_root: str | Path, site_name: str, task: SegTask) -> SiteData:
+def load_site_data(config: SiteConfig, workspace_root: str | Path, site_name: str, task: Task) -> SiteData:
     """Resolve, verify, load and split a site's cases (cached per process and datalist version).
 
     The FLARE simulator rebuilds a site's executor for every task; the cache keeps the integrity
@@ -106,17 +107,17 @@ def load_site_data(config: SiteConfig, workspace_root: str | Path, site_name: st
     synthetic = config.format == "phantom"
     if synthetic:
         config = _phantom_root(config, Path(workspace_root), site_name)
-    key = (config, site_name, task.classes, _mtime(config.datalist_path))
+    key = (config, site_name, task.label_classes, _mtime(config.datalist_path))
     if key not in _CACHE:
         _CACHE[key] = _phantom_cached(config, site_name, task) if synthetic else _verified_site_data(config, task, synthetic)
     return _CACHE[key]
 
 
-def _phantom_cached(config: SiteConfig, site_name: str, task: SegTask) -> SiteData:
+def _phantom_cached(config: SiteConfig, site_name: str, task: Task) -> SiteData:
     """A phantom site's data through the on-disk cache next to the phantom (:mod:`omnifm.data.cache`)."""
     from omnifm.data import cache
 
-    key = cache.cache_key(config, site_name, task.classes, resolve_cases(config), config.datalist_path)
+    key = cache.cache_key(config, site_name, task.label_classes, resolve_cases(config), config.datalist_path)
     fields, _ = cache.cached(config.data_root, key,
                              lambda: dataclasses.asdict(_verified_site_data(config, task, synthetic=True)))
     return SiteData(**fields)
@@ -126,9 +127,9 @@ def _mtime(path: Path | None) -> float:
     return path.stat().st_mtime if path is not None and path.is_file() else -1.0
 
 
-def _verified_site_data(config: SiteConfig, task: SegTask, synthetic: bool) -> SiteData:
+def _verified_site_data(config: SiteConfig, task: Task, synthetic: bool) -> SiteData:
     cases = resolve_cases(config)
-    report = verify_cases(cases, config, list(task.classes), keep_loaded=True, normalize=False)
+    report = verify_cases(cases, config, list(task.label_classes), keep_loaded=True, normalize=False)
     if not report.usable:
         raise SiteConfigError("no usable cases at this site:\n" + "\n".join(report.lines()))
     volumes = [_normalized(report.loaded[i], cases[i]["modality"], config) for i in report.good]

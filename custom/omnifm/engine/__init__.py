@@ -1,6 +1,6 @@
 """Framework-free train/evaluate loops and the per-site round logic."""
 
-from omnifm.engine.evaluate import evaluate_volumes, predict_volume
+from omnifm.engine.evaluate import case_logits, evaluate_volumes, predict_case
 from omnifm.engine.retrieval import Retrieved, Retriever
 from omnifm.engine.site import RoundResult, SiteTrainer, TrainConfig, round_seed, select_device
 from omnifm.engine.central import train_central
@@ -8,5 +8,5 @@ from omnifm.engine.train import EpochStats, train_epoch
 
 __all__ = [
     "EpochStats", "Retrieved", "Retriever", "RoundResult", "SiteTrainer", "TrainConfig",
-    "evaluate_volumes", "predict_volume", "round_seed", "select_device", "train_central", "train_epoch",
+    "case_logits", "evaluate_volumes", "predict_case", "round_seed", "select_device", "train_central", "train_epoch",
 ]

@@ -9,8 +9,8 @@ the product (site log, TensorBoard, the metrics sent to the server, benchmark JS
 - ``retrieval_own_share``: fraction of retrieved entries whose owner is this site (1.0 = the bank
   only hands a site back its own knowledge).
 - ``retrieved_age_rounds``: mean age of the retrieved entries (rounds since the uploads that made them).
-- ``placebo_dice_delta`` / ``placebo_logit_rel``: validation Dice with the real retrieval minus
-  Dice with the retrieved content replaced by noise (:func:`omnifm.engine.retrieval.placebo`), and
+- ``placebo_dice_delta`` (``placebo_<headline>_delta`` for other tasks) / ``placebo_logit_rel``:
+  the validation headline metric with the real retrieval minus the same with the retrieved content replaced by noise (:func:`omnifm.engine.retrieval.placebo`), and
   the mean absolute logit change relative to the mean absolute logit. ~0 = the model ignores
   what it retrieves.
 """
@@ -23,11 +23,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from omnifm.data import volume_slices
-from omnifm.engine.evaluate import region_dice
+from omnifm.engine.evaluate import case_logits
 from omnifm.engine.retrieval import Retriever
 from omnifm.knowledge import KnowledgeBank
-from omnifm.task import SegTask
+from omnifm.tasks import Task
 
 __all__ = ["mean_pairwise_cosine", "placebo_effect", "retrieval_stats"]
 
@@ -59,18 +58,18 @@ def retrieval_stats(bank: KnowledgeBank | None, retrieved_ids: list[torch.Tensor
     return {"retrieval_own_share": float(own), "retrieved_age_rounds": float(ages.double().mean())}
 
 
-@torch.no_grad()
 def placebo_effect(
     model: nn.Module,
     volumes: list[dict[str, np.ndarray]],
     device: torch.device,
     real: Retriever,
     fake: Retriever,
-    task: SegTask,
+    task: Task,
 ) -> dict[str, float]:
-    """``placebo_dice_delta`` and ``placebo_logit_rel`` of ``model`` on ``volumes`` ({} without volumes).
+    """``placebo_<headline>_delta`` and ``placebo_logit_rel`` of ``model`` on ``volumes`` ({} without volumes).
 
-    One pass per retriever over each case's slices gives both the logits and the Dice predictions.
+    One pass per retriever over each case's inputs gives both the logits and the task's predictions
+    (segmentation: ``placebo_dice_delta``).
     """
     if not volumes:
         return {}
@@ -78,29 +77,11 @@ def placebo_effect(
     preds: tuple[list, list] = ([], [])
     diff = size = 0.0
     for case in volumes:
-        x = _inputs(model, case["image"]).to(device)
-        token = model.spectral_token(x)
-        logits = [_logits(model, x, token, retriever) for retriever in (real, fake)]
+        x = task.case_inputs(model, case)
+        logits = [case_logits(model, x, device, retriever, batch_size=len(x)) for retriever in (real, fake)]
         diff += float((logits[0] - logits[1]).abs().mean())
         size += float(logits[0].abs().mean())
         for out, value in zip(preds, logits):
-            out.append(_label_map(model, value))
-    labels = [case["label"] for case in volumes]
-    dice_real, dice_fake = (region_dice(p, labels, task)["dice"] for p in preds)
-    return {"placebo_dice_delta": dice_real - dice_fake, "placebo_logit_rel": diff / max(size, 1e-12)}
-
-
-def _inputs(model: nn.Module, image: np.ndarray) -> torch.Tensor:
-    """A case as the model's batch: its axial slices (2D models) or the volume (3D)."""
-    return volume_slices(image) if model.network.dimensions == 2 else torch.as_tensor(image)[None]
-
-
-def _label_map(model: nn.Module, logits: torch.Tensor) -> torch.Tensor:
-    """(D, classes, H, W) slice logits or (1, classes, H, W, D) -> the (1, H, W, D) label map."""
-    labels = logits.argmax(dim=1, keepdim=True).cpu()
-    return labels.permute(1, 2, 3, 0) if model.network.dimensions == 2 else labels[0]
-
-
-def _logits(model: nn.Module, x: torch.Tensor, token: torch.Tensor, retriever: Retriever) -> torch.Tensor:
-    got = retriever(token)
-    return model(x, prototypes=got.prototypes, spectral_token=token, values=got.values).logits
+            out.append(task.reduce(model, value, case))
+    score_real, score_fake = (task.score(p, volumes)[task.headline] for p in preds)
+    return {f"placebo_{task.headline}_delta": score_real - score_fake, "placebo_logit_rel": diff / max(size, 1e-12)}

@@ -1,36 +1,35 @@
-"""Whole-volume evaluation with MONAI's Dice metric."""
+"""Evaluation of a model on a site's cases, whatever the task (the task scores the predictions)."""
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
-from monai.metrics import DiceMetric
 from torch import nn
 
-from omnifm.data import volume_slices
 from omnifm.engine.retrieval import Retriever
-from omnifm.task import SegTask
+from omnifm.tasks import Task
 
 
 @torch.no_grad()
-def predict_volume(
-    model: nn.Module, image: np.ndarray, device: torch.device, retriever: Retriever | None, batch_size: int = 32
+def case_logits(
+    model: nn.Module, x: torch.Tensor, device: torch.device, retriever: Retriever | None, batch_size: int = 32
 ) -> torch.Tensor:
-    """Label map (1, H, W, D) for a (C, H, W, D) volume, slice by slice for 2D models."""
-    if model.network.dimensions == 3:
-        return _predict(model, torch.as_tensor(image)[None].to(device), retriever)[0]
-    slices = volume_slices(image)
-    preds = [_predict(model, chunk.to(device), retriever) for chunk in torch.split(slices, batch_size)]
-    return torch.cat(preds).permute(1, 2, 3, 0)  # (D, 1, H, W) -> (1, H, W, D)
+    """The model's logits (CPU) on an input batch ``x``, run in chunks of ``batch_size``."""
+    return torch.cat([_logits(model, chunk.to(device), retriever).cpu() for chunk in torch.split(x, batch_size)])
 
 
-def _predict(model: nn.Module, x: torch.Tensor, retriever: Retriever | None) -> torch.Tensor:
+def _logits(model: nn.Module, x: torch.Tensor, retriever: Retriever | None) -> torch.Tensor:
     token = model.spectral_token(x)
     got = retriever(token) if retriever is not None else None
     prototypes, values = (got.prototypes, got.values) if got is not None else (None, None)
-    return model(x, prototypes=prototypes, spectral_token=token, values=values).logits.argmax(dim=1, keepdim=True).cpu()
+    return model(x, prototypes=prototypes, spectral_token=token, values=values).logits
+
+
+def predict_case(
+    model: nn.Module, case: dict[str, np.ndarray], device: torch.device, retriever: Retriever | None, task: Task
+) -> object:
+    """The task's compact prediction of one case (segmentation: its (1, H, W, D) label map)."""
+    return task.reduce(model, case_logits(model, task.case_inputs(model, case), device, retriever), case)
 
 
 def evaluate_volumes(
@@ -38,29 +37,8 @@ def evaluate_volumes(
     volumes: list[dict[str, np.ndarray]],
     device: torch.device,
     retriever: Retriever | None,
-    task: SegTask,
+    task: Task,
 ) -> dict[str, float]:
-    """Dice per report region (MONAI ``DiceMetric``), averaged over the volumes that contain the region.
-
-    Returns ``{"dice": mean over regions, "dice_<region>": ..., "cases": volumes evaluated}``; a
-    region no volume contains is NaN and left out of ``dice``.
-    """
+    """The task's metrics of ``model`` on ``volumes`` (:meth:`omnifm.tasks.Task.score`; ``task.headline`` among them)."""
     model.eval()
-    preds = [predict_volume(model, case["image"], device, retriever) for case in volumes]
-    return region_dice(preds, [case["label"] for case in volumes], task)
-
-
-def region_dice(preds: list[torch.Tensor], labels: list[np.ndarray], task: SegTask) -> dict[str, float]:
-    """:func:`evaluate_volumes`'s scores for given label-map predictions ``(1, H, W, D)`` and labels."""
-    metric = DiceMetric(include_background=True, reduction="none", ignore_empty=True)
-    for pred, label in zip(preds, labels):
-        metric(task.region_masks(pred[None]), task.region_masks(torch.as_tensor(label).long()[None]))
-    scores = metric.aggregate() if preds else torch.full((0, len(task.regions)), math.nan)
-    metric.reset()
-    per_region = {f"dice_{name}": _nanmean(scores[:, i]) for i, name in enumerate(task.regions)}
-    return {"dice": _nanmean(torch.tensor(list(per_region.values()))), **per_region, "cases": len(preds)}
-
-
-def _nanmean(values: torch.Tensor) -> float:
-    valid = values[~torch.isnan(values)]
-    return float(valid.mean()) if valid.numel() else math.nan
+    return task.score([predict_case(model, case, device, retriever, task) for case in volumes], volumes)

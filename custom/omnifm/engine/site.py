@@ -19,7 +19,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from monai.losses import DiceCELoss
 from torch import nn
 
 from omnifm.algorithms import build_model, get_algorithm
@@ -27,7 +26,6 @@ from omnifm.algorithms.server import AMPLITUDES, CONTROL_PREFIX, Upload, to_plai
 from omnifm.algorithms.rule import site_rule
 from omnifm.algorithms.spec import shared_state
 from omnifm.checkpoint import atomic_torch_save
-from omnifm.data import SliceDataset
 from omnifm.data.amplitude import group_mean_amplitudes, interpolate_amplitude
 from omnifm.engine.diagnostics import mean_pairwise_cosine, placebo_effect, retrieval_stats
 from omnifm.engine.evaluate import evaluate_volumes
@@ -39,7 +37,7 @@ from omnifm.engine.train import EpochStats, train_epoch
 from omnifm.knowledge import KnowledgeBank, summarize_tokens
 from omnifm.knowledge.summaries import class_sums, summarize_entries
 from omnifm.losses import proximal_term
-from omnifm.task import SegTask
+from omnifm.tasks import get_task
 
 
 LR_SCHEDULES = ("cosine", "constant")
@@ -210,12 +208,12 @@ class SiteTrainer:
             self.optimizers["ditto"] = torch.optim.Adam(self.personal_model.parameters(), lr=config.learning_rate)
         for optimizer in self.optimizers.values():
             init_adam_state(optimizer)
-        self.loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
+        self.task = get_task(spec["task"])
+        self.loss_fn = self.task.loss()
         self.val_volumes = val_volumes
         self.test_volumes = list(test_volumes or [])
         self.site = site
-        self.task = SegTask.from_dict(spec["task"])
-        self.dataset = SliceDataset(train_volumes, keep_empty_fraction=config.keep_empty_fraction, seed=config.seed)
+        self.dataset = self.task.dataset(train_volumes, config.keep_empty_fraction, config.seed)
         self.loader = self._loader(0, stream=0)
         self.dp = self._privacy(train_volumes)
 
@@ -224,6 +222,8 @@ class SiteTrainer:
         if self.config.dp is None:
             return None
         reason = refusal(self.algorithm, self.model)
+        if not reason and not self.task.supports_dp:
+            reason = f"the {self.task.name} task has no case-level DP-SGD sampler (its task sets supports_dp = False)"
         if reason:
             raise ValueError(f"dp is set but {reason}")
         dp = SitePrivacy(self.config.dp, train_volumes, self.config.keep_empty_fraction, self.config.seed, self.logger)
@@ -364,7 +364,7 @@ class SiteTrainer:
         return Retriever(bank, self.spec["top_k"], mode or algo.retrieval, self.model.token_dim, seed)
 
     def evaluate(self, bank: KnowledgeBank | None, split: str = "val") -> dict[str, float]:
-        """Dice on the ``val`` (or ``test``) cases of the model this site would use (Ditto: its personal model).
+        """The task's metrics on the ``val`` (or ``test``) cases of the model this site uses (Ditto: its personal model).
 
         The test split is for the final report only; nothing (learning rate, rounds) may be chosen on it.
         """
@@ -497,8 +497,8 @@ class SiteTrainer:
     def _summaries(self) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, float]:
         """Bank uploads from the current (received) model: ``(keys, values, counts, token_cos_within)``.
 
-        Keys are k-means centroids of the training slices' spectral tokens, values their
-        class-conditional bottleneck-feature means (:mod:`omnifm.knowledge.summaries`); never one
+        Keys are k-means centroids of the training samples' spectral tokens, values their class-conditional
+        tapped-feature means over the task's value map (:mod:`omnifm.knowledge.summaries`); never one
         image's data (clusters of fewer than ``min_prototype_count`` slices are dropped).
         """
         model = self.model
@@ -513,7 +513,8 @@ class SiteTrainer:
             image = batch["image"].to(self.device)
             tokens.append(model.spectral_token(image).cpu())
             if model.value_dim:
-                class_sum, mass = class_sums(model.bottleneck_features(image).cpu(), batch["label"], len(self.task.classes))
+                value_map = self.task.value_map(batch)
+                class_sum, mass = class_sums(model.bottleneck_features(image).cpu(), value_map, self.task.value_classes)
                 sums.append(class_sum)
                 masses.append(mass)
         model.train(was_training)

@@ -22,7 +22,7 @@ from omnifm.engine.site import previous_personal_path, saved_round
 from omnifm.engine.privacy import DPBudgetExhausted
 from omnifm.fl import wire
 from omnifm.knowledge import KnowledgeBank
-from omnifm.task import SegTask
+from omnifm.tasks import get_task
 
 
 class OmniFMExecutor(Executor):
@@ -127,7 +127,7 @@ class OmniFMExecutor(Executor):
         scores = trainer.evaluate(bank, split=split)
         if trainer.dp is not None:  # the final epsilon goes into cross_val_results.json
             scores.update(trainer.dp.metrics())
-        self.log_info(fl_ctx, f"{fl_ctx.get_identity_name()}: final global model on the {split} split: {_dice_text(scores)}")
+        self.log_info(fl_ctx, f"{fl_ctx.get_identity_name()}: final global model on the {split} split: {trainer.task.describe(scores)}")
         return DXO(data_kind=DataKind.METRICS, data=scores).to_shareable()
 
     def _run_round(
@@ -153,12 +153,13 @@ class OmniFMExecutor(Executor):
             return make_reply(ReturnCode.TASK_ABORTED)
         after = trainer.evaluate(bank)
         trainer.save_personal(self._personal_path(trainer.spec, fl_ctx), current)
-        result.metrics.update({f"{k}_global": v for k, v in before.items() if k.startswith("dice")})
-        result.metrics.update({f"{k}_local": v for k, v in after.items() if k.startswith("dice")})
+        metrics = trainer.task.metric_names(before)
+        result.metrics.update({f"{k}_global": before[k] for k in metrics})
+        result.metrics.update({f"{k}_local": after[k] for k in metrics})
         self.log_info(
             fl_ctx,
-            f"round {current} {site}: received model {_dice_text(before)}; after local training "
-            f"{_dice_text(after)}; loss {result.metrics.get('loss', float('nan')):.4f}",
+            f"round {current} {site}: received model {trainer.task.describe(before)}; after local training "
+            f"{trainer.task.describe(after)}; loss {result.metrics.get('loss', float('nan')):.4f}",
         )
         if result.diagnostics:
             shown = " ".join(f"{k}={v:.4f}" for k, v in result.diagnostics.items())
@@ -220,7 +221,7 @@ class OmniFMExecutor(Executor):
         fallback = simulator_config(site, self.phantom_cases, self.phantom_shape, self.val_fraction, self.train_config.seed)
         simulate = bool(fl_ctx.get_prop(FLContextKey.SIMULATE_MODE, False))
         config, source = find_site_config(workspace.get_site_config_dir(), simulate, fallback)
-        data = load_site_data(config, workspace.get_root_dir(), site, SegTask.from_dict(spec["task"]))
+        data = load_site_data(config, workspace.get_root_dir(), site, get_task(spec["task"]))
         log = self.log_warning if data.synthetic else self.log_info
         log(fl_ctx, f"{site} data ({source}): {data.description}" + (" -- NOT patient data" if data.synthetic else ""))
         if data.skipped:
@@ -249,9 +250,3 @@ def _check_federated(spec: dict) -> None:
             f"algorithm {algo.name!r} is not a federated algorithm ({algo.description}); run it with the "
             "in-process benchmark (omnifm-bench / python -m omnifm.bench), not as a FLARE job"
         )
-
-
-def _dice_text(scores: dict[str, float]) -> str:
-    """``Dice 0.612 (WT 0.801 / TC 0.598 / ET 0.437), 6 cases``."""
-    regions = " / ".join(f"{k[5:]} {v:.3f}" for k, v in scores.items() if k.startswith("dice_"))
-    return f"Dice {scores['dice']:.3f} ({regions}), {scores['cases']} cases"

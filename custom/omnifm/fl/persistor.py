@@ -92,7 +92,7 @@ class OmniFMPersistor(ModelPersistor):
 
     Args:
         algorithm: a federated entry of :data:`omnifm.algorithms.ALGORITHMS` (``omnifm``, ``fedavg``, ``ditto``, ...).
-        task: class names and Dice report regions (default BraTS; see :class:`omnifm.task.SegTask`).
+        task: class names and Dice report regions (default BraTS; see :mod:`omnifm.tasks`).
         model: UNet arguments (``out_channels`` follows the task's classes).
         omnifm: OmniFM module sizes.
         top_k: prototypes retrieved per image.

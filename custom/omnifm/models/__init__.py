@@ -1,6 +1,6 @@
-"""Task models and the OmniFM wrapper."""
+"""The OmniFM wrapper around a task network, and the tap that connects the two."""
 
-from omnifm.models.factory import DEFAULT_SEG_MODEL, build_seg_model
 from omnifm.models.omnifm import OmniFM, OmniFMConfig, OmniFMOutput
+from omnifm.models.tap import BottleneckTap, NetworkAdapter
 
-__all__ = ["DEFAULT_SEG_MODEL", "OmniFM", "OmniFMConfig", "OmniFMOutput", "build_seg_model"]
+__all__ = ["BottleneckTap", "NetworkAdapter", "OmniFM", "OmniFMConfig", "OmniFMOutput"]

@@ -25,7 +25,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from omnifm.models.unet_adapter import decoder_modules, install_bottleneck_tap
+from omnifm.models.tap import NetworkAdapter
 from omnifm.modules import EmbeddingCrossAttention, PrefixSuffixPrompt, SpectralEncoder
 
 
@@ -78,27 +78,30 @@ class _Stop(Exception):
 
 
 class OmniFMOutput(NamedTuple):
-    """``logits``: (B, out_channels, *spatial); ``spectral_token``: (B, d_s) or None."""
+    """``logits``: the task network's output (segmentation: (B, classes, *spatial)); ``spectral_token``: (B, d_s) or None."""
 
     logits: torch.Tensor
     spectral_token: torch.Tensor | None
 
 
 class OmniFM(nn.Module):
-    """OmniFM around a MONAI UNet.
+    """OmniFM around a task network.
 
     Args:
-        network: a MONAI ``UNet``; its bottom block is tapped, its up-sampling blocks are the head.
+        network: the task network (a MONAI UNet, ResNet, ...).
+        adapter: where ``network`` is tapped (the block whose output is ``r``) and which modules
+            are its head (see :mod:`omnifm.models.tap`; each task brings its network's adapter).
         spatial_dims: 2 (slices) or 3 (volumes).
         in_channels: image channels.
-        token_dim: channels of the UNet bottleneck (``channels[-1]``).
+        token_dim: channels of the tapped feature map ``r``.
         config: module switches and sizes.
 
     Examples::
 
         >>> from monai.networks.nets import UNet
+        >>> from omnifm.tasks.segmentation.unet_adapter import UNetAdapter
         >>> net = UNet(2, 1, 2, channels=(8, 16, 32), strides=(2, 2))
-        >>> model = OmniFM(net, spatial_dims=2, in_channels=1, token_dim=32)
+        >>> model = OmniFM(net, UNetAdapter(), spatial_dims=2, in_channels=1, token_dim=32)
         >>> x = torch.randn(2, 1, 32, 32)
         >>> s = model.spectral_token(x)
         >>> out = model(x, prototypes=torch.randn(2, 2, 32), spectral_token=s)
@@ -107,12 +110,20 @@ class OmniFM(nn.Module):
     """
 
     def __init__(
-        self, network: nn.Module, spatial_dims: int, in_channels: int, token_dim: int, config: OmniFMConfig | None = None
+        self,
+        network: nn.Module,
+        adapter: NetworkAdapter,
+        spatial_dims: int,
+        in_channels: int,
+        token_dim: int,
+        config: OmniFMConfig | None = None,
     ) -> None:
         super().__init__()
         self.config = config or OmniFMConfig()
         self.network = network
-        self._tap = install_bottleneck_tap(network)
+        self.spatial_dims = spatial_dims
+        self._adapter = adapter
+        self._tap = adapter.install_tap(network)
         cfg = self.config
         self.token_dim = token_dim
         self.spectral_encoder = (
@@ -245,8 +256,8 @@ class OmniFM(nn.Module):
         return means.reshape(batch, k * classes, width), absent.reshape(batch, k * classes)
 
     def personal_parameter_names(self) -> set[str]:
-        """Names of the head ``h_psi`` (decoder) and the client suffix prompts ``c``."""
-        personal = {id(p) for m in decoder_modules(self.network) for p in m.parameters()}
+        """Names of the head ``h_psi`` (the adapter's head modules) and the client suffix prompts ``c``."""
+        personal = {id(p) for m in self._adapter.head_modules(self.network) for p in m.parameters()}
         if self.prompt is not None:
             personal.add(id(self.prompt.suffix))
         return {name for name, p in self.named_parameters() if id(p) in personal}

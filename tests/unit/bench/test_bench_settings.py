@@ -6,7 +6,7 @@ import pytest
 
 from omnifm.bench.settings import SETTINGS, DataConfig, check_setting, dirichlet_plan, load_federation, pick_cases
 from omnifm.data.loading import split_cases
-from omnifm.task import SegTask
+from omnifm.tasks.segmentation import SegTask
 
 
 @pytest.mark.parametrize("sites, cases, alpha, seed", [(3, 12, 0.5, 0), (4, 6, 0.5, 1), (2, 10, 100.0, 2)])

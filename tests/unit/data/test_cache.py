@@ -10,7 +10,7 @@ import pytest
 
 from omnifm.data import cache, site
 from omnifm.data.site import load_site_data, simulator_config
-from omnifm.task import SegTask
+from omnifm.tasks.segmentation import SegTask
 
 TASK = SegTask.from_dict(None)
 

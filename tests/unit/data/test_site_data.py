@@ -16,7 +16,7 @@ from omnifm.data.site import (
 from omnifm.data.integrity import resolve_cases
 from omnifm.data.loading import load_volumes
 from omnifm.data.site_config import SiteConfigError, parse_site_config
-from omnifm.task import SegTask
+from omnifm.tasks.segmentation import SegTask
 
 SHAPE = (32, 32, 8)
 

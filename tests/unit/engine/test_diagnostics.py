@@ -13,7 +13,7 @@ from omnifm.engine import Retrieved, Retriever, SiteTrainer, TrainConfig
 from omnifm.engine.diagnostics import mean_pairwise_cosine, retrieval_stats
 from omnifm.engine.retrieval import placebo
 from omnifm.knowledge import KnowledgeBank
-from omnifm.task import SegTask
+from omnifm.tasks.segmentation import SegTask
 
 
 def test_mean_pairwise_cosine_is_one_for_identical_tokens():

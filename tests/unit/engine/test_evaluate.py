@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from omnifm.engine import evaluate_volumes
-from omnifm.task import SegTask
+from omnifm.tasks.segmentation import SegTask
 
 
 class _Oracle(nn.Module):
@@ -16,8 +16,7 @@ class _Oracle(nn.Module):
     def __init__(self, prediction: np.ndarray, num_classes: int) -> None:
         super().__init__()
         self.prediction = torch.as_tensor(prediction).long()  # (1, H, W, D)
-        self.network = nn.Module()
-        self.network.dimensions, self.network.out_channels = 2, num_classes
+        self.spatial_dims, self.num_classes = 2, num_classes
         self.calls = 0
 
     def spectral_token(self, x):
@@ -28,7 +27,7 @@ class _Oracle(nn.Module):
         index = torch.arange(self.calls, self.calls + x.shape[0]) % depth
         self.calls += x.shape[0]
         labels = self.prediction[0].permute(2, 0, 1)[index]  # (b, H, W)
-        logits = nn.functional.one_hot(labels, self.network.out_channels).permute(0, 3, 1, 2).float()
+        logits = nn.functional.one_hot(labels, self.num_classes).permute(0, 3, 1, 2).float()
         return type("Out", (), {"logits": logits})()
 
 

@@ -4,7 +4,8 @@ import pytest
 import torch
 from monai.networks.nets import UNet
 
-from omnifm.models import OmniFM, build_seg_model
+from omnifm.models import OmniFM
+from omnifm.tasks.segmentation.network import build_seg_model
 
 SMALL = {"channels": [8, 16, 32], "strides": [2, 2]}
 

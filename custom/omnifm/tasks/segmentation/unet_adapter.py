@@ -8,36 +8,11 @@ sub), up)``; this module walks that structure instead of re-implementing the net
 
 from __future__ import annotations
 
-from typing import Callable
-
-import torch
 from monai.networks.layers import SkipConnection
 from monai.networks.nets import UNet
 from torch import nn
 
-Conditioner = Callable[[torch.Tensor], torch.Tensor]
-
-
-class BottleneckTap(nn.Module):
-    """Wraps the UNet bottom block and applies a per-call conditioner to its output.
-
-    Args:
-        block: the original bottom block.
-
-    The conditioner is set by :class:`~omnifm.models.omnifm.OmniFM` for the duration of one
-    forward call; without one the tap is the identity around ``block``.
-    """
-
-    def __init__(self, block: nn.Module) -> None:
-        super().__init__()
-        self.block = block
-        self.conditioner: Conditioner | None = None
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        features = self.block(x)
-        if self.conditioner is None:
-            return features
-        return self.conditioner(features)
+from omnifm.models.tap import BottleneckTap
 
 
 def _levels(unet: UNet) -> list[nn.Sequential]:
@@ -63,3 +38,13 @@ def install_bottleneck_tap(unet: UNet) -> BottleneckTap:
 def decoder_modules(unet: UNet) -> list[nn.Module]:
     """The up-sampling blocks of ``unet`` (its task head), outermost first."""
     return [level[2] for level in _levels(unet)]
+
+
+class UNetAdapter:
+    """OmniFM on a MONAI UNet: ``r`` is the bottleneck, the head is every up-sampling block."""
+
+    def install_tap(self, network: nn.Module) -> BottleneckTap:
+        return install_bottleneck_tap(network)
+
+    def head_modules(self, network: nn.Module) -> list[nn.Module]:
+        return decoder_modules(network)

@@ -1,4 +1,4 @@
-"""Build task models from a plain-dict model spec (the spec travels from the server to the sites)."""
+"""The segmentation network: a MONAI UNet wrapped as OmniFM, built from the run spec's ``model`` dict."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from typing import Any
 from monai.networks.nets import UNet
 
 from omnifm.models.omnifm import OmniFM, OmniFMConfig
+from omnifm.tasks.segmentation.unet_adapter import UNetAdapter
 
 DEFAULT_SEG_MODEL: dict[str, Any] = {
     "spatial_dims": 2,
@@ -58,4 +59,4 @@ def build_seg_model(model: dict[str, Any] | None = None, omnifm: dict[str, Any] 
         num_res_units=cfg["num_res_units"],
         norm=NORMS[cfg["norm"]],
     )
-    return OmniFM(unet, cfg["spatial_dims"], cfg["in_channels"], cfg["channels"][-1], omni_cfg)
+    return OmniFM(unet, UNetAdapter(), cfg["spatial_dims"], cfg["in_channels"], cfg["channels"][-1], omni_cfg)

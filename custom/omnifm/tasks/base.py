@@ -1,0 +1,102 @@
+"""The task protocol: everything the federated pipeline needs to know about one kind of task.
+
+The engine (:class:`~omnifm.engine.SiteTrainer`, training, evaluation, diagnostics), the OmniFM
+wrapper and the FLARE components never look inside a task. A task says
+
+- how a site's loaded cases become training samples (:meth:`Task.dataset`) and evaluation inputs
+  (:meth:`Task.case_inputs`),
+- which network it trains, where OmniFM taps it and which modules are the personal head
+  (:meth:`Task.build_network`, through a :class:`~omnifm.models.tap.NetworkAdapter`),
+- its loss, its metrics and the headline metric (:attr:`Task.headline`),
+- which per-sample class map the knowledge bank's class-conditional values are built from
+  (:meth:`Task.value_map`, :attr:`Task.value_classes`),
+- which label classes a site's label volumes must map to (:attr:`Task.label_classes`, checked by
+  the integrity gate) and whether DP-SGD covers it.
+
+A case, as every task receives it, is ``{"image": float32 (C, H, W, D), "label": uint8 (1, H, W, D)}``
+(the label volume holds :attr:`Task.label_classes` indices). Adding a task is one folder under
+``omnifm/tasks/``, one line in :data:`omnifm.tasks.TASKS` and one job folder (docs/ARCHITECTURE.md).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+Case = dict[str, np.ndarray]
+
+
+class Task(ABC):
+    """One task of the pipeline (see the module docstring). Subclasses are frozen dataclasses."""
+
+    name: ClassVar[str]
+    headline: ClassVar[str]  # the metric key model selection, summaries and the benchmark rank by
+    supports_dp: ClassVar[bool] = False
+
+    @classmethod
+    @abstractmethod
+    def from_dict(cls, spec: dict[str, Any]) -> Task:
+        """The task a run spec's ``task`` entry describes (``name`` already resolved)."""
+
+    @abstractmethod
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able description, ``{"name": ..., ...}``; ``from_dict(to_dict())`` is equal."""
+
+    @property
+    @abstractmethod
+    def label_classes(self) -> tuple[str, ...]:
+        """Class names a site's label volumes are mapped to (``label_map``; index 0 = background)."""
+
+    @property
+    @abstractmethod
+    def value_classes(self) -> int:
+        """Classes ``C`` of the knowledge bank's class-conditional values (0: keys-only bank)."""
+
+    @abstractmethod
+    def check_model(self, model: dict[str, Any]) -> dict[str, Any]:
+        """Validated model arguments with the task's fixed ones filled in.
+
+        Raises:
+            ValueError: an argument contradicts the task (naming it).
+        """
+
+    @abstractmethod
+    def build_network(self, model: dict[str, Any], omnifm: dict[str, Any], affine_norm: bool = False) -> nn.Module:
+        """The task network wrapped as :class:`~omnifm.models.OmniFM` (``affine_norm``: FedBN's norm layers)."""
+
+    @abstractmethod
+    def dataset(self, cases: list[Case], keep_empty_fraction: float, seed: int) -> Dataset:
+        """Training samples ``{"image": (C, H, W), "label": the loss's target}`` of a site's cases."""
+
+    @abstractmethod
+    def value_map(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Integer class map ``(B, 1, H, W)`` of a training batch, for the bank's class-conditional values."""
+
+    @abstractmethod
+    def loss(self) -> nn.Module:
+        """``loss(logits, batch["label"])`` -> scalar."""
+
+    @abstractmethod
+    def case_inputs(self, model: nn.Module, case: Case) -> torch.Tensor:
+        """``model``'s input batch for evaluating one case (e.g. its axial slices ``(D, C, H, W)``)."""
+
+    @abstractmethod
+    def reduce(self, model: nn.Module, logits: torch.Tensor, case: Case) -> Any:
+        """A compact prediction of one case from the model's logits on :meth:`case_inputs`."""
+
+    @abstractmethod
+    def score(self, predictions: list[Any], cases: list[Case]) -> dict[str, float]:
+        """Metrics over cases: ``{headline: ..., <other metrics>..., "cases": n}`` (NaN where undefined)."""
+
+    @abstractmethod
+    def describe(self, scores: dict[str, float]) -> str:
+        """One log line of :meth:`score`'s result, e.g. ``Dice 0.612 (WT 0.801 / ...), 6 cases``."""
+
+    def metric_names(self, scores: dict[str, float]) -> list[str]:
+        """The score keys that are metrics (reported per round as ``<name>_global`` / ``<name>_local``)."""
+        return [k for k in scores if k != "cases"]
