@@ -93,11 +93,11 @@ _POOL: dict[int, type[nn.Module]] = {2: nn.AdaptiveAvgPool2d, 3: nn.AdaptiveAvgP
 
 
 def standardize_rows(x: Tensor, eps: float = 1e-6) -> Tensor:
-    """Per-row standardisation ``(x - mean) / std`` of a ``(B, n)`` tensor (a constant row becomes 0).
+    """Per-row standardisation ``(x - mean) / (std + eps)`` of a ``(B, n)`` tensor (a constant row becomes 0).
 
     Examples::
 
-        >>> standardize_rows(torch.tensor([[1.0, 3.0], [2.0, 2.0]]))
+        >>> standardize_rows(torch.tensor([[1.0, 3.0], [2.0, 2.0]])).round(decimals=4)  # eps: 0.999999
         tensor([[-1.,  1.],
                 [ 0.,  0.]])
     """

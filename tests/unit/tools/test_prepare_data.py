@@ -169,12 +169,12 @@ def test_implausible_spacing_is_an_argument_error(tmp_path: Path, capsys) -> Non
 
 
 def test_a_write_failure_after_the_start_is_a_one_line_error(tmp_path: Path, monkeypatch, capsys) -> None:
-    from omnifm.data import ingest
+    from omnifm.data.ingest import prepare  # prepare_dataset looks _write_datalist up there
 
     def full_disk(out, entries):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(ingest, "_write_datalist", full_disk)
+    monkeypatch.setattr(prepare, "_write_datalist", full_disk)
     assert main(["--input", str(_nifti_export(tmp_path)), "--output", str(tmp_path / "out"), "--quiet"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "No space left on device" in err
