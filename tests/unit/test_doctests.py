@@ -23,10 +23,7 @@ _SEGTASK = (
     "to BRATS_REGIONS, not to the 'one region per class' the docstring describes (docstring or "
     "default to be settled by the task module's owner, issue 10)"
 )
-KNOWN_FAILURES = {
-    "omnifm.task": _SEGTASK,
-    "omnifm.tasks.segmentation.task": _SEGTASK,  # omnifm.task's new home in the issue-10 redesign
-}
+KNOWN_FAILURES = {"omnifm.tasks.segmentation.task": _SEGTASK}
 
 
 def _module_name(path: Path) -> str:
