@@ -21,6 +21,7 @@ import pytest
 import torch
 
 import deploy_harness as H
+from omnifm.fl.metrics_record import RECORD_FILE
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -117,9 +118,14 @@ def test_job_runs_and_persists_state(plain: Running, tmp_path: Path, mode: str) 
     job = H.build_job(H.REPO / "jobs" / "omnifm_seg", tmp_path / "build", mode, 2)
     assert (job / "app" / "custom" / "omnifm").is_dir() == (mode == "byoc")
     since = time.time()
-    _, download = _run_job(plain, job, tmp_path)
+    _, download, shown = _run_job(plain, job, tmp_path, with_output=True)
     model = _load(server_file(download, MODEL))
     assert model["round"] == 1 and model["model"], "the global model after the last of 2 rounds"
+    record = [json.loads(line) for line in server_file(download, RECORD_FILE).read_text().splitlines()]
+    assert sorted((r["round"], r["site"]) for r in record) == [(r, s) for r in (0, 1) for s in SITES], record
+    assert all(r["n"] > 0 and r["metrics"] for r in record), record
+    tables = [line.split()[:2] for line in shown.splitlines() if re.match(r"\s+[01]\s+site-", line)]
+    assert sorted(tables) == [[str(r), s] for r in (0, 1) for s in SITES], "monitor shows each record row once\n" + shown
     assert all(torch.isfinite(t).all() for t in model["model"].values())
     bank = _load(server_file(download, BANK))
     assert bank["round"] == 1 and bank["bank"]

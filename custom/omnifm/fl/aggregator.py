@@ -14,9 +14,11 @@ from nvflare.apis.shareable import Shareable
 from nvflare.app_common.abstract.aggregator import Aggregator
 from nvflare.app_common.abstract.model import ModelLearnableKey
 from nvflare.app_common.app_constant import AppConstants
+from nvflare.widgets.info_collector import InfoCollector
 
 from omnifm.algorithms import Upload, server_round
 from omnifm.fl import wire
+from omnifm.fl.metrics_record import STATS_GROUP, MetricsRecorder
 from omnifm.knowledge import KnowledgeBank
 
 
@@ -43,6 +45,11 @@ class OmniFMAggregator(Aggregator):
     silently keeping the old model, and says per site what happened: rejected (with the reason),
     an error reply (with its return code), or no result at all.
 
+    After each aggregated round it logs one ``round R site: n=N metric=value ...`` line per accepted
+    site and appends the same to the metrics record ``app_server/omnifm_metrics.jsonl``, whose latest
+    lines it also publishes in ``show_stats`` (:mod:`omnifm.fl.metrics_record`; what
+    ``omnifm-admin monitor`` shows).
+
     Args:
         train_task_name: the workflow's training task (error replies to it are recorded).
     """
@@ -52,13 +59,19 @@ class OmniFMAggregator(Aggregator):
         self.train_task_name = train_task_name
         self._accepted: dict[str, _Contribution] = {}
         self._outcomes: dict[str, tuple[int | None, str]] = {}  # site -> (round, what happened)
+        self._record = MetricsRecorder()
 
     def reset(self, fl_ctx: FLContext) -> None:
         self._accepted = {}
         self._outcomes = {}
 
     def handle_event(self, event_type: str, fl_ctx: FLContext) -> None:
-        """Record error replies: the workflow does not pass them to :meth:`accept`."""
+        """Record error replies (the workflow does not pass them to :meth:`accept`); publish the metrics record."""
+        if event_type == InfoCollector.EVENT_TYPE_GET_STATS:
+            collector = fl_ctx.get_prop(InfoCollector.CTX_KEY_STATS_COLLECTOR, None)
+            if collector is not None:
+                collector.add_info(group_name=STATS_GROUP, info=self._record.stats_info())
+            return
         if event_type != EventType.BEFORE_PROCESS_SUBMISSION:
             return
         result = fl_ctx.get_prop(FLContextKey.TASK_RESULT)
@@ -195,3 +208,7 @@ class OmniFMAggregator(Aggregator):
             c = self._accepted[site]
             shown = " ".join(f"{k}={v:.4f}" for k, v in sorted(c.metrics.items()))
             self.log_info(fl_ctx, f"round {current} {site}: n={c.upload.n_samples} {shown}")
+        sites = {site: (c.upload.n_samples, c.metrics) for site, c in self._accepted.items()}
+        problem = self._record.record(fl_ctx.get_prop(FLContextKey.APP_ROOT), current, sites)
+        if problem:
+            self.log_warning(fl_ctx, f"round {current}: {problem}")

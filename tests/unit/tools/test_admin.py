@@ -1,7 +1,10 @@
-"""``omnifm-admin`` logic with a fake FLARE session: no network, no server.
+"""``omnifm-admin`` and the FLARE API functions behind it (``omnifm.fl.admin_session``,
+``omnifm.fl.monitor``, ``omnifm.fl.job_log``) with a fake FLARE session: no network, no server.
 
 The log lines and ``show_stats`` replies below are copied from a real FLARE 2.9 POC run of
-``jobs/omnifm_seg`` (2 sites, 2 rounds); the real TLS round trip is tests/deployment's job.
+``jobs/omnifm_seg`` (2 sites, 2 rounds); the per-site metrics are the aggregator's record rows
+(``omnifm.fl.metrics_record``) that the server publishes in ``show_stats`` and keeps in
+``app_server/omnifm_metrics.jsonl``. The real TLS round trip is tests/deployment's job.
 """
 
 from __future__ import annotations
@@ -15,23 +18,12 @@ from types import SimpleNamespace
 
 import pytest
 
+from omnifm.fl.admin_session import AdminError, default_username, find_admin_kit, stale_jobs, submit
+from omnifm.fl.job_log import identity_conflicts, parse_rounds, reason_lines
+from omnifm.fl.metrics_record import RECORD_FILE, STATS_GROUP, make_row
+from omnifm.fl.monitor import format_metrics_table, missing_sites_text, monitor, progress_text
 from omnifm.tools import admin
-from omnifm.tools.admin import (
-    AdminError,
-    default_username,
-    find_admin_kit,
-    format_jobs_table,
-    format_metrics_table,
-    identity_conflicts,
-    missing_sites_text,
-    monitor,
-    parse_rounds,
-    parse_site_metrics,
-    progress_text,
-    reason_lines,
-    stale_jobs,
-    submit,
-)
+from omnifm.tools.admin import format_jobs_table
 
 JOB = "83817756-318f-4498-87c9-c350a0ba82ee"
 CTX = f"[identity=example_project, run={JOB}, wf=scatter_and_gather]"
@@ -60,14 +52,27 @@ SITE_ERROR = (
 )
 
 
+# The record rows of the log lines above (the aggregator writes both).
+RECORD_ROUND_0 = [
+    make_row(0, "site-1", 31, {"align_loss": 0.0, "dice_global": 0.0044, "loss": 2.4235}, now=1.0),
+    make_row(0, "site-2", 32, {"align_loss": 0.0, "dice_global": 0.0144, "loss": 2.4406}, now=1.0),
+]
+RECORD_ROUND_1 = [
+    make_row(1, "site-1", 31, {"align_loss": 0.018, "dice_global": 0.0081, "loss": 2.2238}, now=2.0),
+    make_row(1, "site-2", 32, {"align_loss": 0.0166, "dice_global": 0.0147, "loss": 2.2439}, now=2.0),
+]
+
+
 def _stats(
-    current: int, phase: str = "train", tasks: dict | None = None, workflow: str = "scatter_and_gather", rounds: int = 2
+    current: int, phase: str = "train", tasks: dict | None = None, workflow: str = "scatter_and_gather", rounds: int = 2,
+    record: list | None = None,
 ) -> dict:
     return {
         "server": {
             "GlobalModelEval": {"tasks": {}},
             "ScatterAndGather": {"current_round": current, "num_rounds": rounds, "phase": phase, "tasks": tasks or {}},
             "ServerRunner": {"job_id": JOB, "status": "started", "workflow": workflow},
+            STATS_GROUP: {"file": RECORD_FILE, "written": len(record or []), "rows": record or []},
         }
     }
 
@@ -75,11 +80,13 @@ def _stats(
 class FakeSession:
     """The FLARE ``Session`` methods omnifm-admin uses, answering from a script of poll states."""
 
-    def __init__(self, states: list[dict], logs_all: dict | None = None, components: dict | None = None):
+    def __init__(self, states: list[dict], logs_all: dict | None = None, components: dict | None = None,
+                 record: list | None = None):
         self.states, self.index = states, -1
-        self.logs_all, self.components = logs_all, components or {}
+        self.logs_all, self.components, self.record = logs_all, components or {}, record
         self.submitted: list[tuple[str, list[str]]] = []
         self.download_dir: Path | None = None
+        self.downloads = 0
 
     def _state(self) -> dict:
         return self.states[max(self.index, 0)]
@@ -111,9 +118,13 @@ class FakeSession:
         return str(folder)
 
     def download_job_result(self, job_id: str, destination: str | None = None) -> str:
+        self.downloads += 1
         folder = Path(destination) / job_id / "workspace"
         folder.mkdir(parents=True)
         (folder / "log.txt").write_text(FATAL + "\n")
+        if self.record is not None:
+            (folder / "app_server").mkdir()
+            (folder / "app_server" / RECORD_FILE).write_text("".join(json.dumps(r) + "\n" for r in self.record))
         return str(folder.parent)
 
     def submit_job(self, path: str) -> str:
@@ -221,26 +232,6 @@ def test_connection_problems_exit_2_with_the_fix(tmp_path, monkeypatch, capsys, 
 # ---------------------------------------------------------------- pure helpers
 
 
-def test_parse_site_metrics_reads_the_aggregator_lines_only():
-    rows = parse_site_metrics(SERVER_LOG_ROUND_0 + SERVER_LOG_ROUND_1 + FATAL)
-    assert sorted(rows) == [(0, "site-1"), (0, "site-2"), (1, "site-1"), (1, "site-2")]
-    assert rows[(0, "site-2")] == {"n": 32.0, "align_loss": 0.0, "dice_global": 0.0144, "loss": 2.4406}
-
-
-@pytest.mark.parametrize(
-    "line, expected",
-    [
-        ("x - INFO - [ctx] - round 3 hospital-a.org: n=12 dice=nan", {(3, "hospital-a.org"): {"n": 12.0}}),
-        ("round 0 site-1: n=4", {(0, "site-1"): {"n": 4.0}}),
-        ("round 0: knowledge bank version 1, 8 prototypes", {}),
-        ("Round 0 started.", {}),
-    ],
-)
-def test_parse_site_metrics_edge_cases(line, expected):
-    rows = parse_site_metrics(line)
-    assert {k: {m: v for m, v in r.items() if v == v} for k, r in rows.items()} == expected  # drop NaN
-
-
 def test_metrics_table_has_one_row_per_round_and_site_and_marks_missing_values():
     table = format_metrics_table({(1, "site-2"): {"n": 3, "dice": 0.5}, (0, "site-1"): {"n": 4, "loss": 1.25}})
     header, first, second = table.splitlines()
@@ -325,23 +316,59 @@ def test_submit_refuses_a_folder_that_is_not_a_job(tmp_path):
 
 
 def test_monitor_shows_rounds_and_each_site_metric_once_and_exits_0_on_completion():
+    both = RECORD_ROUND_0 + RECORD_ROUND_1
     states = [
         {"status": "SUBMITTED"},
         {"status": "RUNNING", "stats": _stats(0, tasks={"train": ["site-1", "site-2"]})},
-        {"status": "RUNNING", "stats": _stats(1), "log": SERVER_LOG_ROUND_0},
-        {"status": "RUNNING", "stats": _stats(1), "log": SERVER_LOG_ROUND_0},
-        {"status": "RUNNING", "stats": _stats(2, "_finished_"), "log": SERVER_LOG_ROUND_0 + SERVER_LOG_ROUND_1},
+        {"status": "RUNNING", "stats": _stats(1, record=RECORD_ROUND_0), "log": SERVER_LOG_ROUND_0},
+        {"status": "RUNNING", "stats": _stats(1, record=RECORD_ROUND_0), "log": SERVER_LOG_ROUND_0},
+        {"status": "RUNNING", "stats": _stats(2, "_finished_", record=both), "log": SERVER_LOG_ROUND_0 + SERVER_LOG_ROUND_1},
         {"status": "FINISHED:COMPLETED", "duration": "0:01:10", "log": SERVER_LOG_ROUND_0 + SERVER_LOG_ROUND_1},
     ]
-    code, lines = _run_monitor(FakeSession(states))
+    session = FakeSession(states, record=both)
+    code, lines = _run_monitor(session)
     assert code == 0
     text = "\n".join(lines)
     assert "round 0 (2 rounds in this job), train: site-1, site-2" in text
     assert "round 1 (rounds 0-1)" in text and "rounds 0-1 done" in text
     assert sum(line.startswith("job ") and "round 1 (" in line for line in lines) == 1, "unchanged status not repeated"
-    rows = [line.split()[:2] for line in text.splitlines() if line.strip()[:1].isdigit()]
-    assert rows == [["0", "site-1"], ["0", "site-2"], ["1", "site-1"], ["1", "site-2"]]
+    rows = [line.split()[:3] for line in text.splitlines() if line.strip()[:1].isdigit()]
+    assert rows == [["0", "site-1", "31"], ["0", "site-2", "32"], ["1", "site-1", "31"], ["1", "site-2", "32"]]
+    header = next(line for line in lines if line.startswith("round  site")).splitlines()[0]
+    assert header.split() == ["round", "site", "n", "align_loss", "dice_global", "loss"]
+    assert "0.0144" in text and session.downloads == 0, "every round was seen while running: nothing downloaded"
     assert lines[-1] == f"job {JOB} completed"
+
+
+def test_monitor_reads_the_metrics_from_the_record_not_from_the_log_lines():
+    """Log lines alone show no metrics; the record's rows do, NaN (null in the record) as nan."""
+    nan_row = make_row(0, "site-1", 31, {"dice_global": float("nan"), "loss": 2.5}, now=1.0)
+    states = [
+        {"status": "RUNNING", "stats": _stats(1), "log": SERVER_LOG_ROUND_0},
+        {"status": "RUNNING", "stats": _stats(1, record=[nan_row]), "log": SERVER_LOG_ROUND_0},
+        {"status": "FINISHED:COMPLETED", "log": SERVER_LOG_ROUND_0},
+    ]
+    code, lines = _run_monitor(FakeSession(states, record=[nan_row]))
+    assert code == 0
+    tables = [line.splitlines() for line in lines if line.startswith("round  site")]
+    assert len(tables) == 1 and tables[0][0].split() == ["round", "site", "n", "dice_global", "loss"]
+    assert tables[0][1:] == [tables[0][1]] and tables[0][1].split() == ["0", "site-1", "31", "nan", "2.5000"]
+    assert "2.4406" not in "\n".join(lines), "site-2's log line is not a metrics source"
+
+
+def test_monitor_reads_the_rows_it_missed_from_the_job_result_once_the_job_ended():
+    """The last round aggregated between two polls: its rows come from the downloaded record."""
+    log = SERVER_LOG_ROUND_0 + SERVER_LOG_ROUND_1 + f"... - ScatterAndGather - INFO - {CTX} - Round 1 finished.\n"
+    log += _contribution("site-1", 0, 1) + "\n" + _contribution("site-1", 1, 2) + "\n"
+    states = [
+        {"status": "RUNNING", "stats": _stats(1, record=RECORD_ROUND_0), "log": SERVER_LOG_ROUND_0},
+        {"status": "FINISHED:COMPLETED", "log": log},
+    ]
+    session = FakeSession(states, record=RECORD_ROUND_0 + RECORD_ROUND_1)
+    code, lines = _run_monitor(session)
+    assert code == 0 and session.downloads == 1
+    rows = [row.split()[:2] for chunk in lines for row in chunk.splitlines() if row.strip()[:1].isdigit()]
+    assert rows == [["0", "site-1"], ["0", "site-2"], ["1", "site-1"], ["1", "site-2"]], "each row once"
 
 
 def test_monitor_prints_the_reason_and_exits_1_when_the_job_fails(tmp_path):
