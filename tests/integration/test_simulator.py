@@ -43,14 +43,37 @@ def _simulate(job: Path, workspace: Path, threads: int = len(SITES)) -> subproce
     return subprocess.run(cmd, cwd=job.parent, capture_output=True, text=True, timeout=900, env=dict(os.environ))
 
 
-def _run(tmp_path: Path, algorithm: str, threads: int = len(SITES)) -> tuple[Path, str]:
-    job = tmp_path / "omnifm_seg"
-    shutil.copytree(JOB, job)
+def _run(tmp_path: Path, algorithm: str, threads: int = len(SITES), source: Path = JOB) -> tuple[Path, str]:
+    job = tmp_path / source.name
+    shutil.copytree(source, job)
     _shrink(job, algorithm)
     proc = _simulate(job, tmp_path / "ws", threads)
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log[-4000:]
     return tmp_path / "ws", log
+
+
+TASK_JOBS = {"omnifm_cls": "accuracy"}  # every job of a task other than segmentation: its headline metric
+
+
+def test_every_task_job_is_covered():
+    jobs = {p.parent.name for p in JOB.parent.glob("*/meta.json") if not p.parent.name.startswith("omnifm_seg")}
+    assert jobs == set(TASK_JOBS), "add the new task job to TASK_JOBS (it must run through the simulator)"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(TASK_JOBS))
+def test_task_job_runs_out_of_the_box(tmp_path, name):
+    """The same FLARE components train, persist and evaluate another task; only the configs differ."""
+    workspace, log = _run(tmp_path, "omnifm", source=JOB.parent / name)
+    app = workspace / "server/simulate_job/app_server"
+    bank = KnowledgeBank.from_state_dict(torch.load(app / "knowledge_bank.pt", weights_only=True)["bank"])
+    assert len(bank) > 0 and bank.value_dim > 0, "the task's class-conditional values reached the bank"
+    results = json.loads((workspace / "server/simulate_job/cross_site_val/cross_val_results.json").read_text())
+    for site in SITES:
+        assert 0.0 <= results[site]["SRV_FL_global_model"][TASK_JOBS[name]] <= 1.0
+    assert f"final global model {TASK_JOBS[name]} per site" in log
+    assert "rejected contribution" not in log
 
 
 @pytest.mark.slow

@@ -16,14 +16,8 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[2] / "custom" / "omnifm"
 OPTIONS = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
 
-# Known failing examples in modules this test may not fix (their owners are editing them); each
-# entry names the module and why. Not strict: the entry can stay until its owner fixes the example.
-_SEGTASK = (
-    "SegTask example: SegTask(('background', 'tumour')) raises ValueError because `regions` defaults "
-    "to BRATS_REGIONS, not to the 'one region per class' the docstring describes (docstring or "
-    "default to be settled by the task module's owner, issue 10)"
-)
-KNOWN_FAILURES = {"omnifm.tasks.segmentation.task": _SEGTASK}
+# Known failing examples in modules this test may not fix; each entry names the module and why.
+KNOWN_FAILURES: dict[str, str] = {}
 
 
 def _module_name(path: Path) -> str:

@@ -78,6 +78,10 @@ def placebo_effect(
     diff = size = 0.0
     for case in volumes:
         x = task.case_inputs(model, case)
+        if x.shape[0] == 0:  # nothing of this case is scored (e.g. no labelled slice)
+            for out in preds:
+                out.append(task.reduce(model, case_logits(model, x, device, real), case))
+            continue
         logits = [case_logits(model, x, device, retriever, batch_size=len(x)) for retriever in (real, fake)]
         diff += float((logits[0] - logits[1]).abs().mean())
         size += float(logits[0].abs().mean())

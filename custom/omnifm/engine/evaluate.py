@@ -14,7 +14,9 @@ from omnifm.tasks import Task
 def case_logits(
     model: nn.Module, x: torch.Tensor, device: torch.device, retriever: Retriever | None, batch_size: int = 32
 ) -> torch.Tensor:
-    """The model's logits (CPU) on an input batch ``x``, run in chunks of ``batch_size``."""
+    """The model's logits (CPU) on an input batch ``x``, run in chunks of ``batch_size`` (empty ``x``: ``x[:0, 0]``)."""
+    if x.shape[0] == 0:
+        return x[:0, 0].flatten(1)
     return torch.cat([_logits(model, chunk.to(device), retriever).cpu() for chunk in torch.split(x, batch_size)])
 
 

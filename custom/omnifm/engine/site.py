@@ -213,7 +213,7 @@ class SiteTrainer:
         self.val_volumes = val_volumes
         self.test_volumes = list(test_volumes or [])
         self.site = site
-        self.dataset = self.task.dataset(train_volumes, config.keep_empty_fraction, config.seed)
+        self.dataset = self.task.dataset(train_volumes, config.keep_empty_fraction, config.seed, site)
         self.loader = self._loader(0, stream=0)
         self.dp = self._privacy(train_volumes)
 

@@ -92,8 +92,8 @@ class OmniFMPersistor(ModelPersistor):
 
     Args:
         algorithm: a federated entry of :data:`omnifm.algorithms.ALGORITHMS` (``omnifm``, ``fedavg``, ``ditto``, ...).
-        task: class names and Dice report regions (default BraTS; see :mod:`omnifm.tasks`).
-        model: UNet arguments (``out_channels`` follows the task's classes).
+        task: the run spec's task entry, ``{"name": ..., ...}`` (default segmentation with the BraTS classes; see :mod:`omnifm.tasks`).
+        model: the task network's arguments (segmentation: UNet; classification: ResNet; ``out_channels`` follows the classes).
         omnifm: OmniFM module sizes.
         top_k: prototypes retrieved per image.
         align_weight: lambda of the alignment loss.

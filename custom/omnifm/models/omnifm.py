@@ -222,7 +222,7 @@ class OmniFM(nn.Module):
             sequence = torch.cat([prefix, tokens], dim=1)
         start = 0 if prefix is None else prefix.shape[1]
         mixed = self.fusion(sequence)[:, start : start + tokens.shape[1]]
-        return mixed.transpose(1, 2).reshape(features.shape)
+        return mixed.transpose(1, 2).reshape(features.shape).contiguous()  # networks may .view() it (MONAI ResNet)
 
     def _cross_attend(
         self,

@@ -70,8 +70,8 @@ class Task(ABC):
         """The task network wrapped as :class:`~omnifm.models.OmniFM` (``affine_norm``: FedBN's norm layers)."""
 
     @abstractmethod
-    def dataset(self, cases: list[Case], keep_empty_fraction: float, seed: int) -> Dataset:
-        """Training samples ``{"image": (C, H, W), "label": the loss's target}`` of a site's cases."""
+    def dataset(self, cases: list[Case], keep_empty_fraction: float, seed: int, site: str = "") -> Dataset:
+        """Training samples ``{"image": (C, H, W), "label": the loss's target}`` of site ``site``'s cases."""
 
     @abstractmethod
     def value_map(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:

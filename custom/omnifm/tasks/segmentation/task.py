@@ -7,7 +7,7 @@ of classes (BraTS: WT = necrotic + oedema + enhancing, TC = necrotic + enhancing
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
@@ -32,7 +32,8 @@ class SegTask(Task):
 
     Args:
         classes: class names in channel order.
-        regions: region name -> the foreground classes it unites; default one region per class.
+        regions: region name -> the foreground classes it unites; default WT/TC/ET for the BraTS classes,
+            else one region per class.
 
     Examples::
 
@@ -46,13 +47,14 @@ class SegTask(Task):
     supports_dp: ClassVar[bool] = True
 
     classes: tuple[str, ...] = BRATS_CLASSES
-    regions: dict[str, tuple[str, ...]] = field(default_factory=lambda: dict(BRATS_REGIONS))
+    regions: dict[str, tuple[str, ...]] | None = None
 
     def __post_init__(self) -> None:
         classes = tuple(self.classes)
         if len(classes) < 2 or classes[0] != "background" or len(set(classes)) != len(classes):
             raise ValueError(f"classes must be unique, start with 'background' and have a foreground, got {classes}")
-        regions = {str(k): tuple(v) for k, v in (self.regions or {c: (c,) for c in classes[1:]}).items()}
+        given = self.regions if self.regions is not None else (BRATS_REGIONS if classes == BRATS_CLASSES else {})
+        regions = {str(k): tuple(v) for k, v in (given or {c: (c,) for c in classes[1:]}).items()}
         for name, members in regions.items():
             unknown = [m for m in members if m not in classes[1:]]
             if not members or unknown:
@@ -97,7 +99,7 @@ class SegTask(Task):
             model["norm"] = "batch"
         return build_seg_model(model, omnifm)
 
-    def dataset(self, cases: list[Case], keep_empty_fraction: float, seed: int) -> Dataset:
+    def dataset(self, cases: list[Case], keep_empty_fraction: float, seed: int, site: str = "") -> Dataset:
         return SliceDataset(cases, keep_empty_fraction=keep_empty_fraction, seed=seed)
 
     def value_map(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:

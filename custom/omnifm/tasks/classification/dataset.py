@@ -1,0 +1,104 @@
+"""Classification samples: labelled axial slices of a site's cases, optionally class-skewed.
+
+Label skew across sites (paper Table 1) is drawn per site from a Dirichlet distribution: site
+``s`` draws class proportions ``p ~ Dir(alpha * 1)`` from a seed derived from its name and keeps,
+of each class ``c``, the fraction ``p_c / max(p)`` of its slices (its favoured class entirely).
+Small ``alpha`` (0.1) leaves most sites one or two classes; ``alpha`` 0.5 is milder. Only the
+training samples are skewed: validation and test keep every labelled slice, so a model is scored
+on all classes.
+
+With ``mirror`` every training slice is also served flipped left-right, front-back and both, its
+class mirrored with it (:data:`MIRRORED`): the same tumour appears in every quadrant, so a site
+cannot learn its cases' appearance in place of where the tumour is.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from omnifm.data.loading import volume_slices
+from omnifm.tasks.base import Case
+from omnifm.validation import check_range
+
+# class index after flipping axis 0 (right <-> left) and axis 1 (anterior <-> posterior);
+# classes are no_tumour, right_anterior, right_posterior, left_anterior, left_posterior
+MIRRORED = {0: (0, 3, 4, 1, 2), 1: (0, 2, 1, 4, 3)}
+
+
+def skew_fractions(num_classes: int, alpha: float, site: str, seed: int = 0) -> np.ndarray:
+    """The fraction of each class's slices a site keeps under Dirichlet(``alpha``) skew (1s when ``alpha`` is 0).
+
+    Examples::
+
+        >>> skew_fractions(3, 0.0, "site-1").tolist()
+        [1.0, 1.0, 1.0]
+        >>> bool(skew_fractions(5, 0.1, "site-1").max() == 1.0)
+        True
+    """
+    check_range("alpha", alpha, 0)
+    if alpha == 0:
+        return np.ones(num_classes)
+    rng = np.random.default_rng([int(seed), zlib.crc32(site.encode())])
+    p = rng.dirichlet(np.full(num_classes, float(alpha)))
+    return p / p.max()
+
+
+class LabelledSliceDataset(Dataset):
+    """Axial slices with a class each (``classes[case][z]``; -1 slices are left out).
+
+    Args:
+        cases: the site's loaded cases (``image`` (C, H, W, D)).
+        classes: per case, the ``(D,)`` slice classes (:func:`~omnifm.tasks.classification.labels.slice_classes`).
+        keep_fractions: per class, the fraction of its slices kept (seeded selection).
+        seed: seed of that selection.
+        mirror: serve each kept slice in its four mirror images (see the module docstring).
+
+    Items are ``{"image": float32 (C, H, W), "label": int64 scalar}``.
+    """
+
+    def __init__(
+        self,
+        cases: Sequence[Case],
+        classes: Sequence[np.ndarray],
+        keep_fractions: np.ndarray,
+        seed: int = 0,
+        mirror: bool = False,
+    ) -> None:
+        if len(cases) == 0:
+            raise ValueError("cases must not be empty, got 0 cases")
+        self._slices = [volume_slices(case["image"]) for case in cases]
+        rng = np.random.default_rng(seed)
+        index = []
+        for c, fraction in enumerate(keep_fractions):
+            members = [(v, z) for v, zs in enumerate(classes) for z in np.flatnonzero(np.asarray(zs) == c)]
+            keep = rng.permutation(len(members))[: round(float(fraction) * len(members))]
+            index += [(members[i][0], int(members[i][1]), c) for i in keep]
+        if not index:
+            raise ValueError("no labelled slice is left at this site (every slice ambiguous or skewed away)")
+        flips = ((), (0,), (1,), (0, 1)) if mirror else ((),)
+        self.index = sorted((v, z, c, f) for v, z, c in index for f in range(len(flips)))
+        self._flips = flips
+
+    def class_counts(self, num_classes: int) -> list[int]:
+        """How many samples of each class the dataset serves."""
+        return np.bincount([self._label(c, f) for _, _, c, f in self.index], minlength=num_classes).tolist()
+
+    def _label(self, c: int, flip: int) -> int:
+        for axis in self._flips[flip]:
+            c = MIRRORED[axis][c]
+        return c
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, item: int) -> dict[str, torch.Tensor]:
+        v, z, c, f = self.index[item]
+        image = self._slices[v][z]
+        axes = [1 + axis for axis in self._flips[f]]  # image is (C, H, W)
+        image = torch.flip(image, axes) if axes else image
+        return {"image": image, "label": torch.tensor(self._label(c, f), dtype=torch.int64)}

@@ -1,0 +1,137 @@
+"""Cross-modality classification (paper Table 1): the tumour's location in each axial slice.
+
+Samples are axial slices labelled by :func:`~omnifm.tasks.classification.labels.slice_classes`
+from the site's segmentation ground truth (so every phantom site, whatever its modality, has the
+labels); the network is a MONAI ResNet-18 topology tapped at its last feature map
+(:mod:`omnifm.tasks.classification.network`); the loss cross-entropy; the headline ``accuracy``
+with ``macro_f1`` and ``auc`` beside it (:mod:`omnifm.tasks.classification.metrics`). The
+knowledge bank's values are class-conditional means of the tapped features (every cell of a
+slice belongs to the slice's class). Label skew across sites: ``class_skew`` (Dirichlet alpha,
+:mod:`omnifm.tasks.classification.dataset`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from omnifm.data.loading import volume_slices
+from omnifm.tasks.base import Case, Task
+from omnifm.tasks.classification.dataset import LabelledSliceDataset, skew_fractions
+from omnifm.tasks.classification.labels import LOCATION_CLASSES, slice_classes
+from omnifm.tasks.segmentation.task import BRATS_CLASSES
+from omnifm.validation import check_range
+
+_FIELDS = ("name", "classes", "min_area", "margin", "class_skew", "skew_seed", "mirror")
+
+
+@dataclass(frozen=True)
+class ClsTask(Task):
+    """Slice classification by tumour location.
+
+    Args:
+        classes: class names (fixed by the labelling rule: :data:`LOCATION_CLASSES`).
+        min_area: smallest tumour area (fraction of the slice) that gets a quadrant class.
+        margin: ambiguous band around each midline (fraction of the slice size).
+        class_skew: Dirichlet alpha of the label skew across sites' training samples (0: none).
+        skew_seed: seed of the skew draws (with each site's name).
+        mirror: train on every slice's four mirror images, classes mirrored with them.
+
+    Examples::
+
+        >>> task = ClsTask(class_skew=0.5)
+        >>> task.to_dict()["name"], task.headline, task.value_classes
+        ('classification', 'accuracy', 5)
+    """
+
+    name: ClassVar[str] = "classification"
+    headline: ClassVar[str] = "accuracy"
+
+    classes: tuple[str, ...] = LOCATION_CLASSES
+    min_area: float = 0.005
+    margin: float = 0.03
+    class_skew: float = 0.0
+    skew_seed: int = 0
+    mirror: bool = True
+
+    def __post_init__(self) -> None:
+        if tuple(self.classes) != LOCATION_CLASSES:
+            raise ValueError(f"classification classes are fixed by the location rule: {list(LOCATION_CLASSES)}")
+        object.__setattr__(self, "classes", tuple(self.classes))
+        check_range("min_area", self.min_area, 0, 1)
+        check_range("margin", self.margin, 0, 0.5, high_open=True)
+        check_range("class_skew", self.class_skew, 0)
+
+    @classmethod
+    def from_dict(cls, spec: dict[str, Any]) -> ClsTask:
+        unknown = set(spec) - set(_FIELDS)
+        if unknown:
+            raise ValueError(f"unknown classification task keys {sorted(unknown)}; allowed: {list(_FIELDS[1:])}")
+        return cls(**{k: tuple(v) if k == "classes" else v for k, v in spec.items() if k != "name"})
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "classes": list(self.classes), "min_area": self.min_area, "margin": self.margin,
+                "class_skew": self.class_skew, "skew_seed": self.skew_seed, "mirror": self.mirror}
+
+    @property
+    def label_classes(self) -> tuple[str, ...]:
+        return BRATS_CLASSES  # the segmentation ground truth the slice classes are derived from
+
+    @property
+    def value_classes(self) -> int:
+        return len(self.classes)
+
+    def check_model(self, model: dict[str, Any]) -> dict[str, Any]:
+        model = dict(model)
+        if model.setdefault("out_channels", len(self.classes)) != len(self.classes):
+            raise ValueError(f"model.out_channels is {model['out_channels']} but the task has {len(self.classes)} "
+                             "classes; drop out_channels, it follows the classes")
+        return model
+
+    def build_network(self, model: dict[str, Any], omnifm: dict[str, Any], affine_norm: bool = False) -> nn.Module:
+        from omnifm.tasks.classification.network import build_cls_model
+
+        return build_cls_model(model, omnifm)  # batch norm by default: FedBN's affine, tracked norms already
+
+    def case_classes(self, case: Case) -> np.ndarray:
+        """``(D,)`` slice classes of one case (-1: ambiguous)."""
+        return slice_classes(case["label"], self.min_area, self.margin)
+
+    def dataset(self, cases: list[Case], keep_empty_fraction: float, seed: int, site: str = "") -> Dataset:
+        """Labelled slices; ``no_tumour`` slices thinned to ``keep_empty_fraction``; skewed by ``class_skew``."""
+        fractions = skew_fractions(len(self.classes), self.class_skew, site, self.skew_seed)
+        fractions[0] *= keep_empty_fraction
+        return LabelledSliceDataset(cases, [self.case_classes(c) for c in cases], fractions, seed, self.mirror)
+
+    def value_map(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        image = batch["image"]
+        return batch["label"].view(-1, 1, 1, 1).expand(-1, 1, *image.shape[2:])
+
+    def loss(self) -> nn.Module:
+        return nn.CrossEntropyLoss()
+
+    def case_inputs(self, model: nn.Module, case: Case) -> torch.Tensor:
+        return volume_slices(case["image"])[torch.as_tensor(self.case_classes(case) >= 0)]
+
+    def reduce(self, model: nn.Module, logits: torch.Tensor, case: Case) -> torch.Tensor:
+        if logits.shape[0] == 0:
+            return torch.zeros(0, len(self.classes))
+        return torch.softmax(logits.float(), dim=1).cpu()
+
+    def score(self, predictions: list[Any], cases: list[Case]) -> dict[str, float]:
+        from omnifm.tasks.classification.metrics import class_scores
+
+        targets = [torch.as_tensor(self.case_classes(c)) for c in cases]
+        targets = torch.cat([t[t >= 0] for t in targets]) if targets else torch.zeros(0, dtype=torch.long)
+        probs = torch.cat(predictions) if predictions else torch.zeros(0, len(self.classes))
+        return {**class_scores(probs, targets, self.classes), "cases": len(cases)}
+
+    def describe(self, scores: dict[str, float]) -> str:
+        """``accuracy 0.612, macro-F1 0.540, AUC 0.801, 6 cases``."""
+        return (f"accuracy {scores['accuracy']:.3f}, macro-F1 {scores['macro_f1']:.3f}, AUC {scores['auc']:.3f}, "
+                f"{scores['cases']} cases")
