@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from omnifm.data.site_config import FORMATS, SiteConfig, load_site_config, parse_site_config
+from omnifm.tasks import get_task
 from omnifm.tasks.segmentation import BRATS_CLASSES
 
 authorizer_module = pytest.importorskip("nvflare.app_common.widgets.component_path_authorizer")
@@ -62,7 +63,7 @@ def test_templates_fit_the_shipped_jobs_classes(name):
     config = parse_site_config(_load(SITE_CONFIGS / name), SITE_CONFIGS, check_paths=False)
     for server in (p for p in JOB_CONFIGS if p.name == "config_fed_server.json"):
         persistor = next(c for c in json.loads(server.read_text())["components"] if c["id"] == "persistor")
-        config.label_values(persistor["args"]["task"]["classes"])  # raises if a class is unknown
+        config.label_values(get_task(persistor["args"]["task"]).label_classes)  # raises if a class is unknown
 
 
 # --------------------------------------------------------------------------- resources.json

@@ -19,7 +19,7 @@ JOB = Path(__file__).resolve().parents[2] / "jobs" / "omnifm_seg"
 SITES = ["site-1", "site-2"]
 
 
-def _shrink(job: Path, algorithm: str, rounds: int = 2) -> None:
+def _shrink(job: Path, algorithm: str, rounds: int = 2, participation: float = 1.0) -> None:
     """Model-zoo style overrides: same components, fewer rounds, sites and voxels."""
     meta = json.loads((job / "meta.json").read_text())
     meta["deploy_map"] = {"app": ["server", *SITES]}
@@ -27,6 +27,9 @@ def _shrink(job: Path, algorithm: str, rounds: int = 2) -> None:
     server_path = job / "app/config/config_fed_server.json"
     server = json.loads(server_path.read_text())
     server.update({"num_rounds": rounds, "min_clients": len(SITES), "algorithm": algorithm})
+    for workflow in server["workflows"]:
+        if "participation" in workflow["args"]:  # the sampling controller (omnifm.fl.sampling)
+            workflow["args"]["participation"] = participation
     server_path.write_text(json.dumps(server))
     client_path = job / "app/config/config_fed_client.json"
     client = json.loads(client_path.read_text())
@@ -43,10 +46,12 @@ def _simulate(job: Path, workspace: Path, threads: int = len(SITES)) -> subproce
     return subprocess.run(cmd, cwd=job.parent, capture_output=True, text=True, timeout=900, env=dict(os.environ))
 
 
-def _run(tmp_path: Path, algorithm: str, threads: int = len(SITES), source: Path = JOB) -> tuple[Path, str]:
+def _run(
+    tmp_path: Path, algorithm: str, threads: int = len(SITES), source: Path = JOB, participation: float = 1.0
+) -> tuple[Path, str]:
     job = tmp_path / source.name
     shutil.copytree(source, job)
-    _shrink(job, algorithm)
+    _shrink(job, algorithm, participation=participation)
     proc = _simulate(job, tmp_path / "ws", threads)
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log[-4000:]
@@ -65,7 +70,7 @@ def test_every_task_job_is_covered():
 @pytest.mark.parametrize("name", sorted(TASK_JOBS))
 def test_task_job_runs_out_of_the_box(tmp_path, name):
     """The same FLARE components train, persist and evaluate another task; only the configs differ."""
-    workspace, log = _run(tmp_path, "omnifm", source=JOB.parent / name)
+    workspace, log = _run(tmp_path, "omnifm", source=JOB.parent / name, participation=0.5)
     app = workspace / "server/simulate_job/app_server"
     bank = KnowledgeBank.from_state_dict(torch.load(app / "knowledge_bank.pt", weights_only=True)["bank"])
     assert len(bank) > 0 and bank.value_dim > 0, "the task's class-conditional values reached the bank"
@@ -73,6 +78,8 @@ def test_task_job_runs_out_of_the_box(tmp_path, name):
     for site in SITES:
         assert 0.0 <= results[site]["SRV_FL_global_model"][TASK_JOBS[name]] <= 1.0
     assert f"final global model {TASK_JOBS[name]} per site" in log
+    if "participation 50%" in log:  # the sampling controller: one of the two sites per round, the same rule as the bench
+        assert log.count("participation 50%: training site-") == 2 and log.count("(1 of 2 sites)") == 2
     assert "rejected contribution" not in log
 
 

@@ -40,7 +40,7 @@ def make_run_spec(
 
     Args:
         algorithm: registry name (``omnifm``, ``fedavg``, ...).
-        task: ``{"name": <task>, ...}`` (see :mod:`omnifm.tasks`); default segmentation with the
+        task: ``{"kind": <task>, ...}`` (see :mod:`omnifm.tasks`); default segmentation with the
             BraTS classes (background, necrotic, edema, enhancing; regions WT, TC, ET).
         model: the task network's arguments (segmentation: UNet arguments, see
             :func:`omnifm.tasks.segmentation.network.build_seg_model`); the task checks them.

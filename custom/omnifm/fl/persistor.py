@@ -92,7 +92,7 @@ class OmniFMPersistor(ModelPersistor):
 
     Args:
         algorithm: a federated entry of :data:`omnifm.algorithms.ALGORITHMS` (``omnifm``, ``fedavg``, ``ditto``, ...).
-        task: the run spec's task entry, ``{"name": ..., ...}`` (default segmentation with the BraTS classes; see :mod:`omnifm.tasks`).
+        task: the run spec's task entry, ``{"kind": ..., ...}`` (default segmentation with the BraTS classes; see :mod:`omnifm.tasks`).
         model: the task network's arguments (segmentation: UNet; classification: ResNet; ``out_channels`` follows the classes).
         omnifm: OmniFM module sizes.
         top_k: prototypes retrieved per image.

@@ -1,7 +1,8 @@
 """The tasks of the pipeline, one folder each, behind the protocol of :mod:`omnifm.tasks.base`.
 
-A run spec's ``task`` entry names its task (``{"name": "classification", ...}``; without a name:
-segmentation, which older specs and checkpoints describe). :func:`get_task` turns the entry into
+A run spec's ``task`` entry names its task with ``kind`` (``{"kind": "classification", ...}``; without
+one: segmentation, which older specs and checkpoints describe). ``name`` is accepted as an alias, but
+job configs use ``kind``: FLARE's component builder treats any dict with a ``name`` as a class to build. :func:`get_task` turns the entry into
 the task object; :data:`TASKS` is the registry (adding a task: one folder, one line here).
 """
 
@@ -14,6 +15,7 @@ from omnifm.tasks.base import Case, Task
 TASKS: dict[str, str] = {
     "segmentation": "omnifm.tasks.segmentation:SegTask",
     "classification": "omnifm.tasks.classification:ClsTask",
+    "super_resolution": "omnifm.tasks.super_resolution:SRTask",
 }
 DEFAULT_TASK = "segmentation"
 
@@ -37,7 +39,7 @@ def get_task(spec: dict[str, Any] | Task | None) -> Task:
 
         >>> get_task(None).name
         'segmentation'
-        >>> get_task({"name": "segmentation", "classes": ["background", "tumour"]}).regions
+        >>> get_task({"kind": "segmentation", "classes": ["background", "tumour"]}).regions
         {'tumour': ('tumour',)}
     """
     if isinstance(spec, Task):
@@ -45,4 +47,6 @@ def get_task(spec: dict[str, Any] | Task | None) -> Task:
     if spec is not None and not isinstance(spec, dict):
         raise ValueError(f"task must be a dict, got {type(spec).__name__}")
     spec = dict(spec or {})
-    return task_class(str(spec.get("name", DEFAULT_TASK))).from_dict(spec)
+    if "name" in spec:  # the alias
+        spec.setdefault("kind", spec.pop("name"))
+    return task_class(str(spec.get("kind", DEFAULT_TASK))).from_dict(spec)

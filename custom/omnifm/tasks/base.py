@@ -41,11 +41,11 @@ class Task(ABC):
     @classmethod
     @abstractmethod
     def from_dict(cls, spec: dict[str, Any]) -> Task:
-        """The task a run spec's ``task`` entry describes (``name`` already resolved)."""
+        """The task a run spec's ``task`` entry describes (``kind`` already resolved)."""
 
     @abstractmethod
     def to_dict(self) -> dict[str, Any]:
-        """JSON-able description, ``{"name": ..., ...}``; ``from_dict(to_dict())`` is equal."""
+        """JSON-able description, ``{"kind": <name>, ...}``; ``from_dict(to_dict())`` is equal."""
 
     @property
     @abstractmethod

@@ -50,6 +50,7 @@ _DEQUANTIZE = "omnifm.fl.quantize.DequantizeWeights"
 _HE_PATHS = ("omnifm.fl.he_", "nvflare.app_opt.he.")
 _GUARD = "omnifm.fl.job_guard.JobGuard"
 _SAG = "nvflare.app_common.workflows.scatter_and_gather.ScatterAndGather"
+_SAGS = (_SAG, "omnifm.fl.sampling.SampledScatterAndGather")  # the round workflows (same arguments)
 _EVAL = "nvflare.app_common.workflows.global_model_eval.GlobalModelEval"
 
 
@@ -311,10 +312,10 @@ def _round_policy(app: Path, sites: list[str] | None) -> list[str]:
     for comp in _components(config):
         args = {k: _resolved_int(config, v) for k, v in (comp.get("args") or {}).items()}
         for key in ("train_timeout", "validation_timeout"):
-            if comp.get("path") in (_SAG, _EVAL) and args.get(key, 1) == 0:
+            if comp.get("path") in (*_SAGS, _EVAL) and args.get(key, 1) == 0:
                 raise ValueError(f"{where}: {comp.get('id')}.{key} is 0, which waits forever for a site that died: "
                                  "set a finite number of seconds (the shipped jobs use 3600 / 1800)")
-        if comp.get("path") != _SAG:
+        if comp.get("path") not in _SAGS:
             continue
         quorum, wait = args.get("min_clients"), args.get("wait_time_after_min_received")
         if named and quorum == named:

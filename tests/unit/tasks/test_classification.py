@@ -91,10 +91,10 @@ def test_scores_match_a_hand_computation():
 @pytest.mark.parametrize(
     "spec, message",
     [
-        ({"name": "classification", "colour": 1}, "unknown classification task keys"),
-        ({"name": "classification", "classes": ["a", "b"]}, "fixed by the location rule"),
-        ({"name": "classification", "class_skew": -1}, "class_skew"),
-        ({"name": "regression"}, "unknown task"),
+        ({"kind": "classification", "colour": 1}, "unknown classification task keys"),
+        ({"kind": "classification", "classes": ["a", "b"]}, "fixed by the location rule"),
+        ({"kind": "classification", "class_skew": -1}, "class_skew"),
+        ({"kind": "regression"}, "unknown task"),
     ],
 )
 def test_bad_task_specs_are_refused_by_name(spec, message):
@@ -103,10 +103,10 @@ def test_bad_task_specs_are_refused_by_name(spec, message):
 
 
 def test_task_round_trips_through_the_run_spec():
-    spec = make_run_spec("fedavg", task={"name": "classification", "class_skew": 0.5}, model=TINY)
+    spec = make_run_spec("fedavg", task={"kind": "classification", "class_skew": 0.5}, model=TINY)
     assert get_task(spec["task"]) == ClsTask(class_skew=0.5) and spec["model"]["out_channels"] == 5
     with pytest.raises(ValueError, match="out_channels"):
-        make_run_spec("fedavg", task={"name": "classification"}, model={**TINY, "out_channels": 3})
+        make_run_spec("fedavg", task={"kind": "classification"}, model={**TINY, "out_channels": 3})
 
 
 def test_instance_norm_replaces_every_batch_norm():
@@ -150,7 +150,7 @@ def _quadrant_cases(n: int, seed: int) -> list[dict[str, np.ndarray]]:
 
 def test_a_site_learns_the_location_classes():
     torch.manual_seed(0)
-    spec = make_run_spec("fedavg", task={"name": "classification"}, model={**TINY, "head_grid": 2})
+    spec = make_run_spec("fedavg", task={"kind": "classification"}, model={**TINY, "head_grid": 2})
     trainer = SiteTrainer(spec, TrainConfig(local_epochs=4, batch_size=16, learning_rate=1e-2), _quadrant_cases(8, 0),
                           _quadrant_cases(6, 1), device=torch.device("cpu"))
     before = trainer.evaluate(None)["accuracy"]
@@ -162,7 +162,7 @@ def test_a_site_learns_the_location_classes():
 
 
 def test_dp_is_refused_for_classification_with_the_reason():
-    spec = make_run_spec("fedavg", task={"name": "classification"}, model={**TINY, "norm": "instance_affine"})
+    spec = make_run_spec("fedavg", task={"kind": "classification"}, model={**TINY, "norm": "instance_affine"})
     dp = {"noise_multiplier": 1.0, "max_grad_norm": 1.0, "delta": 1e-3}
     with pytest.raises(ValueError, match="no case-level DP-SGD sampler"):
         SiteTrainer(spec, TrainConfig(dp=dp), _quadrant_cases(2, 0), _quadrant_cases(1, 1))

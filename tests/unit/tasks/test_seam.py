@@ -39,6 +39,6 @@ def test_task_agnostic_packages_import_no_task_internals(package):
 def test_every_registered_task_fills_the_protocol_and_round_trips(name):
     cls = task_class(name)
     assert issubclass(cls, Task) and not getattr(cls, "__abstractmethods__", None)
-    task = get_task({"name": name})
+    task = get_task({"kind": name})
     assert task.name == name and get_task(task.to_dict()) == task
     assert task.label_classes[0] == "background" and task.headline

@@ -27,7 +27,7 @@ from omnifm.tasks.classification.labels import LOCATION_CLASSES, slice_classes
 from omnifm.tasks.segmentation.task import BRATS_CLASSES
 from omnifm.validation import check_range
 
-_FIELDS = ("name", "classes", "min_area", "margin", "class_skew", "skew_seed", "mirror")
+_FIELDS = ("kind", "classes", "min_area", "margin", "class_skew", "skew_seed", "mirror")
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,7 @@ class ClsTask(Task):
     Examples::
 
         >>> task = ClsTask(class_skew=0.5)
-        >>> task.to_dict()["name"], task.headline, task.value_classes
+        >>> task.to_dict()["kind"], task.headline, task.value_classes
         ('classification', 'accuracy', 5)
     """
 
@@ -72,10 +72,10 @@ class ClsTask(Task):
         unknown = set(spec) - set(_FIELDS)
         if unknown:
             raise ValueError(f"unknown classification task keys {sorted(unknown)}; allowed: {list(_FIELDS[1:])}")
-        return cls(**{k: tuple(v) if k == "classes" else v for k, v in spec.items() if k != "name"})
+        return cls(**{k: tuple(v) if k == "classes" else v for k, v in spec.items() if k != "kind"})
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "classes": list(self.classes), "min_area": self.min_area, "margin": self.margin,
+        return {"kind": self.name, "classes": list(self.classes), "min_area": self.min_area, "margin": self.margin,
                 "class_skew": self.class_skew, "skew_seed": self.skew_seed, "mirror": self.mirror}
 
     @property

@@ -66,13 +66,13 @@ class SegTask(Task):
     def from_dict(cls, spec: dict[str, Any] | None) -> SegTask:
         if not spec:
             return cls()
-        unknown = set(spec) - {"name", "classes", "regions"}
+        unknown = set(spec) - {"kind", "classes", "regions"}
         if unknown:
             raise ValueError(f"unknown segmentation task keys {sorted(unknown)}; allowed: classes, regions")
         return cls(tuple(spec.get("classes", BRATS_CLASSES)), spec.get("regions") or {})
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "classes": list(self.classes), "regions": {k: list(v) for k, v in self.regions.items()}}
+        return {"kind": self.name, "classes": list(self.classes), "regions": {k: list(v) for k, v in self.regions.items()}}
 
     @property
     def label_classes(self) -> tuple[str, ...]:
