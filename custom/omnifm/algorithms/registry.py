@@ -39,13 +39,12 @@ class Algorithm:
             ``random`` (the placebo control: top-k, then the retrieved keys and values replaced by noise).
         align: add the spectral-proximal alignment loss (``align_weight``).
         amplitude_aug: FedDG-style low-frequency amplitude interpolation with a pooled amplitude bank.
-        scaffold: SCAFFOLD control variates correct every local gradient step.
         affine_norm: the network needs normalisation layers with affine parameters (a non-affine
             ``instance`` norm becomes ``batch``).
         federated: False for references that are not a federation (``central``): FLARE refuses them.
-        rule: the strategy file holding the rest of the rule (``fedrep``, ``feddyn``; see
-            :mod:`omnifm.algorithms.rule`), or ``""``. It cannot be combined with ``proximal``,
-            ``ditto`` or ``scaffold`` (they use the same training hooks).
+        rule: the strategy file holding the rest of the rule (``fedrep``, ``feddyn``, ``scaffold``;
+            see :mod:`omnifm.algorithms.rule`), or ``""``. It cannot be combined with ``proximal``
+            or ``ditto`` (they use the same training hooks).
         description: one line for logs and docs.
     """
 
@@ -58,7 +57,6 @@ class Algorithm:
     retrieval: str = "topk"
     align: bool = True
     amplitude_aug: bool = False
-    scaffold: bool = False
     affine_norm: bool = False
     federated: bool = True
     rule: str = ""
@@ -72,8 +70,8 @@ class Algorithm:
             raise ValueError(f"retrieval must be one of {RETRIEVALS}, got {self.retrieval!r}")
         if self.rule not in ("", *RULES):
             raise ValueError(f"rule must be one of {RULES} or '', got {self.rule!r}")
-        if self.rule and (self.proximal or self.ditto or self.scaffold):
-            raise ValueError(f"rule {self.rule!r} cannot be combined with proximal, ditto or scaffold")
+        if self.rule and (self.proximal or self.ditto):
+            raise ValueError(f"rule {self.rule!r} cannot be combined with proximal or ditto")
 
     def personal_parameter_names(self, model: nn.Module) -> set[str]:
         """Names of the parameters that never leave the site."""
@@ -139,7 +137,7 @@ ALGORITHMS: dict[str, Algorithm] = _algorithms(
               description="FedBN: FedAvg except normalisation layers (affine params, running stats) stay local"),
     Algorithm("feddg", _PLAIN, amplitude_aug=True,
               description="FedDG-style: FedAvg + low-frequency amplitude interpolation from a pooled amplitude bank"),
-    Algorithm("scaffold", _PLAIN, scaffold=True,
+    Algorithm("scaffold", _PLAIN, rule="scaffold",
               description="SCAFFOLD: FedAvg with server/client control variates correcting local drift"),
     Algorithm("feddyn", _PLAIN, rule="feddyn",
               description="FedDyn: dynamic regulariser -<g_i, w> + feddyn_alpha/2 ||w - w_global||^2, server state h"),

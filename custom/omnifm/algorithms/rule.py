@@ -1,8 +1,9 @@
 """The two hooks a strategy file plugs into: its site part and its server part.
 
 A strategy that needs more than the :class:`~omnifm.algorithms.registry.Algorithm` switches
-(FedRep's alternating head/body updates, FedDyn's dynamic regulariser and server state) lives in
-ONE file of this package holding the whole rule, Flower style: ``fedrep.py``, ``feddyn.py``.
+(FedRep's alternating head/body updates, FedDyn's dynamic regulariser and server state, SCAFFOLD's
+control variates) lives in ONE file of this package holding the whole rule, Flower style:
+``fedrep.py``, ``feddyn.py``, ``scaffold.py``.
 The registry names it in ``Algorithm.rule``; the generic code only calls these hooks:
 
 * :class:`SiteRule` -- :class:`omnifm.engine.SiteTrainer` creates one per trainer, asks it for
@@ -35,7 +36,7 @@ if TYPE_CHECKING:
     from omnifm.algorithms.registry import Algorithm
     from omnifm.algorithms.server import Upload
 
-RULES = ("fedrep", "feddyn")
+RULES = ("fedrep", "feddyn", "scaffold")
 """Strategy files of this package that an ``Algorithm.rule`` may name."""
 
 
@@ -81,6 +82,11 @@ class SiteRule:
         if unknown:
             raise ValueError(f"{self.prefix or type(self).__name__} state has no entries {sorted(unknown)[:5]}")
 
+    def extra_weights(self) -> dict[str, torch.Tensor]:
+        """Global weights beyond the shared parameters this rule receives, by name: the tensors they are
+        copied into (SCAFFOLD's server control). A site uploads the same names (:meth:`extra_uploads`)."""
+        return {}
+
     def start_round(
         self, model: nn.Module, anchor: dict[str, torch.Tensor], steps_per_epoch: int, local_epochs: int
     ) -> RoundHooks:
@@ -90,9 +96,25 @@ class SiteRule:
     def finish_round(self, model: nn.Module, anchor: dict[str, torch.Tensor]) -> None:
         """Called once after the round's local epochs."""
 
+    def extra_uploads(self) -> dict[str, torch.Tensor]:
+        """This round's values of the :meth:`extra_weights` names (e.g. SCAFFOLD's control delta)."""
+        return {}
+
 
 class ServerRule:
-    """A strategy's server part; the defaults are the plain protocol (state unchanged, weighted mean)."""
+    """A strategy's server part; the defaults are the plain protocol (state unchanged, weighted mean, no extras)."""
+
+    def is_extra(self, name: str) -> bool:
+        """Whether a global weight name is one of the rule's extra weights (not a model parameter)."""
+        return False
+
+    def initial_extras(self, weights: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Round-0 extra global weights, from the round-0 model weights."""
+        return {}
+
+    def next_extras(self, extras: dict[str, np.ndarray], uploads: list[Upload]) -> dict[str, np.ndarray]:
+        """The next round's extra weights from this round's ``extras`` and the uploads' values of them."""
+        return {}
 
     def next_state(
         self, spec: dict[str, Any], global_weights: dict[str, np.ndarray], state: dict[str, Any], uploads: list[Upload]
@@ -108,9 +130,9 @@ class ServerRule:
 
 
 def _module(algo: Algorithm) -> Any:
-    from omnifm.algorithms import feddyn, fedrep  # the strategy files import this module
+    from omnifm.algorithms import feddyn, fedrep, scaffold  # the strategy files import this module
 
-    return {"fedrep": fedrep, "feddyn": feddyn}[algo.rule]
+    return {"fedrep": fedrep, "feddyn": feddyn, "scaffold": scaffold}[algo.rule]
 
 
 def site_rule(algo: Algorithm, spec: dict[str, Any], model: nn.Module, shared_names: list[str]) -> SiteRule | None:

@@ -17,8 +17,9 @@ The round protocol (FLARE's executor/aggregator and ``omnifm.bench`` both call e
 :func:`omnifm.engine.central.train_central` instead of this loop.
 
 * ``weights``: ``dict[str, np.ndarray]`` float32, the algorithm's shared parameters (empty for
-  ``local``) plus, for ``scaffold``, the server control variate under ``CONTROL_PREFIX + name``.
-  A site uploads the same names; for control names it uploads its control *delta*.
+  ``local``) plus a strategy file's extra weights (``ServerRule.is_extra``; SCAFFOLD's server
+  control under ``CONTROL_PREFIX + name``). A site uploads the same names; for SCAFFOLD's control
+  names it uploads its control *delta*.
 * ``meta``: plain Python (JSON-able) dict sent to every site with the next task. Keys:
   :data:`BANK` (the spectral knowledge bank as :meth:`KnowledgeBank.to_plain`, or None) and
   :data:`STATE` (algorithm server state, e.g. FedDG's pooled amplitude bank, FedDyn's ``h``); every other key
@@ -45,13 +46,13 @@ import torch
 
 from omnifm.algorithms.aggregation import token_cos_across, update_bank, weighted_average
 from omnifm.algorithms.registry import get_algorithm
-from omnifm.algorithms.rule import server_rule
+from omnifm.algorithms.rule import ServerRule, server_rule
+from omnifm.algorithms.scaffold import CONTROL_PREFIX  # re-exported: the name drivers and tests use
 from omnifm.algorithms.spec import build_model, shared_state
 from omnifm.knowledge import KnowledgeBank
 
 BANK = "omnifm_bank"
 STATE = "omnifm_state"
-CONTROL_PREFIX = "scaffold_c:"
 AMPLITUDES = "amplitudes"
 DIAGNOSTICS = "omnifm_diagnostics"
 
@@ -99,8 +100,9 @@ def initial_global(spec: dict[str, Any], bank_args: dict[str, Any] | None = None
     algo = get_algorithm(spec["algorithm"])
     model = build_model(spec)
     weights = {k: v.numpy().astype(np.float32) for k, v in shared_state(model, algo).items()}
-    if algo.scaffold:
-        weights.update({CONTROL_PREFIX + k: np.zeros_like(v) for k, v in list(weights.items())})
+    rule = server_rule(algo)
+    if rule is not None:
+        weights.update(rule.initial_extras(dict(weights)))
     bank_args = {"value_dim": model.value_dim, **(bank_args or {})}
     bank = KnowledgeBank(dim=model.config.spectral_dim, **bank_args) if algo.uses_bank else None
     return weights, {BANK: None if bank is None else bank.to_plain(), STATE: {}}
@@ -161,8 +163,10 @@ def server_round(
     validate_uploads(global_weights, uploads)
     algo = get_algorithm(spec["algorithm"])
     uploads = sorted(uploads, key=lambda u: u.site)
-    weights = _average_model(algo, spec, global_weights, uploads, dict(global_meta.get(STATE) or {}))
-    weights.update(_update_controls(global_weights, uploads))
+    rule = server_rule(algo) or ServerRule()
+    model = {k: v for k, v in global_weights.items() if not rule.is_extra(k)}
+    weights = _average_model(rule, spec, model, uploads, dict(global_meta.get(STATE) or {}))
+    weights.update(rule.next_extras({k: v for k, v in global_weights.items() if rule.is_extra(k)}, uploads))
     meta = dict(global_meta)
     if meta.get(BANK):
         bank = KnowledgeBank.from_plain(meta[BANK])
@@ -173,47 +177,31 @@ def server_round(
             "bank": {k: summary[k] for k in ("size", "inserted", "merged", "pruned", "evicted")},
             "sites": {site: {"token_cos_across": value} for site, value in across.items()},
         }
-    meta[STATE] = _next_state(algo, dict(global_meta.get(STATE) or {}), uploads, spec, global_weights)
+    meta[STATE] = _next_state(algo, rule, dict(global_meta.get(STATE) or {}), uploads, spec, model)
     return weights, meta
 
 
 def _average_model(
-    algo: Any, spec: dict[str, Any], global_weights: dict[str, np.ndarray], uploads: list[Upload], state: dict[str, Any]
+    rule: ServerRule, spec: dict[str, Any], model: dict[str, np.ndarray], uploads: list[Upload], state: dict[str, Any]
 ) -> dict[str, np.ndarray]:
     """Sample-weighted mean of the model weights, unless the algorithm's strategy file has its own
     (FedDyn, from this round's ``state``); an empty model (``local``) stays empty."""
-    names = [k for k in global_weights if not k.startswith(CONTROL_PREFIX)]
-    if not names:
+    if not model:
         return {}
-    rule = server_rule(algo)
-    model = {k: global_weights[k] for k in names}
-    weights = rule.average(spec, model, uploads, state) if rule is not None else None
+    weights = rule.average(spec, model, uploads, state)
     if weights is not None:
         return weights
-    return weighted_average([({k: u.weights[k] for k in names}, u.n_samples) for u in uploads])
-
-
-def _update_controls(global_weights: dict[str, np.ndarray], uploads: list[Upload]) -> dict[str, np.ndarray]:
-    """SCAFFOLD: ``c <- c + mean_i(delta c_i)`` (all sites take part every round)."""
-    names = [k for k in global_weights if k.startswith(CONTROL_PREFIX)]
-    out = {}
-    for k in names:
-        mean_delta = sum(u.weights[k].astype(np.float64) for u in uploads) / len(uploads)
-        out[k] = (global_weights[k].astype(np.float64) + mean_delta).astype(np.float32)
-    return out
+    return weighted_average([({k: u.weights[k] for k in model}, u.n_samples) for u in uploads])
 
 
 def _next_state(
-    algo: Any, state: dict[str, Any], uploads: list[Upload], spec: dict[str, Any], global_weights: dict[str, np.ndarray]
+    algo: Any, rule: ServerRule, state: dict[str, Any], uploads: list[Upload], spec: dict[str, Any],
+    model: dict[str, np.ndarray],
 ) -> dict[str, Any]:
     """Algorithm server state for the next round (plain Python), from this round's ``state``."""
     if algo.amplitude_aug:
         state[AMPLITUDES] = _pool_amplitudes(uploads)
-    rule = server_rule(algo)
-    if rule is not None:
-        state = rule.next_state(spec, {k: v for k, v in global_weights.items() if not k.startswith(CONTROL_PREFIX)},
-                                state, uploads)
-    return state
+    return rule.next_state(spec, model, state, uploads)
 
 
 def _pool_amplitudes(uploads: list[Upload]) -> list:

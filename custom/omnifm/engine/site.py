@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from omnifm.algorithms import build_model, get_algorithm
-from omnifm.algorithms.server import AMPLITUDES, CONTROL_PREFIX, Upload, to_plain
+from omnifm.algorithms.server import AMPLITUDES, Upload, to_plain
 from omnifm.algorithms.rule import site_rule
 from omnifm.algorithms.spec import shared_state
 from omnifm.checkpoint import atomic_torch_save
@@ -32,7 +32,6 @@ from omnifm.engine.evaluate import evaluate_volumes
 from omnifm.engine.optim_state import flat_state, init_adam_state, load_flat_state
 from omnifm.engine.privacy import DP_PREFIX, DPConfig, SitePrivacy, refusal, released_under_dp
 from omnifm.engine.retrieval import Retriever
-from omnifm.engine.scaffold import ControlVariates
 from omnifm.engine.train import EpochStats, train_epoch
 from omnifm.knowledge import KnowledgeBank, summarize_tokens
 from omnifm.knowledge.summaries import class_sums, summarize_entries
@@ -109,8 +108,8 @@ class TrainConfig:
 class RoundResult:
     """What a site sends back after a round: shared weights and aggregates only.
 
-    ``extras`` holds algorithm uploads (FedDG's group-mean amplitude windows); SCAFFOLD's control
-    deltas travel in ``weights`` under ``CONTROL_PREFIX + name``, so HE filters cover them.
+    ``extras`` holds algorithm uploads (FedDG's group-mean amplitude windows); a strategy file's
+    extra weights (SCAFFOLD's control deltas, ``scaffold_c:<name>``) travel in ``weights``.
     ``prototype_values`` are the bank values of the uploaded prototypes (class-conditional feature
     means, see :mod:`omnifm.knowledge.summaries`); ``diagnostics`` the mechanism's measurements
     (:mod:`omnifm.engine.diagnostics`), also copied into ``metrics``.
@@ -198,11 +197,7 @@ class SiteTrainer:
         self.model = build_model(spec).to(self.device)
         self.shared_names = self.algorithm.shared_parameter_names(self.model)
         self.personal_model = copy.deepcopy(self.model) if self.algorithm.ditto else None
-        params = dict(self.model.named_parameters())
-        self.control = (
-            ControlVariates({n: params[n].shape for n in self.shared_names}) if self.algorithm.scaffold else None
-        )
-        self.rule = site_rule(self.algorithm, spec, self.model, self.shared_names)  # FedRep, FedDyn (one file each)
+        self.rule = site_rule(self.algorithm, spec, self.model, self.shared_names)  # FedRep, FedDyn, SCAFFOLD
         self.optimizers = {"main": torch.optim.Adam(self.model.parameters(), lr=config.learning_rate)}
         if self.personal_model is not None:
             self.optimizers["ditto"] = torch.optim.Adam(self.personal_model.parameters(), lr=config.learning_rate)
@@ -241,22 +236,25 @@ class SiteTrainer:
         """The shared parameters (what the server averages), detached CPU copies."""
         return shared_state(self.model, self.algorithm)
 
-    def _global_names(self) -> list[str]:
-        controls = [CONTROL_PREFIX + n for n in self.shared_names] if self.control is not None else []
-        return self.shared_names + controls
+    def _global_targets(self) -> dict[str, torch.Tensor]:
+        """What each global weight is copied into: a shared parameter or a strategy file's extra weight."""
+        params = dict(self.model.named_parameters())
+        targets = {name: params[name] for name in self.shared_names}
+        targets.update(self.rule.extra_weights() if self.rule is not None else {})
+        return targets
 
     def load_global(self, weights: dict[str, torch.Tensor]) -> None:
-        """Overwrite the shared parameters (and SCAFFOLD's server control); personal ones are never touched."""
-        expected = self._global_names()
+        """Overwrite the shared parameters (and a strategy's extra weights, e.g. SCAFFOLD's server control);
+        personal ones are never touched."""
+        targets = self._global_targets()
+        expected = list(targets)
         missing, extra = set(expected) - set(weights), set(weights) - set(expected)
         if missing or extra:
             raise ValueError(
                 f"global weights do not match this site's shared parameters: missing {sorted(missing)[:5]}, "
                 f"unexpected {sorted(extra)[:5]} (server and site run different model specs?)"
             )
-        params = dict(self.model.named_parameters())
-        for name in expected:
-            target = params[name] if name in params else self.control.server[name[len(CONTROL_PREFIX):]]
+        for name, target in targets.items():
             value = torch.as_tensor(weights[name])
             if value.shape != target.shape:
                 raise ValueError(f"global weight {name} has shape {tuple(value.shape)}, expected {tuple(target.shape)}")
@@ -265,16 +263,14 @@ class SiteTrainer:
 
     def personal_state(self) -> dict[str, torch.Tensor]:
         """Everything the site keeps: personal parameters (by name), ``buffer/`` model buffers,
-        ``ditto/`` the personal model, ``control/`` SCAFFOLD's site control, ``<rule prefix>/`` a
-        strategy file's state (``feddyn/``: FedDyn's ``g_i``), ``optim/<name>/`` the optimizers'
+        ``ditto/`` the personal model, ``<rule prefix>/`` a strategy file's state (``feddyn/``:
+        FedDyn's ``g_i``, ``control/``: SCAFFOLD's site control), ``optim/<name>/`` the optimizers'
         state (Adam moments and step counts)."""
         shared = set(self.shared_names)
         state = {n: p.detach().cpu().clone() for n, p in self.model.named_parameters() if n not in shared}
         state.update({f"buffer/{n}": b.detach().cpu().clone() for n, b in self.model.named_buffers()})
         if self.personal_model is not None:
             state.update({f"ditto/{n}": v.detach().cpu().clone() for n, v in self.personal_model.state_dict().items()})
-        if self.control is not None:
-            state.update({f"control/{n}": v.clone() for n, v in self.control.client.items()})
         if self.rule is not None:
             state.update({f"{self.rule.prefix}/{n}": v.detach().cpu().clone() for n, v in self.rule.state().items()})
         for name, optimizer in self.optimizers.items():
@@ -301,8 +297,6 @@ class SiteTrainer:
                     buffers[rest].copy_(value)
                 elif prefix == "ditto":
                     ditto[rest].copy_(value)
-                elif prefix == "control":
-                    self.control.client[rest] = value.clone()
                 elif self.rule is not None and prefix == self.rule.prefix:
                     rule_state[rest] = value
                 else:
@@ -410,8 +404,8 @@ class SiteTrainer:
             train_metrics = {}  # training losses are functions of the training cases: not released un-noised
             self.dp.log_round(round_num)
         weights = self.shared_state()
-        if self.control is not None:
-            weights.update({CONTROL_PREFIX + k: v for k, v in self.control.finish_round().items()})
+        if self.rule is not None:
+            weights.update(self.rule.extra_uploads())
         return RoundResult(
             weights=weights,
             n_samples=stats.samples,
@@ -438,11 +432,8 @@ class SiteTrainer:
         regularizer = (lambda: proximal_term(model.named_parameters(), anchor, mu)) if algo.proximal else None
         augment = self._augmenter(round_num, server_extras)
         after_backward = None
-        if self.control is not None:
-            self.control.start_round()
-            after_backward = self.control.correct
         loader = self._loader(round_num, stream=0)
-        if self.rule is not None:  # the registry refuses a rule combined with proximal/scaffold hooks
+        if self.rule is not None:  # the registry refuses a rule combined with proximal/ditto hooks
             steps = len(loader) if self.dp is None else self.dp.steps_per_epoch
             hooks = self.rule.start_round(model, anchor, steps, self.config.local_epochs)
             regularizer, after_backward = hooks.regularizer or regularizer, hooks.after_backward or after_backward

@@ -47,7 +47,7 @@ def _refusal(algo: Algorithm) -> str | None:
         return "it is not a federation"
     if "all" in algo.personal:
         return "nothing is shared, so there is nothing to encrypt"
-    if algo.scaffold:
+    if algo.rule == "scaffold":
         return "SCAFFOLD's control variates are not a sample-weighted mean"
     if algo.rule == "feddyn":
         return "FedDyn's next model is the plain mean minus h / alpha, and h needs the plaintext weights"

@@ -9,7 +9,7 @@ import torch
 from omnifm.algorithms import ALGORITHMS, get_algorithm, initial_global, make_run_spec
 from omnifm.algorithms.server import AMPLITUDES, CONTROL_PREFIX
 from omnifm.engine import Retriever, SiteTrainer, TrainConfig, train_central
-from omnifm.engine.scaffold import ControlVariates
+from omnifm.algorithms.scaffold import ControlVariates
 from omnifm.knowledge import KnowledgeBank
 from synthetic_cases import SMALL, volumes as _volumes
 
@@ -126,7 +126,7 @@ def test_scaffold_uploads_control_deltas_and_restores_its_control():
     result = trainer.train_round(None, 0)
     deltas = {k: v for k, v in result.weights.items() if k.startswith(CONTROL_PREFIX)}
     assert len(deltas) == len(trainer.shared_names) and any(v.abs().sum() > 0 for v in deltas.values())
-    assert all(torch.equal(trainer.control.client[k[len(CONTROL_PREFIX):]], v) for k, v in deltas.items()), \
+    assert all(torch.equal(trainer.rule.control.client[k[len(CONTROL_PREFIX):]], v) for k, v in deltas.items()), \
         "from a zero control, delta c_i is the new control"
 
 
