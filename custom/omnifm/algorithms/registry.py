@@ -33,8 +33,6 @@ class Algorithm:
             parameters), ``all`` (nothing is shared). Buffers (e.g. BatchNorm running statistics)
             are always personal.
         proximal: FedProx's ``prox_mu / 2 * ||w - w_global||^2`` over the shared weights.
-        ditto: train a personal copy of the whole model with ``prox_mu / 2 * ||v - w_global||^2``
-            next to the FedAvg model; evaluation uses the personal copy.
         retrieval: ``topk`` (cosine top-k from the bank), ``mean`` (the bank mean for every image) or
             ``random`` (the placebo control: top-k, then the retrieved keys and values replaced by noise).
         align: add the spectral-proximal alignment loss (``align_weight``).
@@ -42,9 +40,9 @@ class Algorithm:
         affine_norm: the network needs normalisation layers with affine parameters (a non-affine
             ``instance`` norm becomes ``batch``).
         federated: False for references that are not a federation (``central``): FLARE refuses them.
-        rule: the strategy file holding the rest of the rule (``fedrep``, ``feddyn``, ``scaffold``;
-            see :mod:`omnifm.algorithms.rule`), or ``""``. It cannot be combined with ``proximal``
-            or ``ditto`` (they use the same training hooks).
+        rule: the strategy file holding the rest of the rule (``fedrep``, ``feddyn``, ``scaffold``,
+            ``ditto``; see :mod:`omnifm.algorithms.rule`), or ``""``. It cannot be combined with
+            ``proximal`` (they use the same training hooks).
         description: one line for logs and docs.
     """
 
@@ -53,7 +51,6 @@ class Algorithm:
     uses_bank: bool = False
     personal: frozenset[str] = frozenset()
     proximal: bool = False
-    ditto: bool = False
     retrieval: str = "topk"
     align: bool = True
     amplitude_aug: bool = False
@@ -70,8 +67,8 @@ class Algorithm:
             raise ValueError(f"retrieval must be one of {RETRIEVALS}, got {self.retrieval!r}")
         if self.rule not in ("", *RULES):
             raise ValueError(f"rule must be one of {RULES} or '', got {self.rule!r}")
-        if self.rule and (self.proximal or self.ditto):
-            raise ValueError(f"rule {self.rule!r} cannot be combined with proximal or ditto")
+        if self.rule and self.proximal:
+            raise ValueError(f"rule {self.rule!r} cannot be combined with proximal")
 
     def personal_parameter_names(self, model: nn.Module) -> set[str]:
         """Names of the parameters that never leave the site."""
@@ -131,7 +128,7 @@ ALGORITHMS: dict[str, Algorithm] = _algorithms(
               description="Control: FedPer + OmniFM's fusion transformer layer and suffix prompts, no spectral input"),
     Algorithm("fedrep", _PLAIN, personal=_HEAD, rule="fedrep",
               description="FedRep: encoder (body) averaged, decoder (head) personal; head epochs, then body epochs"),
-    Algorithm("ditto", _PLAIN, ditto=True,
+    Algorithm("ditto", _PLAIN, rule="ditto",
               description="Ditto: FedAvg global model + a personal model pulled to it by ditto_lambda/2 ||v - w||^2"),
     Algorithm("fedbn", _PLAIN, personal=frozenset({"norm"}), affine_norm=True,
               description="FedBN: FedAvg except normalisation layers (affine params, running stats) stay local"),

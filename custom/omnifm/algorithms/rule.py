@@ -2,8 +2,8 @@
 
 A strategy that needs more than the :class:`~omnifm.algorithms.registry.Algorithm` switches
 (FedRep's alternating head/body updates, FedDyn's dynamic regulariser and server state, SCAFFOLD's
-control variates) lives in ONE file of this package holding the whole rule, Flower style:
-``fedrep.py``, ``feddyn.py``, ``scaffold.py``.
+control variates, Ditto's personal model) lives in ONE file of this package holding the whole rule,
+Flower style: ``fedrep.py``, ``feddyn.py``, ``scaffold.py``, ``ditto.py``.
 The registry names it in ``Algorithm.rule``; the generic code only calls these hooks:
 
 * :class:`SiteRule` -- :class:`omnifm.engine.SiteTrainer` creates one per trainer, asks it for
@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from omnifm.algorithms.registry import Algorithm
     from omnifm.algorithms.server import Upload
 
-RULES = ("fedrep", "feddyn", "scaffold")
+RULES = ("fedrep", "feddyn", "scaffold", "ditto")
 """Strategy files of this package that an ``Algorithm.rule`` may name."""
 
 
@@ -100,6 +100,18 @@ class SiteRule:
         """This round's values of the :meth:`extra_weights` names (e.g. SCAFFOLD's control delta)."""
         return {}
 
+    def optimizers(self, learning_rate: float) -> dict[str, torch.optim.Optimizer]:
+        """Optimizers of models the rule trains besides the site's model (their state is personal:
+        ``optim/<name>/``; the trainer sets their learning rate every round)."""
+        return {}
+
+    def after_round(self, trainer: Any, anchor: dict[str, torch.Tensor], round_num: int) -> None:
+        """Called after the site's local epochs and :meth:`finish_round` (Ditto trains its personal model here)."""
+
+    def evaluation_model(self) -> nn.Module | None:
+        """The model the site is evaluated with instead of its federated model (Ditto's personal one), or None."""
+        return None
+
 
 class ServerRule:
     """A strategy's server part; the defaults are the plain protocol (state unchanged, weighted mean, no extras)."""
@@ -130,9 +142,9 @@ class ServerRule:
 
 
 def _module(algo: Algorithm) -> Any:
-    from omnifm.algorithms import feddyn, fedrep, scaffold  # the strategy files import this module
+    from omnifm.algorithms import ditto, feddyn, fedrep, scaffold  # the strategy files import this module
 
-    return {"fedrep": fedrep, "feddyn": feddyn, "scaffold": scaffold}[algo.rule]
+    return {"fedrep": fedrep, "feddyn": feddyn, "scaffold": scaffold, "ditto": ditto}[algo.rule]
 
 
 def site_rule(algo: Algorithm, spec: dict[str, Any], model: nn.Module, shared_names: list[str]) -> SiteRule | None:

@@ -129,7 +129,7 @@ class DPConfig:
 
 def refusal(algorithm: Any, model: nn.Module) -> str | None:
     """Why ``algorithm`` cannot train under case-level DP-SGD (None: it can)."""
-    if getattr(algorithm, "ditto", False):
+    if getattr(algorithm, "rule", "") == "ditto":
         return (f"algorithm {algorithm.name!r} trains a personal model without DP next to the global one and "
                 "reports its validation Dice, a function of the training cases that DP-SGD would not cover")
     if getattr(algorithm, "amplitude_aug", False):

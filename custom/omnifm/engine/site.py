@@ -8,7 +8,6 @@ protocol in :mod:`omnifm.algorithms.server`).
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
 import os
@@ -196,11 +195,10 @@ class SiteTrainer:
         self.logger = logger or logging.getLogger(__name__)
         self.model = build_model(spec).to(self.device)
         self.shared_names = self.algorithm.shared_parameter_names(self.model)
-        self.personal_model = copy.deepcopy(self.model) if self.algorithm.ditto else None
         self.rule = site_rule(self.algorithm, spec, self.model, self.shared_names)  # FedRep, FedDyn, SCAFFOLD
         self.optimizers = {"main": torch.optim.Adam(self.model.parameters(), lr=config.learning_rate)}
-        if self.personal_model is not None:
-            self.optimizers["ditto"] = torch.optim.Adam(self.personal_model.parameters(), lr=config.learning_rate)
+        if self.rule is not None:  # Ditto's personal model
+            self.optimizers.update(self.rule.optimizers(config.learning_rate))
         for optimizer in self.optimizers.values():
             init_adam_state(optimizer)
         self.task = get_task(spec["task"])
@@ -209,7 +207,7 @@ class SiteTrainer:
         self.test_volumes = list(test_volumes or [])
         self.site = site
         self.dataset = self.task.dataset(train_volumes, config.keep_empty_fraction, config.seed, site)
-        self.loader = self._loader(0, stream=0)
+        self.loader = self.round_loader(0, stream=0)
         self.dp = self._privacy(train_volumes)
 
     def _privacy(self, train_volumes: list[dict[str, np.ndarray]]) -> SitePrivacy | None:
@@ -227,7 +225,13 @@ class SiteTrainer:
                          self.config.dp.delta)
         return dp
 
-    def _loader(self, round_num: int, stream: int) -> torch.utils.data.DataLoader:
+    @property
+    def personal_model(self) -> nn.Module | None:
+        """The model this site is evaluated with instead of :attr:`model` (Ditto's personal model), or None."""
+        return self.rule.evaluation_model() if self.rule is not None else None
+
+    def round_loader(self, round_num: int, stream: int) -> torch.utils.data.DataLoader:
+        """The training loader of ``round_num``; ``stream`` picks an independent data order (Ditto's is 1)."""
         generator = torch.Generator().manual_seed(round_seed(self.config.seed, round_num, stream))
         return torch.utils.data.DataLoader(self.dataset, batch_size=self.config.batch_size, shuffle=True, generator=generator)
 
@@ -263,14 +267,12 @@ class SiteTrainer:
 
     def personal_state(self) -> dict[str, torch.Tensor]:
         """Everything the site keeps: personal parameters (by name), ``buffer/`` model buffers,
-        ``ditto/`` the personal model, ``<rule prefix>/`` a strategy file's state (``feddyn/``:
-        FedDyn's ``g_i``, ``control/``: SCAFFOLD's site control), ``optim/<name>/`` the optimizers'
-        state (Adam moments and step counts)."""
+        ``<rule prefix>/`` a strategy file's state (``feddyn/``: FedDyn's ``g_i``, ``control/``:
+        SCAFFOLD's site control, ``ditto/``: Ditto's personal model), ``optim/<name>/`` the
+        optimizers' state (Adam moments and step counts)."""
         shared = set(self.shared_names)
         state = {n: p.detach().cpu().clone() for n, p in self.model.named_parameters() if n not in shared}
         state.update({f"buffer/{n}": b.detach().cpu().clone() for n, b in self.model.named_buffers()})
-        if self.personal_model is not None:
-            state.update({f"ditto/{n}": v.detach().cpu().clone() for n, v in self.personal_model.state_dict().items()})
         if self.rule is not None:
             state.update({f"{self.rule.prefix}/{n}": v.detach().cpu().clone() for n, v in self.rule.state().items()})
         for name, optimizer in self.optimizers.items():
@@ -281,7 +283,6 @@ class SiteTrainer:
 
     def _set_personal(self, state: dict[str, torch.Tensor]) -> None:
         params, buffers = dict(self.model.named_parameters()), dict(self.model.named_buffers())
-        ditto = self.personal_model.state_dict() if self.personal_model is not None else {}
         optim: dict[str, dict[str, torch.Tensor]] = {name: {} for name in self.optimizers}
         rule_state: dict[str, torch.Tensor] = {}
         dp_state: dict[str, torch.Tensor] = {}
@@ -295,8 +296,6 @@ class SiteTrainer:
                     optim[name][entry] = value
                 elif prefix == "buffer":
                     buffers[rest].copy_(value)
-                elif prefix == "ditto":
-                    ditto[rest].copy_(value)
                 elif self.rule is not None and prefix == self.rule.prefix:
                     rule_state[rest] = value
                 else:
@@ -393,8 +392,8 @@ class SiteTrainer:
             for group in optimizer.param_groups:
                 group["lr"] = lr
         stats = self._train_model(self.model, retriever, anchor, round_num, server_extras or {})
-        if self.personal_model is not None:
-            self._train_ditto(anchor, round_num)
+        if self.rule is not None:
+            self.rule.after_round(self, anchor, round_num)  # Ditto: the personal model's epochs
         prototypes, values, counts, token_cos = summary
         diagnostics = self._diagnostics(bank, retriever, token_cos, round_num)
         train_metrics = stats.means()
@@ -432,8 +431,8 @@ class SiteTrainer:
         regularizer = (lambda: proximal_term(model.named_parameters(), anchor, mu)) if algo.proximal else None
         augment = self._augmenter(round_num, server_extras)
         after_backward = None
-        loader = self._loader(round_num, stream=0)
-        if self.rule is not None:  # the registry refuses a rule combined with proximal/ditto hooks
+        loader = self.round_loader(round_num, stream=0)
+        if self.rule is not None:  # the registry refuses a rule combined with proximal hooks
             steps = len(loader) if self.dp is None else self.dp.steps_per_epoch
             hooks = self.rule.start_round(model, anchor, steps, self.config.local_epochs)
             regularizer, after_backward = hooks.regularizer or regularizer, hooks.after_backward or after_backward
@@ -452,16 +451,6 @@ class SiteTrainer:
         if self.rule is not None:
             self.rule.finish_round(model, anchor)
         return stats
-
-    def _train_ditto(self, anchor: dict[str, torch.Tensor], round_num: int) -> None:
-        """Ditto: the personal model, pulled to the received global model by ``ditto_lambda / 2 ||v - w||^2``."""
-        model, lam = self.personal_model, self.spec["ditto_lambda"]
-        optimizer = self.optimizers["ditto"]
-        regularizer = lambda: proximal_term(model.named_parameters(), anchor, lam)  # noqa: E731
-        loader = self._loader(round_num, stream=1)
-        for epoch in range(self.config.local_epochs):
-            stats = train_epoch(model, loader, optimizer, self.loss_fn, self.device, None, 0.0, regularizer=regularizer)
-            self.logger.info("ditto personal epoch %d/%d: %s", epoch + 1, self.config.local_epochs, _fmt(stats.means()))
 
     def _augmenter(self, round_num: int, server_extras: dict) -> Callable[[torch.Tensor], torch.Tensor] | None:
         """FedDG: interpolate towards the pooled amplitude bank (none in round 0: the bank is empty)."""

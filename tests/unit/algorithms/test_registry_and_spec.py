@@ -95,9 +95,9 @@ def test_weighted_average_matches_hand_computation():
 
 @pytest.mark.parametrize(
     "kwargs, match",
-    [({"rule": "fedx"}, r"rule must be one of \('fedrep', 'feddyn', 'scaffold'\) or '', got 'fedx'"),
-     ({"rule": "feddyn", "proximal": True}, "rule 'feddyn' cannot be combined with proximal or ditto"),
-     ({"rule": "scaffold", "ditto": True}, "rule 'scaffold' cannot be combined")],
+    [({"rule": "fedx"}, r"rule must be one of \('fedrep', 'feddyn', 'scaffold', 'ditto'\) or '', got 'fedx'"),
+     ({"rule": "feddyn", "proximal": True}, "rule 'feddyn' cannot be combined with proximal"),
+     ({"rule": "scaffold", "proximal": True}, "rule 'scaffold' cannot be combined")],
 )
 def test_bad_strategy_rule(kwargs, match):
     with pytest.raises(ValueError, match=match):
