@@ -36,12 +36,11 @@ class Algorithm:
         retrieval: ``topk`` (cosine top-k from the bank), ``mean`` (the bank mean for every image) or
             ``random`` (the placebo control: top-k, then the retrieved keys and values replaced by noise).
         align: add the spectral-proximal alignment loss (``align_weight``).
-        amplitude_aug: FedDG-style low-frequency amplitude interpolation with a pooled amplitude bank.
         affine_norm: the network needs normalisation layers with affine parameters (a non-affine
             ``instance`` norm becomes ``batch``).
         federated: False for references that are not a federation (``central``): FLARE refuses them.
         rule: the strategy file holding the rest of the rule (``fedrep``, ``feddyn``, ``scaffold``,
-            ``ditto``; see :mod:`omnifm.algorithms.rule`), or ``""``. It cannot be combined with
+            ``ditto``, ``feddg``; see :mod:`omnifm.algorithms.rule`), or ``""``. It cannot be combined with
             ``proximal`` (they use the same training hooks).
         description: one line for logs and docs.
     """
@@ -53,7 +52,6 @@ class Algorithm:
     proximal: bool = False
     retrieval: str = "topk"
     align: bool = True
-    amplitude_aug: bool = False
     affine_norm: bool = False
     federated: bool = True
     rule: str = ""
@@ -132,7 +130,7 @@ ALGORITHMS: dict[str, Algorithm] = _algorithms(
               description="Ditto: FedAvg global model + a personal model pulled to it by ditto_lambda/2 ||v - w||^2"),
     Algorithm("fedbn", _PLAIN, personal=frozenset({"norm"}), affine_norm=True,
               description="FedBN: FedAvg except normalisation layers (affine params, running stats) stay local"),
-    Algorithm("feddg", _PLAIN, amplitude_aug=True,
+    Algorithm("feddg", _PLAIN, rule="feddg",
               description="FedDG-style: FedAvg + low-frequency amplitude interpolation from a pooled amplitude bank"),
     Algorithm("scaffold", _PLAIN, rule="scaffold",
               description="SCAFFOLD: FedAvg with server/client control variates correcting local drift"),

@@ -2,8 +2,9 @@
 
 A strategy that needs more than the :class:`~omnifm.algorithms.registry.Algorithm` switches
 (FedRep's alternating head/body updates, FedDyn's dynamic regulariser and server state, SCAFFOLD's
-control variates, Ditto's personal model) lives in ONE file of this package holding the whole rule,
-Flower style: ``fedrep.py``, ``feddyn.py``, ``scaffold.py``, ``ditto.py``.
+control variates, Ditto's personal model, FedDG's amplitude bank) lives in ONE file of this package
+holding the whole rule, Flower style: ``fedrep.py``, ``feddyn.py``, ``scaffold.py``, ``ditto.py``,
+``feddg.py``.
 The registry names it in ``Algorithm.rule``; the generic code only calls these hooks:
 
 * :class:`SiteRule` -- :class:`omnifm.engine.SiteTrainer` creates one per trainer, asks it for
@@ -36,7 +37,7 @@ if TYPE_CHECKING:
     from omnifm.algorithms.registry import Algorithm
     from omnifm.algorithms.server import Upload
 
-RULES = ("fedrep", "feddyn", "scaffold", "ditto")
+RULES = ("fedrep", "feddyn", "scaffold", "ditto", "feddg")
 """Strategy files of this package that an ``Algorithm.rule`` may name."""
 
 
@@ -47,10 +48,12 @@ class RoundHooks:
     Args:
         regularizer: extra loss term evaluated every step, or None.
         after_backward: called with the model after ``backward`` and before the optimizer step, or None.
+        augment: maps a batch of images (B, C, *spatial) before the forward pass (FedDG), or None.
     """
 
     regularizer: Callable[[], torch.Tensor] | None = None
     after_backward: Callable[[nn.Module], None] | None = None
+    augment: Callable[[torch.Tensor], torch.Tensor] | None = None
 
 
 class SiteRule:
@@ -87,6 +90,9 @@ class SiteRule:
         copied into (SCAFFOLD's server control). A site uploads the same names (:meth:`extra_uploads`)."""
         return {}
 
+    def begin_round(self, trainer: Any, round_num: int, server_state: dict[str, Any]) -> None:
+        """Called before :meth:`start_round` with the server's algorithm state (``meta[STATE]``)."""
+
     def start_round(
         self, model: nn.Module, anchor: dict[str, torch.Tensor], steps_per_epoch: int, local_epochs: int
     ) -> RoundHooks:
@@ -107,6 +113,10 @@ class SiteRule:
 
     def after_round(self, trainer: Any, anchor: dict[str, torch.Tensor], round_num: int) -> None:
         """Called after the site's local epochs and :meth:`finish_round` (Ditto trains its personal model here)."""
+
+    def extras(self, trainer: Any, round_num: int) -> dict[str, Any]:
+        """The round's algorithm uploads beside the weights (plain Python after ``to_plain``; FedDG's amplitudes)."""
+        return {}
 
     def evaluation_model(self) -> nn.Module | None:
         """The model the site is evaluated with instead of its federated model (Ditto's personal one), or None."""
@@ -142,9 +152,9 @@ class ServerRule:
 
 
 def _module(algo: Algorithm) -> Any:
-    from omnifm.algorithms import ditto, feddyn, fedrep, scaffold  # the strategy files import this module
+    from omnifm.algorithms import ditto, feddg, feddyn, fedrep, scaffold  # the strategy files import this module
 
-    return {"fedrep": fedrep, "feddyn": feddyn, "scaffold": scaffold, "ditto": ditto}[algo.rule]
+    return {"fedrep": fedrep, "feddyn": feddyn, "scaffold": scaffold, "ditto": ditto, "feddg": feddg}[algo.rule]
 
 
 def site_rule(algo: Algorithm, spec: dict[str, Any], model: nn.Module, shared_names: list[str]) -> SiteRule | None:

@@ -47,13 +47,13 @@ import torch
 from omnifm.algorithms.aggregation import token_cos_across, update_bank, weighted_average
 from omnifm.algorithms.registry import get_algorithm
 from omnifm.algorithms.rule import ServerRule, server_rule
+from omnifm.algorithms.feddg import AMPLITUDES  # noqa: F401  (re-exported, as CONTROL_PREFIX)
 from omnifm.algorithms.scaffold import CONTROL_PREFIX  # re-exported: the name drivers and tests use
 from omnifm.algorithms.spec import build_model, shared_state
 from omnifm.knowledge import KnowledgeBank
 
 BANK = "omnifm_bank"
 STATE = "omnifm_state"
-AMPLITUDES = "amplitudes"
 DIAGNOSTICS = "omnifm_diagnostics"
 
 
@@ -177,7 +177,7 @@ def server_round(
             "bank": {k: summary[k] for k in ("size", "inserted", "merged", "pruned", "evicted")},
             "sites": {site: {"token_cos_across": value} for site, value in across.items()},
         }
-    meta[STATE] = _next_state(algo, rule, dict(global_meta.get(STATE) or {}), uploads, spec, model)
+    meta[STATE] = rule.next_state(spec, model, dict(global_meta.get(STATE) or {}), uploads)
     return weights, meta
 
 
@@ -192,30 +192,3 @@ def _average_model(
     if weights is not None:
         return weights
     return weighted_average([({k: u.weights[k] for k in model}, u.n_samples) for u in uploads])
-
-
-def _next_state(
-    algo: Any, rule: ServerRule, state: dict[str, Any], uploads: list[Upload], spec: dict[str, Any],
-    model: dict[str, np.ndarray],
-) -> dict[str, Any]:
-    """Algorithm server state for the next round (plain Python), from this round's ``state``."""
-    if algo.amplitude_aug:
-        state[AMPLITUDES] = _pool_amplitudes(uploads)
-    return rule.next_state(spec, model, state, uploads)
-
-
-def _pool_amplitudes(uploads: list[Upload]) -> list:
-    """FedDG: the round's amplitude bank is every site's uploaded group-mean amplitudes, pooled."""
-    pooled, shape = [], None
-    for u in uploads:
-        amps = np.asarray(u.extras.get(AMPLITUDES) or [], dtype=np.float32)
-        if amps.size == 0:
-            continue
-        if amps.ndim != 4 or (shape is not None and amps.shape[1:] != shape) or not np.isfinite(amps).all():
-            raise ValueError(
-                f"{u.site or 'a site'} uploaded amplitudes of shape {amps.shape} (expected finite (G, C, w, w)"
-                f"{'' if shape is None else f' with (C, w, w) = {shape}'}); feddg needs equal slice sizes and channels"
-            )
-        shape = amps.shape[1:]
-        pooled.append(amps)
-    return np.concatenate(pooled).tolist() if pooled else []

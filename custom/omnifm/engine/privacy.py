@@ -132,7 +132,7 @@ def refusal(algorithm: Any, model: nn.Module) -> str | None:
     if getattr(algorithm, "rule", "") == "ditto":
         return (f"algorithm {algorithm.name!r} trains a personal model without DP next to the global one and "
                 "reports its validation Dice, a function of the training cases that DP-SGD would not cover")
-    if getattr(algorithm, "amplitude_aug", False):
+    if getattr(algorithm, "rule", "") == "feddg":
         return (f"algorithm {algorithm.name!r} uploads group-mean amplitude spectra of the training slices "
                 "(FedDG's amplitude bank) without noise; DP-SGD would not cover them")
     stats = [n for n, m in model.named_modules() if getattr(m, "track_running_stats", False)]

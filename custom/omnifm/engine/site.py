@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,11 +20,10 @@ import torch
 from torch import nn
 
 from omnifm.algorithms import build_model, get_algorithm
-from omnifm.algorithms.server import AMPLITUDES, Upload, to_plain
+from omnifm.algorithms.server import Upload, to_plain
 from omnifm.algorithms.rule import site_rule
 from omnifm.algorithms.spec import shared_state
 from omnifm.checkpoint import atomic_torch_save
-from omnifm.data.amplitude import group_mean_amplitudes, interpolate_amplitude
 from omnifm.engine.diagnostics import mean_pairwise_cosine, placebo_effect, retrieval_stats
 from omnifm.engine.evaluate import evaluate_volumes
 from omnifm.engine.optim_state import flat_state, init_adam_state, load_flat_state
@@ -412,7 +410,7 @@ class SiteTrainer:
             prototype_counts=counts,
             retrieval_counts=dict(retriever.counts) if retriever and self.dp is None else {},
             metrics={**train_metrics, "lr": lr, **diagnostics},
-            extras=self._extras(round_num),
+            extras=self.rule.extras(self, round_num) if self.rule is not None else {},
             prototype_values=values,
             diagnostics=diagnostics,
         )
@@ -429,13 +427,14 @@ class SiteTrainer:
         align_weight = self.spec["align_weight"] if algo.uses_bank and algo.align else 0.0
         mu = self.spec["prox_mu"]
         regularizer = (lambda: proximal_term(model.named_parameters(), anchor, mu)) if algo.proximal else None
-        augment = self._augmenter(round_num, server_extras)
-        after_backward = None
+        after_backward = augment = None
         loader = self.round_loader(round_num, stream=0)
         if self.rule is not None:  # the registry refuses a rule combined with proximal hooks
             steps = len(loader) if self.dp is None else self.dp.steps_per_epoch
+            self.rule.begin_round(self, round_num, server_extras)
             hooks = self.rule.start_round(model, anchor, steps, self.config.local_epochs)
             regularizer, after_backward = hooks.regularizer or regularizer, hooks.after_backward or after_backward
+            augment = hooks.augment
         for epoch in range(self.config.local_epochs):
             if self.dp is not None:  # case-level DP-SGD; its generators are seeded from the site's secret
                 stats = self.dp.train_epoch(model, optimizer, self.loss_fn, self.device, retriever, align_weight,
@@ -451,27 +450,6 @@ class SiteTrainer:
         if self.rule is not None:
             self.rule.finish_round(model, anchor)
         return stats
-
-    def _augmenter(self, round_num: int, server_extras: dict) -> Callable[[torch.Tensor], torch.Tensor] | None:
-        """FedDG: interpolate towards the pooled amplitude bank (none in round 0: the bank is empty)."""
-        if not self.algorithm.amplitude_aug or not server_extras.get(AMPLITUDES):
-            return None
-        bank = torch.as_tensor(np.asarray(server_extras[AMPLITUDES], dtype=np.float32))
-        self.logger.info("FedDG: interpolating low-frequency amplitudes towards %d pooled groups", bank.shape[0])
-        generator = torch.Generator().manual_seed(round_seed(self.config.seed, round_num, 2))
-        ratio = self.spec["amplitude_ratio"]
-        return lambda images: interpolate_amplitude(images, bank, ratio, generator)
-
-    def _extras(self, round_num: int) -> dict[str, Any]:
-        """FedDG: group-mean low-frequency amplitude windows of the training slices."""
-        if not self.algorithm.amplitude_aug:
-            return {}
-        images = torch.stack([self.dataset[i]["image"] for i in range(len(self.dataset))])
-        generator = torch.Generator().manual_seed(round_seed(self.config.seed, round_num, 3))
-        amps = group_mean_amplitudes(
-            images, self.spec["amplitude_ratio"], self.spec["num_prototypes"], self.config.min_prototype_count, generator
-        )
-        return {AMPLITUDES: amps}
 
     @torch.no_grad()
     def _summaries(self) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, float]:

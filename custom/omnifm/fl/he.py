@@ -51,7 +51,7 @@ def _refusal(algo: Algorithm) -> str | None:
         return "SCAFFOLD's control variates are not a sample-weighted mean"
     if algo.rule == "feddyn":
         return "FedDyn's next model is the plain mean minus h / alpha, and h needs the plaintext weights"
-    if algo.amplitude_aug:
+    if algo.rule == "feddg":
         return "its pooled amplitude bank would travel as plaintext meta beside the encrypted weights"
     return None
 

@@ -95,7 +95,7 @@ def test_weighted_average_matches_hand_computation():
 
 @pytest.mark.parametrize(
     "kwargs, match",
-    [({"rule": "fedx"}, r"rule must be one of \('fedrep', 'feddyn', 'scaffold', 'ditto'\) or '', got 'fedx'"),
+    [({"rule": "fedx"}, r"rule must be one of \('fedrep', 'feddyn', 'scaffold', 'ditto', 'feddg'\) or '', got 'fedx'"),
      ({"rule": "feddyn", "proximal": True}, "rule 'feddyn' cannot be combined with proximal"),
      ({"rule": "scaffold", "proximal": True}, "rule 'scaffold' cannot be combined")],
 )

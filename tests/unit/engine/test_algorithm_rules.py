@@ -99,8 +99,8 @@ def test_feddg_uploads_group_means_and_augments_once_a_bank_exists():
     amps = result.extras[AMPLITUDES]
     b = int(0.1 * 32)
     assert amps.shape == (2, 1, 2 * b + 1, 2 * b + 1)  # 10 slices, num_prototypes 2, min count 2
-    assert trainer._augmenter(1, {}) is None, "no augmentation without a bank"
-    augment = trainer._augmenter(1, {AMPLITUDES: (amps * 3).tolist()})
+    assert trainer.rule.augmenter(trainer, 1, {}) is None, "no augmentation without a bank"
+    augment = trainer.rule.augmenter(trainer, 1, {AMPLITUDES: (amps * 3).tolist()})
     image = trainer.dataset[0]["image"][None].repeat(8, 1, 1, 1)
     assert not torch.allclose(augment(image), image)
 
