@@ -28,7 +28,9 @@ def _normalized(config: dict) -> dict:
     return out
 
 
-@pytest.mark.parametrize("name", ["omnifm_seg", "omnifm_seg_q8", "omnifm_seg_dp", "omnifm_seg_he", "omnifm_cls"])
+@pytest.mark.parametrize(
+    "name", ["omnifm_seg", "omnifm_seg_q8", "omnifm_seg_dp", "omnifm_seg_he", "omnifm_cls", "omnifm_sr"]
+)
 def test_exported_job_equals_the_job_folder(tmp_path, name):
     if name.endswith("_he"):
         pytest.importorskip("tenseal")

@@ -58,7 +58,8 @@ def _run(
     return tmp_path / "ws", log
 
 
-TASK_JOBS = {"omnifm_cls": "accuracy"}  # every job of a task other than segmentation: its headline metric
+TASK_JOBS = {"omnifm_cls": "accuracy", "omnifm_sr": "psnr"}  # every job of a task other than segmentation: its headline metric
+HEADLINE_RANGE = {"accuracy": (0.0, 1.0), "psnr": (0.0, 100.0)}  # valid values (PSNR: dB of [0, 1] slices)
 
 
 def test_every_task_job_is_covered():
@@ -76,7 +77,8 @@ def test_task_job_runs_out_of_the_box(tmp_path, name):
     assert len(bank) > 0 and bank.value_dim > 0, "the task's class-conditional values reached the bank"
     results = json.loads((workspace / "server/simulate_job/cross_site_val/cross_val_results.json").read_text())
     for site in SITES:
-        assert 0.0 <= results[site]["SRV_FL_global_model"][TASK_JOBS[name]] <= 1.0
+        low, high = HEADLINE_RANGE[TASK_JOBS[name]]
+        assert low <= results[site]["SRV_FL_global_model"][TASK_JOBS[name]] <= high
     assert f"final global model {TASK_JOBS[name]} per site" in log
     if "participation 50%" in log:  # the sampling controller: one of the two sites per round, the same rule as the bench
         assert log.count("participation 50%: training site-") == 2 and log.count("(1 of 2 sites)") == 2
