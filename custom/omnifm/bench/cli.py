@@ -4,6 +4,8 @@ Examples::
 
     omnifm-bench --preset quick                                  # a few minutes on 2 CPU cores
     omnifm-bench --preset full --workers 2                       # the documented grid (LR tuning, then reporting)
+    omnifm-bench --preset cls-quick --out my-cls                 # classification: class skew x participation
+    omnifm-bench --preset quick --participation 0.5              # half the sites train each round
     omnifm-bench --preset full --algorithms omnifm fedper --seeds 0 1 2 --rounds 10 --out my-results
     omnifm-bench report my-results                               # tables + plots again from the JSONs
     omnifm-bench premise --out premise                           # low-frequency consistency on the phantom
@@ -62,6 +64,9 @@ def _run_parser() -> argparse.ArgumentParser:
     parser.add_argument("--lr-grid", nargs="*", type=float, metavar="LR",
                         help="learning rates tuned per algorithm on the tuning seeds (default: the preset's; none: no tuning)")
     parser.add_argument("--tuning-seeds", nargs="+", type=int, help="seeds of the tuning runs (default: the preset's)")
+    parser.add_argument("--participation", nargs="+", type=float, metavar="FRACTION",
+                        help="share of sites sampled to train each round, e.g. 0.5 or 1 0.5 0.2 (main group; "
+                        "default: the preset's, 1 for the segmentation presets)")
     parser.add_argument("--out", type=Path,
                         help=f"results folder (default: a fresh ./{DEFAULT_OUT}/<preset>-<UTC time>; an existing one resumes)")
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE,
@@ -101,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         preset = customize(
             get_preset(args.preset), args.algorithms, args.settings, args.seeds, args.rounds, args.groups,
             _pairs(args.spec_arg), _pairs(args.bank_arg), _pairs(args.train_arg), args.lr_grid, args.tuning_seeds,
-            _pairs(args.data_arg),
+            _pairs(args.data_arg), args.participation,
         )
     except ValueError as err:
         raise SystemExit(str(err)) from None
@@ -206,8 +211,9 @@ def _work(job: tuple[RunConfig, str, str, int, dict[str, Any]]) -> str:
     torch.set_num_threads(threads)
     record = run_one(cfg, cache, progress=lambda line: print(line, flush=True))
     write_json(Path(out) / "runs" / f"{cfg.run_id}.json", {**context, **record})
-    dice = [m["dice"] for m in record["final"].values()]
-    return f"{cfg.run_id}: final mean Dice {sum(dice) / len(dice):.3f}, {record['wall_s']:.0f} s"
+    head = record["task"]["headline"]
+    values = [m[head] for m in record["final"].values()]
+    return f"{cfg.run_id}: final mean {head} {sum(values) / len(values):.3f}, {record['wall_s']:.0f} s"
 
 
 def _finish_line(i: int, n: int, line: str) -> str:

@@ -9,4 +9,4 @@ from __future__ import annotations
 
 SETTINGS = ("cross-modality", "cross-modality+t1", "same-modality", "dirichlet", "same-modality-t2")
 GROUPS = ("main", "ablation", "sensitivity")
-PRESET_NAMES = ("full", "quick")
+PRESET_NAMES = ("cls-quick", "full", "quick")

@@ -15,6 +15,13 @@ Protocol of a preset with a learning-rate grid (``full``):
 Everything else is one shared setting (:data:`TRAIN`, the job's UNet and OmniFM sizes, Adam state
 kept across rounds with a cosine learning-rate decay over the rounds).
 
+``cls-quick`` is the classification benchmark (paper Table 1) on the same phantom federation,
+cases and splits: the task ``{"name": "classification", "class_skew": alpha}`` for each alpha of
+:data:`CLASS_SKEWS` (``task_variants``), every federated method also at 50 % client participation
+(``participations``; the references Local and Central only at 100 %), the classification job's
+ResNet-18 topology (:data:`CLS_SPEC_ARGS`). It tunes the learning rate the same way, in its
+``tuning_task`` at full participation.
+
 The algorithm lists are plain tuples below (:data:`FULL_ALGORITHMS`, :data:`QUICK_ALGORITHMS`);
 edit them there. Every name must be in :data:`omnifm.algorithms.ALGORITHMS`; a missing one stops
 the grid with the list of known names.
@@ -31,6 +38,7 @@ from omnifm.algorithms import ALGORITHMS
 from omnifm.bench.names import GROUPS, PRESET_NAMES
 from omnifm.bench.runner import RunConfig
 from omnifm.bench.settings import DataConfig, check_setting
+from omnifm.tasks.classification.network import DEFAULT_CLS_MODEL
 
 # The default job's model and OmniFM hyper-parameters (jobs/omnifm_seg/app/config/config_fed_server.json).
 MODEL = {"spatial_dims": 2, "in_channels": 1, "channels": [16, 32, 64, 64], "strides": [2, 2, 2], "num_res_units": 1}
@@ -66,6 +74,15 @@ SENSITIVITY: tuple[tuple[str, dict[str, Any]], ...] = (
 )
 REFERENCE = "omnifm"  # the method every paired comparison is against
 
+# ---- classification (cls-quick) ------------------------------------------------------------------
+# the classification job's network (jobs/omnifm_cls: MONAI ResNet-18 topology, widths 8-16-32-64); classes set the outputs
+CLS_SPEC_ARGS: dict[str, Any] = {**SPEC_ARGS, "model": {k: v for k, v in DEFAULT_CLS_MODEL.items() if k != "out_channels"}}
+CLS_ALGORITHMS = ("omnifm", "omnifm-placebo", "fedper", "fedbn", "fedavg", "local", "central")
+CLASS_SKEWS = (0.5, 0.0)  # Dirichlet alpha of the label skew across sites (0: none); 0.1 leaves sites without a labelled slice (README)
+# the job's batch (jobs/omnifm_cls); a grid one step below LR_GRID: at 1e-1 OmniFM's tokens collapsed on the tuning seed
+CLS_TRAIN: dict[str, Any] = {"local_epochs": 2, "batch_size": 32, "learning_rate": 1e-2}
+CLS_LR_GRID = (1e-2, 3e-2, 1e-1)
+
 # The data-scarce regime: 4 training cases per site, 3 validation, 7 test (benchmarks/README.md, "Headroom
 # pilot": Central - Local +0.063 test Dice over 2 seeds here; 48x48 gave +0.056 at ~3x the cost, 2 training
 # cases +0.049, more epochs or lr 3e-2 ~0). Validation and test are larger than training so that model
@@ -88,6 +105,11 @@ class Preset:
         ablation_seeds: reporting seeds of the ablation group (default: ``seeds``).
         setting_seeds: ``((setting, seeds), ...)``: fewer reporting seeds for some settings (default:
             ``seeds`` everywhere).
+        task_variants: the main group runs once per task entry (e.g. one per class skew); empty:
+            ``spec_args``' task (default segmentation) only.
+        participations: client participation ratios of the main group's federated algorithms
+            (the non-federated ones and ``local`` run at 1 only).
+        tuning_task: the task entry of the tuning runs (default: the first of ``task_variants``).
     """
 
     name: str
@@ -109,6 +131,9 @@ class Preset:
     setting_algorithms: tuple[tuple[str, tuple[str, ...]], ...] = ()
     ablation_seeds: tuple[int, ...] = ()
     setting_seeds: tuple[tuple[str, tuple[int, ...]], ...] = ()
+    task_variants: tuple[dict[str, Any], ...] = ()
+    participations: tuple[float, ...] = (1.0,)
+    tuning_task: dict[str, Any] | None = None
 
     def algorithms_for(self, setting: str) -> tuple[str, ...]:
         """The main-group algorithms run in ``setting``."""
@@ -125,6 +150,8 @@ class Preset:
             raise ValueError("a preset with an lr_grid needs tuning_seeds")
         if not 1 <= self.last_k <= self.rounds:
             raise ValueError(f"last_k must be in [1, rounds={self.rounds}], got {self.last_k}")
+        if not self.participations or not all(0 < p <= 1 for p in self.participations):
+            raise ValueError(f"participations must be in (0, 1], got {self.participations}")
 
 
 def check_names(algorithms: Sequence[str]) -> tuple[str, ...]:
@@ -163,6 +190,22 @@ PRESETS: dict[str, Preset] = {
         ablation_seeds=(0, 1, 2),
         setting_seeds=(("cross-modality+t1", (0, 1, 2)),),
     ),
+    "cls-quick": Preset(
+        name="cls-quick",
+        algorithms=CLS_ALGORITHMS,
+        settings=("cross-modality",),
+        seeds=(0, 1, 2),
+        rounds=8,
+        data=SCARCE,
+        train=dict(CLS_TRAIN),
+        spec_args=dict(CLS_SPEC_ARGS),
+        lr_grid=CLS_LR_GRID,
+        tuning_seeds=(100,),
+        last_k=3,
+        task_variants=tuple({"name": "classification", "class_skew": a} for a in CLASS_SKEWS),
+        participations=(1.0, 0.5),
+        tuning_task={"name": "classification", "class_skew": 0.5},
+    ),
 }
 
 
@@ -190,6 +233,7 @@ def customize(
     lr_grid: Sequence[float] | None = None,
     tuning_seeds: Sequence[int] | None = None,
     data_overrides: dict[str, Any] | None = None,
+    participations: Sequence[float] | None = None,
 ) -> Preset:
     """The preset with command-line overrides (``None`` keeps the preset's value).
 
@@ -198,6 +242,7 @@ def customize(
     (e.g. ``omnifm max_size=256``), so they never mix with the preset's own results in a table.
     A ``learning_rate`` override switches tuning off. ``lr_grid=[]`` switches tuning off too.
     ``data_overrides`` change :class:`~omnifm.bench.settings.DataConfig` fields (the same for every run).
+    ``participations`` replaces the client participation ratios of the main group.
     """
     changes: dict[str, Any] = {}
     if data_overrides:
@@ -231,6 +276,8 @@ def customize(
         if unknown:
             raise ValueError(f"unknown groups {unknown}; choose from {list(GROUPS)}")
         changes["groups"] = tuple(groups)
+    if participations:
+        changes["participations"] = tuple(float(p) for p in participations)
     if tuning_seeds:
         changes["tuning_seeds"] = tuple(int(s) for s in tuning_seeds)
     if lr_grid is not None:
@@ -243,20 +290,33 @@ def customize(
 
 
 def _run(preset: Preset, algorithm: str, setting: str, seed: int, group: str, lr: float | None = None,
-         label: str = "", **spec: Any) -> RunConfig:
+         label: str = "", participation: float = 1.0, **spec: Any) -> RunConfig:
     train = dict(preset.train, **({"learning_rate": lr} if lr is not None else {}))
     return RunConfig(
         algorithm, setting, seed, preset.rounds, preset.data, train,
         {**preset.spec_args, **spec}, dict(preset.bank_args), group, (label or algorithm) + preset.label_suffix,
+        participation,
     )
 
 
+def _tuning_task(preset: Preset) -> dict[str, Any]:
+    task = preset.tuning_task or (preset.task_variants[0] if preset.task_variants else None)
+    return {"task": dict(task)} if task else {}
+
+
 def tuning_grid(preset: Preset) -> list[RunConfig]:
-    """The tuning runs: every algorithm x learning rate x tuning seed, in the tuning setting."""
+    """The tuning runs: every algorithm x learning rate x tuning seed, in the tuning setting and task, all sites."""
     return [
-        _run(preset, a, preset.tuning_setting, seed, "tuning", lr, f"{a} lr={lr:g}")
+        _run(preset, a, preset.tuning_setting, seed, "tuning", lr, f"{a} lr={lr:g}", **_tuning_task(preset))
         for seed in preset.tuning_seeds for a in preset.algorithms for lr in preset.lr_grid
     ]
+
+
+def _participating(algorithm: str, participation: float) -> bool:
+    """Whether ``algorithm`` runs at ``participation``: below 1 only federations that exchange something
+    (not ``central``, not ``local``, whose every parameter is personal)."""
+    algo = ALGORITHMS[algorithm]
+    return participation == 1 or (algo.federated and "all" not in algo.personal)
 
 
 def build_grid(preset: Preset, learning_rates: Mapping[str, float] | None = None) -> list[RunConfig]:
@@ -272,10 +332,17 @@ def build_grid(preset: Preset, learning_rates: Mapping[str, float] | None = None
     rates = dict(learning_rates or {})
     reference_lr = rates.get(REFERENCE)
 
-    def run(algorithm: str, setting: str, seed: int, group: str, label: str = "", **spec: Any) -> RunConfig:
+    def run(algorithm: str, setting: str, seed: int, group: str, label: str = "", participation: float = 1.0,
+            **spec: Any) -> RunConfig:
         lr = rates.get(algorithm) if group == "main" else reference_lr
-        return _run(preset, algorithm, setting, seed, group, lr, label, **spec)
+        return _run(preset, algorithm, setting, seed, group, lr, label, participation, **spec)
 
+    if preset.task_variants:
+        return [
+            run(a, s, seed, "main", "", participation, task=dict(task))
+            for task in preset.task_variants for participation in preset.participations for s in preset.settings
+            for seed in preset.seeds for a in preset.algorithms_for(s) if _participating(a, participation)
+        ] if "main" in preset.groups else []
     seeds_of = dict(preset.setting_seeds)
     main = [(s, seed) for s in preset.settings for seed in seeds_of.get(s, preset.seeds)] if "main" in preset.groups else []
     first = [key for key in main if key[0] == "cross-modality"]

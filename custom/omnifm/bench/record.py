@@ -16,12 +16,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from omnifm.bench.metrics import headline, local_key, metric_names
+
 FP32_BYTES = 4
-CSV_FIELDS = (
-    "run", "label", "group", "algorithm", "setting", "seed", "round", "site",
-    "dice", "dice_WT", "dice_TC", "dice_ET", "dice_local",
-    "bytes_up", "bytes_down", "train_s", "eval_s", "aggregate_s", "round_s",
-)
+RUN_FIELDS = ("run", "label", "group", "algorithm", "setting", "seed", "round", "site")
+COST_FIELDS = ("bytes_up", "bytes_down", "train_s", "eval_s", "aggregate_s", "round_s")
 
 
 def payload_bytes(value: Any) -> int:
@@ -120,27 +119,41 @@ def read_runs(folder: str | Path) -> list[dict[str, Any]]:
 
 
 def csv_rows(run: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """One row per round and site of a run record (see :func:`omnifm.bench.runner.run_one`)."""
+    """One row per round and site of a run record (see :func:`omnifm.bench.runner.run_one`): the run's
+    metrics (:func:`score_fields`) and costs."""
     cfg = run["config"]
+    scores = score_fields(run)
     rows = []
     for rnd in run["rounds"]:
         for site, m in rnd["sites"].items():
             rows.append({
                 "run": run["run_id"], "label": cfg["label"], "group": cfg["group"], "algorithm": cfg["algorithm"],
                 "setting": cfg["setting"], "seed": cfg["seed"], "round": rnd["round"], "site": site,
-                **{k: m.get(k) for k in ("dice", "dice_WT", "dice_TC", "dice_ET", "dice_local", "bytes_up", "bytes_down",
-                                         "train_s", "eval_s")},
+                **{k: m.get(k) for k in (*scores, "bytes_up", "bytes_down", "train_s", "eval_s")},
                 "aggregate_s": rnd.get("aggregate_s"), "round_s": rnd.get("round_s"),
             })
     return rows
 
 
+def score_fields(run: Mapping[str, Any]) -> list[str]:
+    """The run's metric names (:func:`omnifm.bench.metrics.metric_names`) and its ``<headline>_local``."""
+    return [*metric_names(run), local_key(headline(run))]
+
+
+def csv_fields(runs: Iterable[Mapping[str, Any]]) -> list[str]:
+    """The columns of ``results.csv``: run fields, every run's score fields (first-seen order), costs."""
+    scores: dict[str, None] = {}
+    for run in runs:
+        scores.update(dict.fromkeys(score_fields(run)))
+    return [*RUN_FIELDS, *scores, *COST_FIELDS]
+
+
 def write_csv(path: str | Path, runs: Iterable[Mapping[str, Any]]) -> Path:
-    """``results.csv``: :data:`CSV_FIELDS` for every round and site of every run."""
-    path = Path(path)
+    """``results.csv``: :func:`csv_fields` for every round and site of every run."""
+    path, runs = Path(path), list(runs)
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=CSV_FIELDS)
+        writer = csv.DictWriter(handle, fieldnames=csv_fields(runs), restval="")
         writer.writeheader()
         for run in runs:
             writer.writerows(csv_rows(run))

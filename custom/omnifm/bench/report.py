@@ -1,14 +1,19 @@
 """Tables and plots from a results folder.
 
-Per run (:func:`run_stats`):
+Every number is the run's task's (:mod:`omnifm.bench.metrics`): its **headline** metric
+(segmentation: Dice, the mean of WT/TC/ET; classification: accuracy) ranks, is tuned on and is
+compared; the tables show it beside the task's other metrics (segmentation WT / TC / ET,
+classification macro-F1 and AUC). Per run (:func:`run_stats`):
 
-- **test** Dice: the test split, evaluated once after the last round (mean over sites of the mean
-  of WT/TC/ET, each region, the worst site). This is the number the final tables rank by and the
-  paired comparisons use. Runs without a test split fall back to the final validation Dice.
-- **validation** Dice of the final round and the mean of the last ``K`` rounds (is the curve flat?).
+- **test** scores: the test split, evaluated once after the last round (mean over sites of each
+  metric, the worst site's headline). This is the number the final tables rank by and the paired
+  comparisons use. Runs without a test split fall back to the final validation scores.
+- **validation** headline of the final round and the mean of the last ``K`` rounds (is the curve flat?).
 - bytes per client per round (mean over rounds and sites), wall time, step / retrieval timings.
 
-Per (group, label, setting): mean ± sample std over seeds (:func:`summarize`). Paired comparisons
+Per (group, label, section): mean ± sample std over seeds (:func:`summarize`); a section is the
+data setting plus, for other tasks or partial participation, the scenario
+(:func:`omnifm.bench.metrics.section`). Paired comparisons
 against OmniFM (:func:`comparison_table`) use the same seeds of both methods: the mean difference,
 a bootstrap 95 % CI, the Wilcoxon signed-rank p-value and its Holm correction across the
 comparisons of the table, both with the seed as the unit and with the (seed, site) cell as the unit
@@ -19,6 +24,7 @@ sites and seeds of what the run recorded under ``diagnostics``.
 from __future__ import annotations
 
 import math
+import re
 import statistics
 from collections import defaultdict
 from collections.abc import Sequence
@@ -27,16 +33,26 @@ from typing import Any
 
 import numpy as np
 
+from omnifm.bench.metrics import (
+    DEFAULT_HEADLINE,
+    headline,
+    headline_label,
+    headline_parts,
+    metric_label,
+    section,
+    shown_metrics,
+)
 from omnifm.bench.record import read_runs, write_csv
 from omnifm.bench.settings import SETTINGS
 from omnifm.bench.stats import holm, paired_summary
-from omnifm.bench.tune import last_k_dice, tuning_markdown
+from omnifm.bench.tune import last_k_score, tuning_markdown
 
-REGIONS = ("dice", "dice_WT", "dice_TC", "dice_ET")
 REFERENCE = "omnifm"
 LAST_K = 3
+LONG_TITLE = 30  # characters of a section name above which plot titles shrink
+PRIMARY_SETTING = "cross-modality"  # diagnostics and costs are shown for its sections
 DIAGNOSTIC_KEYS = ("token_cos_within", "token_cos_across", "retrieval_own_share", "retrieved_age_rounds",
-                   "placebo_dice_delta", "placebo_logit_rel")
+                   "placebo_{headline}_delta", "placebo_logit_rel")
 BANK_KEYS = ("size", "inserted", "merged", "pruned")
 MATPLOTLIB_HINT = "plots skipped: matplotlib is not installed (pip install -e \".[bench]\" or pip install matplotlib)"
 
@@ -52,16 +68,18 @@ def _test_sites(run: dict[str, Any]) -> dict[str, dict[str, float]]:
 
 
 def run_stats(run: dict[str, Any], last_k: int = LAST_K) -> dict[str, float]:
-    """One run's numbers (see the module docstring)."""
+    """One run's numbers (see the module docstring): every shown metric on validation (final round)
+    and test, ``lastk``, ``worst`` / ``test_worst`` (headline), costs."""
+    head, metrics = headline(run), shown_metrics(run)
     final = run["rounds"][-1]["sites"]
     test = _test_sites(run)
     cells = [m for r in run["rounds"] for m in r["sites"].values()]
-    stats = {k: _nanmean([m[k] for m in final.values()]) for k in REGIONS}
-    stats.update({f"test_{k}": _nanmean([m[k] for m in test.values()]) for k in REGIONS})
+    stats = {k: _nanmean([m.get(k, math.nan) for m in final.values()]) for k in metrics}
+    stats.update({f"test_{k}": _nanmean([m.get(k, math.nan) for m in test.values()]) for k in metrics})
     stats.update({
-        "lastk": last_k_dice(run, last_k),
-        "worst": min((d for d in (m["dice"] for m in final.values()) if not math.isnan(d)), default=math.nan),
-        "test_worst": min((d for d in (m["dice"] for m in test.values()) if not math.isnan(d)), default=math.nan),
+        "lastk": last_k_score(run, last_k),
+        "worst": _worst(final, head),
+        "test_worst": _worst(test, head),
         "has_test": float(bool(run.get("test"))),
         "lr": float(run["config"].get("train", {}).get("learning_rate", math.nan)),
         "up_kb": _nanmean([m["bytes_up"] for m in cells]) / 1024,
@@ -75,19 +93,27 @@ def run_stats(run: dict[str, Any], last_k: int = LAST_K) -> dict[str, float]:
     return stats
 
 
+def _worst(sites: dict[str, dict[str, float]], key: str) -> float:
+    return min((d for d in (m[key] for m in sites.values()) if not math.isnan(d)), default=math.nan)
+
+
 def summarize(runs: list[dict[str, Any]], last_k: int = LAST_K) -> dict[tuple[str, str, str], dict[str, Any]]:
-    """``{(group, label, setting): {"n": seeds, metric: (mean, std), ...}}`` over seeds."""
+    """``{(group, label, section): {"n": seeds, "headline": key, "metrics": [shown keys], metric: (mean, std), ...}}``
+    over seeds."""
     grouped: dict[tuple[str, str, str], list[dict[str, float]]] = defaultdict(list)
+    task: dict[tuple[str, str, str], dict[str, Any]] = {}
     for run in runs:
         cfg = run["config"]
-        grouped[(cfg["group"], cfg["label"], cfg["setting"])].append(run_stats(run, last_k))
-    return {key: _over_seeds(values) for key, values in grouped.items()}
+        key = (cfg["group"], cfg["label"], section(cfg))
+        grouped[key].append(run_stats(run, last_k))
+        task.setdefault(key, {"headline": headline(run), "metrics": shown_metrics(run)})
+    return {key: {**_over_seeds(values), **task[key]} for key, values in grouped.items()}
 
 
 def _over_seeds(values: list[dict[str, float]]) -> dict[str, Any]:
     out: dict[str, Any] = {"n": len(values)}
     for key in values[0]:
-        column = [v[key] for v in values if not math.isnan(v[key])]
+        column = [v.get(key, math.nan) for v in values if not math.isnan(v.get(key, math.nan))]
         mean = float(np.mean(column)) if column else math.nan
         std = statistics.stdev(column) if len(column) > 1 else math.nan
         out[key] = (mean, std)
@@ -111,45 +137,72 @@ def _lrs(pair: tuple[float, float]) -> str:
 
 
 def _key(v: dict[str, Any]) -> float:
-    return -1.0 if math.isnan(v["test_dice"][0]) else v["test_dice"][0]
+    score = v[f"test_{v['headline']}"][0]
+    return -1.0 if math.isnan(score) else score
+
+
+def _row(cells: Sequence[str]) -> str:
+    return "| " + " | ".join(cells) + " |"
+
+
+def _table_head(cells: Sequence[str]) -> list[str]:
+    return [_row(cells), "|" + "---|" * len(cells)]
+
+
+def _names(metrics: list[str]) -> tuple[str, str, list[str]]:
+    """``(headline, its label, the labels of the other shown metrics)``."""
+    head = metrics[0]
+    return head, metric_label(head, head), [metric_label(k, head) for k in metrics[1:]]
 
 
 def main_table(summary: dict, setting: str, last_k: int = LAST_K) -> str:
-    """Markdown table of the main algorithms in one setting, best test Dice first."""
+    """Markdown table of the main algorithms in one section, best test headline first."""
     rows = sorted(((k[1], v) for k, v in summary.items() if k[0] == "main" and k[2] == setting), key=lambda r: -_key(r[1]))
-    lines = [
-        f"| algorithm | lr | test Dice (WT/TC/ET mean) | test WT | test TC | test ET | worst site (test) "
-        f"| val Dice, final round | val Dice, mean of last {last_k} | up KiB/round | down KiB/round | wall s/run | seeds |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
+    if not rows:
+        return ""
+    metrics = rows[0][1]["metrics"]
+    head, name, others = _names(metrics)
+    lines = _table_head([
+        "algorithm", "lr", f"test {headline_label(metrics)}", *(f"test {o}" for o in others), "worst site (test)",
+        f"val {name}, final round", f"val {name}, mean of last {last_k}", "up KiB/round", "down KiB/round",
+        "wall s/run", "seeds",
+    ])
     for label, v in rows:
-        lines.append(
-            f"| {label} | {_lrs(v['lr'])} | {fmt(v['test_dice'])} | {fmt(v['test_dice_WT'])} | {fmt(v['test_dice_TC'])} "
-            f"| {fmt(v['test_dice_ET'])} | {fmt(v['test_worst'])} | {fmt(v['dice'])} | {fmt(v['lastk'])} "
-            f"| {_kb(v['up_kb'])} | {_kb(v['down_kb'])} | {v['wall_s'][0]:.0f} | {v['n']} |"
-        )
+        lines.append(_row([
+            label, _lrs(v["lr"]), *(fmt(v[f"test_{k}"]) for k in metrics), fmt(v["test_worst"]), fmt(v[head]),
+            fmt(v["lastk"]), _kb(v["up_kb"]), _kb(v["down_kb"]), f"{v['wall_s'][0]:.0f}", str(v["n"]),
+        ]))
     return "\n".join(lines)
 
 
 def _cells(runs: list[dict[str, Any]], group: str, setting: str) -> dict[str, dict[int, dict[str, float]]]:
-    """``{label: {seed: {site: test Dice}}}`` of one group and setting."""
+    """``{label: {seed: {site: test headline}}}`` of one group and section."""
     out: dict[str, dict[int, dict[str, float]]] = defaultdict(dict)
     for run in runs:
         cfg = run["config"]
-        if cfg["group"] == group and cfg["setting"] == setting:
-            out[cfg["label"]][cfg["seed"]] = {s: float(m["dice"]) for s, m in _test_sites(run).items()}
+        if cfg["group"] == group and section(cfg) == setting:
+            head = headline(run)
+            out[cfg["label"]][cfg["seed"]] = {s: float(m[head]) for s, m in _test_sites(run).items()}
     return out
+
+
+def _headline_name(runs: list[dict[str, Any]], setting: str | None = None) -> str:
+    """The label of the headline of the runs (of one section): ``Dice``, ``accuracy``, ..."""
+    for run in runs:
+        if setting is None or section(run["config"]) == setting:
+            return metric_label(headline(run), headline(run))
+    return metric_label(DEFAULT_HEADLINE, DEFAULT_HEADLINE)
 
 
 def _modalities(runs: list[dict[str, Any]], setting: str) -> dict[str, str]:
     for run in runs:
-        if run["config"]["setting"] == setting and run.get("sites"):
+        if section(run["config"]) == setting and run.get("sites"):
             return {site: info.get("modality", site) for site, info in run["sites"].items()}
     return {}
 
 
 def modality_table(runs: list[dict[str, Any]], setting: str) -> str:
-    """Test Dice per site (its modality), mean over seeds, per main algorithm."""
+    """Test headline per site (its modality), mean over seeds, per main algorithm."""
     cells = _cells(runs, "main", setting)
     sites = sorted({s for by_seed in cells.values() for sites in by_seed.values() for s in sites})
     if not sites:
@@ -165,7 +218,7 @@ def modality_table(runs: list[dict[str, Any]], setting: str) -> str:
 def comparisons(
     runs: list[dict[str, Any]], setting: str, group: str = "main", reference: str = REFERENCE
 ) -> list[dict[str, Any]]:
-    """Paired test-Dice differences ``label - reference`` per label of ``group``, seed and cell units,
+    """Paired test-headline differences ``label - reference`` per label of ``group``, seed and cell units,
     with Holm-adjusted Wilcoxon p-values across the returned comparisons."""
     cells = _cells(runs, group, setting)
     ref = _cells(runs, "main", setting).get(reference, {})
@@ -195,12 +248,13 @@ def _ci(summary: dict[str, float]) -> str:
 
 
 def comparison_table(runs: list[dict[str, Any]], setting: str, group: str = "main") -> str:
-    """Markdown of :func:`comparisons`: Δ test Dice vs OmniFM, 95 % CI, Wilcoxon p, Holm p per unit."""
+    """Markdown of :func:`comparisons`: Δ test headline vs OmniFM, 95 % CI, Wilcoxon p, Holm p per unit."""
     rows = comparisons(runs, setting, group)
     if not rows:
         return ""
+    name = _headline_name(runs, setting)
     lines = [
-        f"| {group} vs {REFERENCE} | seeds | Δ test Dice [95 % CI] (seed unit) | p Wilcoxon | p Holm "
+        f"| {group} vs {REFERENCE} | seeds | Δ test {name} [95 % CI] (seed unit) | p Wilcoxon | p Holm "
         "| cells | Δ [95 % CI] (seed × site unit) | p Wilcoxon | p Holm |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
@@ -218,19 +272,22 @@ def headroom(summary: dict, setting: str) -> dict[str, float]:
     central, local = summary.get(("main", "central", setting)), summary.get(("main", "local", setting))
     if not central or not local:
         return {"test": math.nan, "lastk": math.nan}
-    return {k: central[m][0] - local[m][0] for k, m in (("test", "test_dice"), ("lastk", "lastk"))}
+    test = f"test_{central['headline']}"
+    return {k: central[m][0] - local[m][0] for k, m in (("test", test), ("lastk", "lastk"))}
 
 
 def ablation_table(runs: list[dict[str, Any]], group: str, setting: str = "cross-modality") -> str:
-    """OmniFM (main group) and the ``group`` variants in one setting; paired test-Dice differences
+    """OmniFM (main group) and the ``group`` variants in one section; paired test-headline differences
     vs OmniFM on the same seeds (seed unit; see :func:`comparison_table` for the tests)."""
     summary = summarize(runs)
     cells, ref = _cells(runs, group, setting), _cells(runs, "main", setting).get(REFERENCE, {})
     labels = ([REFERENCE] if ref else []) + sorted(k[1] for k in summary if k[0] == group and k[2] == setting)
-    lines = [
-        "| variant | test Dice | test WT | test TC | test ET | seeds | omnifm, same seeds | Δ test Dice (paired, mean ± std) |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
+    if not labels:
+        return ""
+    metrics = summary[("main", labels[0], setting) if labels[0] == REFERENCE else (group, labels[0], setting)]["metrics"]
+    _, name, others = _names(metrics)
+    lines = _table_head(["variant", f"test {name}", *(f"test {o}" for o in others), "seeds", f"{REFERENCE}, same seeds",
+                         f"Δ test {name} (paired, mean ± std)"])
     for label in labels:
         key = ("main", label, setting) if label == REFERENCE else (group, label, setting)
         v, mine = summary[key], ref if label == REFERENCE else cells[label]
@@ -239,10 +296,8 @@ def ablation_table(runs: list[dict[str, Any]], group: str, setting: str = "cross
         diffs = [_nanmean(list(mine[s].values())) - _nanmean(list(ref[s].values())) for s in seeds]
         delta = "n/a" if not diffs else fmt((float(np.mean(diffs)), statistics.stdev(diffs) if len(diffs) > 1 else math.nan))
         delta = delta if delta.startswith(("-", "n")) else "+" + delta
-        lines.append(
-            f"| {label} | {fmt(v['test_dice'])} | {fmt(v['test_dice_WT'])} | {fmt(v['test_dice_TC'])} | {fmt(v['test_dice_ET'])} "
-            f"| {','.join(map(str, sorted(mine)))} | {ref_mean:.3f} | {delta} |"
-        )
+        lines.append(_row([label, *(fmt(v[f"test_{k}"]) for k in metrics), ",".join(map(str, sorted(mine))),
+                           f"{ref_mean:.3f}", delta]))
     return "\n".join(lines)
 
 
@@ -251,7 +306,7 @@ def diagnostics_summary(runs: list[dict[str, Any]], setting: str) -> dict[str, d
     per_label: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     for run in runs:
         cfg, diag = run["config"], run.get("diagnostics") or []
-        if cfg["setting"] != setting or cfg["group"] not in ("main", "ablation") or not diag:
+        if section(cfg) != setting or cfg["group"] not in ("main", "ablation") or not diag:
             continue
         last = diag[-1] if isinstance(diag[-1], dict) else {}
         sites = last.get("sites") or {}
@@ -263,10 +318,16 @@ def diagnostics_summary(runs: list[dict[str, Any]], setting: str) -> dict[str, d
 
 
 def diagnostics_table(runs: list[dict[str, Any]], setting: str = "cross-modality") -> str:
-    """Markdown of :func:`diagnostics_summary`; algorithms that recorded nothing are left out."""
+    """Markdown of :func:`diagnostics_summary`; algorithms that recorded nothing are left out.
+
+    With partial participation a site that was not sampled in the final round reports nothing for it:
+    the means are over the sites that trained then.
+    """
     summary = diagnostics_summary(runs, setting)
     present = {k for values in summary.values() for k in values}
-    keys = [k for k in (*DIAGNOSTIC_KEYS, *(f"bank_{b}" for b in BANK_KEYS)) if k in present]
+    head = next((headline(r) for r in runs if section(r["config"]) == setting), DEFAULT_HEADLINE)
+    known = [k.format(headline=head) for k in DIAGNOSTIC_KEYS]
+    keys = [k for k in (*known, *(f"bank_{b}" for b in BANK_KEYS)) if k in present]
     keys += sorted(present - set(keys))
     if not keys:
         return ""
@@ -281,7 +342,8 @@ def cost_table(summary: dict, setting: str = "cross-modality") -> str:
     """Per main algorithm: mean training step, retrieval per batch, aggregation and round wall time.
 
     A step is ``train_round`` time / (epochs x batches); Ditto trains two models per round, so its
-    step covers one step of each.
+    step covers one step of each. With partial participation the step and retrieval times are over
+    the sites that trained, the round time over the rounds.
     """
     lines = ["| algorithm | step ms | retrieval ms/batch | retrieval / step | aggregate ms | round s |", "|---|---|---|---|---|---|"]
     for (group, label, s), v in sorted(summary.items()):
@@ -297,46 +359,67 @@ def cost_table(summary: dict, setting: str = "cross-modality") -> str:
 
 
 def _settings(summary: dict) -> list[str]:
+    """The sections in report order: the settings in :data:`SETTINGS` order, then the other sections
+    by their setting, full participation first, then by name."""
     known = [s for s in SETTINGS if any(k[2] == s for k in summary)]
-    return known + sorted({k[2] for k in summary} - set(known))
+    rest = {k[2] for k in summary} - set(known)
+
+    def order(name: str) -> tuple[int, bool, str]:
+        base = name.split(" [")[0]
+        return (SETTINGS.index(base) if base in SETTINGS else len(SETTINGS), "participation=" in name, name)
+
+    return known + sorted(rest, key=order)
+
+
+def _primary(sections: list[str]) -> list[str]:
+    """The sections of :data:`PRIMARY_SETTING` (diagnostics and costs are shown for them)."""
+    return [s for s in sections if s == PRIMARY_SETTING or s.startswith(f"{PRIMARY_SETTING} [")]
 
 
 def markdown(runs: list[dict[str, Any]], last_k: int = LAST_K) -> str:
-    """The whole report: LR selection, per setting main / per-site / paired / headroom, ablations,
+    """The whole report: LR selection, per section main / per-site / paired / headroom, ablations,
     sensitivity, diagnostics, costs."""
     reported = [r for r in runs if r["config"]["group"] != "tuning"]
     tuning = tuning_markdown(runs, last_k)
-    parts = ([f"### Learning rate per method (validation Dice, mean of the last {last_k} rounds, tuning seeds)", "",
+    tuned = _headline_name([r for r in runs if r["config"]["group"] == "tuning"])
+    parts = ([f"### Learning rate per method (validation {tuned}, mean of the last {last_k} rounds, tuning seeds)", "",
               tuning, ""] if tuning else [])
     summary = summarize(reported, last_k)
-    for setting in _settings(summary):
+    sections = _settings(summary)
+    for setting in sections:
         if not any(k[0] == "main" and k[2] == setting for k in summary):
             continue
+        name = _headline_name(reported, setting)
         tested = all(summary[k]["has_test"][0] == 1.0 for k in summary if k[0] == "main" and k[2] == setting)
-        what = "test Dice (once, after the last round)" if tested else "NO test split: the test columns are final validation Dice"
+        what = f"test {name} (once, after the last round)" if tested else \
+            f"NO test split: the test columns are final validation {name}"
         parts += [f"### {setting}: {what}, mean ± std over seeds", "", main_table(summary, setting, last_k), ""]
         room = headroom(summary, setting)
         if not math.isnan(room["test"]):
-            parts += [f"Central − Local: {room['test']:+.3f} test Dice, {room['lastk']:+.3f} validation Dice "
+            parts += [f"Central − Local: {room['test']:+.3f} test {name}, {room['lastk']:+.3f} validation {name} "
                       f"(mean of the last {last_k} rounds).", ""]
-        parts += [f"Per site (test Dice, mean over seeds):", "", modality_table(reported, setting), ""]
+        parts += [f"Per site (test {name}, mean over seeds):", "", modality_table(reported, setting), ""]
         table = comparison_table(reported, setting)
         if table:
-            parts += [f"Paired differences vs {REFERENCE} (test Dice):", "", table, ""]
+            parts += [f"Paired differences vs {REFERENCE} (test {name}):", "", table, ""]
     for group, title in (("ablation", "Ablations (cross-modality)"), ("sensitivity", "Sensitivity: lambda and top-k (cross-modality)")):
         if any(k[0] == group for k in summary):
             parts += [f"### {title}", "", ablation_table(reported, group), "", comparison_table(reported, "cross-modality", group), ""]
-    diagnostics = diagnostics_table(reported)
-    if diagnostics:
-        parts += ["### Diagnostics (cross-modality, final round, mean over sites and seeds)", "", diagnostics, ""]
-    parts += ["### Time per step, retrieval, aggregation (cross-modality, in-process)", "", cost_table(summary), ""]
+    primary = _primary(sections)
+    for setting in primary:
+        diagnostics = diagnostics_table(reported, setting)
+        if diagnostics:
+            parts += [f"### Diagnostics ({setting}, final round, mean over sites and seeds)", "", diagnostics, ""]
+    costs = (primary or [PRIMARY_SETTING])[0]
+    parts += [f"### Time per step, retrieval, aggregation ({costs}, in-process)", "", cost_table(summary, costs), ""]
     return "\n".join(parts)
 
 
 def plot_curves(runs: list[dict[str, Any]], out_dir: str | Path) -> list[Path]:
-    """``dice_<setting>.png`` (main group) and ``dice_ablation.png``: validation Dice (mean of
-    WT/TC/ET, and WT) after each round's aggregation, averaged over sites; line = mean over seeds,
-    band = ± std. Without matplotlib: prints an install hint and returns ``[]``."""
+    """``<headline>_<section>.png`` (main group) and ``<headline>_ablation.png``: the validation headline
+    (segmentation: Dice, the mean of WT/TC/ET) and the task's second shown metric (WT; macro-F1) after
+    each round's aggregation, averaged over sites; line = mean over seeds, band = ± std. Without
+    matplotlib: prints an install hint and returns ``[]``."""
     try:
         import matplotlib
     except ImportError:
@@ -349,24 +432,38 @@ def plot_curves(runs: list[dict[str, Any]], out_dir: str | Path) -> list[Path]:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
-    settings = _settings({(r["config"]["group"], r["config"]["label"], r["config"]["setting"]): None for r in runs})
+    settings = _settings({(r["config"]["group"], r["config"]["label"], section(r["config"])): None for r in runs})
     panels = [(s, "main", s) for s in settings] + [("ablation", "ablation", "cross-modality")]
     for name, group, setting in panels:
-        if not any(run["config"]["group"] == group and run["config"]["setting"] == setting for run in runs):
+        mine = [run for run in runs if run["config"]["group"] == group and section(run["config"]) == setting]
+        if not mine:
             continue
+        metrics = shown_metrics(mine[0])
         fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
-        for ax, key, title in zip(axes, ("dice", "dice_WT"), ("mean of WT/TC/ET", "WT")):
+        for ax, key in zip(axes, metrics[:2]):
+            title, ylabel = _panel_labels(metrics, key)
             _plot_panel(ax, _curves(runs, group, setting, key, with_reference=group != "main"))
-            ax.set(xlabel="round", ylabel=f"validation Dice ({title}), mean over sites", title=f"{name}: {title} after aggregation")
+            ax.set(xlabel="round", ylabel=ylabel, title=f"{name}: {title} after aggregation")
+            if len(name) > LONG_TITLE:  # a scenario's section name: smaller, so the two panels' titles do not overlap
+                ax.title.set_fontsize(8)
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.grid(alpha=0.3)
         axes[0].legend(fontsize=7, ncol=2)
         fig.tight_layout()
-        path = out_dir / f"dice_{name}.png"
+        path = out_dir / f"{metrics[0]}_{re.sub(r'[^A-Za-z0-9_.=+-]+', '_', name).strip('_')}.png"
         fig.savefig(path, dpi=100)
         plt.close(fig)
         paths.append(path)
     return paths
+
+
+def _panel_labels(metrics: list[str], key: str) -> tuple[str, str]:
+    """A panel's title and y label: ``mean of WT/TC/ET`` / ``validation Dice (mean of WT/TC/ET), mean over sites``."""
+    head, name, _ = _names(metrics)
+    parts = headline_parts(metrics)
+    title = (f"mean of {'/'.join(parts)}" if parts else name) if key == head else metric_label(key, head)
+    within = key == head and title != name or key.startswith(f"{head}_")
+    return title, f"validation {name} ({title}), mean over sites" if within else f"validation {title}, mean over sites"
 
 
 def _plot_panel(ax: Any, curves: dict[str, np.ndarray]) -> None:
@@ -388,7 +485,7 @@ def _curves(
     for run in runs:
         cfg = run["config"]
         wanted = cfg["group"] == group or (with_reference and cfg["group"] == "main" and cfg["label"] == REFERENCE)
-        if wanted and cfg["setting"] == setting:
+        if wanted and section(cfg) == setting:
             rows[cfg["label"]].append([_nanmean([m[key] for m in r["sites"].values()]) for r in run["rounds"]])
     return {label: np.array(v, dtype=float) for label, v in rows.items() if len({len(x) for x in v}) == 1}
 

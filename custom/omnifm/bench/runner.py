@@ -5,16 +5,29 @@ The loop is the one :mod:`omnifm.algorithms.server` documents and the FLARE comp
 ``RoundResult.to_upload`` (the executor), ``server_round`` (the aggregator). Sites run one after
 another in sorted order. After each round's aggregation every site loads the new global weights
 and evaluates the model it would use (global shared part + its personal parts, as
-``GlobalModelEval`` does after the last round); that is the round's Dice. ``dice_local`` is the
-site's model right after local training (before aggregation), as the executor logs it.
+``GlobalModelEval`` does after the last round); that is the round's score. ``<headline>_local``
+(``dice_local``) is the site's model right after local training (before aggregation), as the
+executor logs it.
 
 The **test split** of every site (``DataConfig.test_fraction``) is evaluated exactly once, after the
 last round, with the model the site would use (``record["test"]``); nothing during the run looks at
 it. Per-round numbers are validation numbers.
 
+**Task.** The run's task is its run spec's (``spec_args["task"]``; default segmentation). Scores
+are the task's metrics (:meth:`~omnifm.tasks.Task.metric_names`: segmentation ``dice`` and
+``dice_WT``/``_TC``/``_ET``, classification ``accuracy``, ``macro_f1``, ``auc``, ...);
+``<headline>_local`` is the local model's headline score. ``record["task"]`` names the task, its
+headline and its metric names (:mod:`omnifm.bench.metrics` reads them).
+
+**Participation** (``RunConfig.participation``, paper Table 1): each round only the sites
+:func:`omnifm.algorithms.participation.participants` samples (the FLARE controller's rule, seeded
+with the run seed and the round) load the global weights, train and upload; the others keep
+their personal state untouched and send nothing (their round record has ``trained`` False, no
+local score, 0 bytes). Every site, sampled or not, is evaluated after each round's aggregation.
+
 **Diagnostics** (``record["diagnostics"]``, one entry per round): per site the trainer's
 ``RoundResult.diagnostics`` (e.g. ``token_cos_within``, ``retrieval_own_share``,
-``retrieved_age_rounds``, ``placebo_dice_delta``, ``placebo_logit_rel``) merged with the server's
+``retrieved_age_rounds``, ``placebo_<headline>_delta``, ``placebo_logit_rel``) merged with the server's
 per-site ``meta["omnifm_diagnostics"]["sites"]`` (``token_cos_across``), and the server's bank
 statistics (``size``, ``inserted``, ``merged``, ``pruned``). Algorithms without these report ``{}``.
 
@@ -42,16 +55,17 @@ import numpy as np
 import torch
 
 from omnifm.algorithms import BANK, STATE, get_algorithm, initial_global, make_run_spec, server_round
+from omnifm.algorithms.participation import participants
+from omnifm.bench.metrics import local_key, scenario_parts
 from omnifm.bench.record import payload_bytes
 from omnifm.bench.settings import DataConfig, load_federation
 from omnifm.data.site import SiteData
 from omnifm.engine import Retriever, SiteTrainer, TrainConfig, evaluate_volumes
 from omnifm.engine.central import train_central
 from omnifm.knowledge import KnowledgeBank
-from omnifm.tasks import get_task
+from omnifm.tasks import Task, get_task
 
 Progress = Callable[[str], None]
-DICE_KEYS = ("dice", "dice_WT", "dice_TC", "dice_ET")
 SERVER_DIAGNOSTICS = "omnifm_diagnostics"
 _QUIET = logging.getLogger("omnifm.bench.site")
 _QUIET.setLevel(logging.WARNING)
@@ -72,6 +86,7 @@ class RunConfig:
         bank_args: :class:`~omnifm.knowledge.KnowledgeBank` arguments.
         group: ``main``, ``ablation`` or ``sensitivity`` (how the report groups it).
         label: name in tables (default: the algorithm).
+        participation: share of sites sampled to train each round, in (0, 1] (1: every site).
     """
 
     algorithm: str
@@ -84,21 +99,34 @@ class RunConfig:
     bank_args: dict[str, Any] = field(default_factory=dict)
     group: str = "main"
     label: str = ""
+    participation: float = 1.0
 
     def __post_init__(self) -> None:
-        get_algorithm(self.algorithm)
+        algorithm = get_algorithm(self.algorithm)
         if self.rounds < 1:
             raise ValueError(f"rounds must be >= 1, got {self.rounds!r}")
+        if not 0 < self.participation <= 1:
+            raise ValueError(f"participation must be in (0, 1], got {self.participation!r}")
+        if self.participation < 1 and not algorithm.federated:
+            raise ValueError(f"{self.algorithm} is not a federation: participation must be 1")
         if not self.label:
             object.__setattr__(self, "label", self.algorithm)
 
     @property
     def run_id(self) -> str:
-        raw = f"{self.group}__{self.label}__{self.setting}__seed{self.seed}"
+        scenario = "".join(f"__{part}" for part in scenario_parts(self._fields()))
+        raw = f"{self.group}__{self.label}__{self.setting}{scenario}__seed{self.seed}"
         return re.sub(r"[^A-Za-z0-9_.=-]+", "-", raw)
 
     def to_dict(self) -> dict[str, Any]:
-        return {**dataclasses.asdict(self), "data": self.data.to_dict(), "run_id": self.run_id}
+        """JSON-able; ``participation`` only when below 1 (older records, which lack it, still match)."""
+        return {**self._fields(), "run_id": self.run_id}
+
+    def _fields(self) -> dict[str, Any]:
+        out = {**dataclasses.asdict(self), "data": self.data.to_dict()}
+        if self.participation == 1:
+            del out["participation"]
+        return out
 
     def spec(self) -> dict[str, Any]:
         return make_run_spec(algorithm=self.algorithm, seed=self.seed, **self.spec_args)
@@ -118,16 +146,18 @@ def run_one(config: RunConfig, cache_dir: str | Path, progress: Progress | None 
     progress = progress or (lambda line: None)
     start = time.perf_counter()
     spec = config.spec()
-    sites, summary = load_federation(config.setting, config.data, config.seed, cache_dir, get_task(spec["task"]))
+    scores = Scores(get_task(spec["task"]))
+    sites, summary = load_federation(config.setting, config.data, config.seed, cache_dir, scores.task)
     data_s = time.perf_counter() - start
     if get_algorithm(config.algorithm).federated:
-        rounds, diagnostics, test = _federated(config, spec, sites, progress)
+        rounds, diagnostics, test = _federated(config, spec, sites, progress, scores)
     else:
-        rounds, diagnostics, test = _central(config, spec, sites, progress)
+        rounds, diagnostics, test = _central(config, spec, sites, progress, scores)
     return {
         "run_id": config.run_id,
         "config": config.to_dict(),
         "spec": spec,
+        "task": {"name": scores.task.name, "headline": scores.headline, "metrics": scores.names},
         "sites": summary,
         "rounds": rounds,
         "final": rounds[-1]["sites"],
@@ -138,24 +168,44 @@ def run_one(config: RunConfig, cache_dir: str | Path, progress: Progress | None 
     }
 
 
+@dataclass
+class Scores:
+    """The task's metrics of one evaluation, as floats (:meth:`~omnifm.tasks.Task.metric_names`).
+
+    ``names`` remembers the metric names of the first evaluation (the record's ``task.metrics``).
+    """
+
+    task: Task
+    names: list[str] = field(default_factory=list)
+
+    @property
+    def headline(self) -> str:
+        return self.task.headline
+
+    def __call__(self, scores: dict[str, float]) -> dict[str, float]:
+        names = self.task.metric_names(scores)
+        self.names = self.names or list(names)
+        return {k: float(scores[k]) for k in names}
+
+
 # ---- federated -----------------------------------------------------------------------------
 def _federated(
-    config: RunConfig, spec: dict, sites: dict[str, SiteData], progress: Progress
+    config: RunConfig, spec: dict, sites: dict[str, SiteData], progress: Progress, scores: Scores
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, dict[str, float]]]:
     device = torch.device("cpu")
     trainers = {name: _trainer(spec, config, data, device, name) for name, data in sorted(sites.items())}
     weights, meta = initial_global(spec, config.bank_args)
     history, diagnostics = [], []
     for round_num in range(config.rounds):
-        weights, meta, record, diag = _round(config, spec, trainers, weights, meta, round_num)
+        weights, meta, record, diag = _round(config, spec, trainers, weights, meta, round_num, scores)
         history.append(record)
         diagnostics.append(diag)
-        progress(_round_line(config, record))
+        progress(_round_line(config, record, scores.headline))
     bank = _bank(meta)
     test = {}
     for name, trainer in trainers.items():  # the trainers hold the final global weights (_evaluate_after)
         if sites[name].test:
-            test[name] = _scores(_evaluate_test(trainer, bank, sites[name].test))
+            test[name] = scores(_evaluate_test(trainer, bank, sites[name].test))
     return history, diagnostics, test
 
 
@@ -168,7 +218,7 @@ def _trainer(spec: dict, config: RunConfig, data: SiteData, device: torch.device
 
 
 def _evaluate_test(trainer: SiteTrainer, bank: KnowledgeBank | None, volumes: list) -> dict[str, float]:
-    """Test Dice of the model the site would use: ``trainer.evaluate(bank, split="test")`` where the
+    """Test scores of the model the site would use: ``trainer.evaluate(bank, split="test")`` where the
     trainer has a test split, else the same evaluation (Ditto: personal model) on ``volumes``."""
     if "split" in inspect.signature(trainer.evaluate).parameters and getattr(trainer, "test_volumes", None):
         return trainer.evaluate(bank, split="test")
@@ -176,25 +226,28 @@ def _evaluate_test(trainer: SiteTrainer, bank: KnowledgeBank | None, volumes: li
     return evaluate_volumes(model, volumes, trainer.device, trainer._retriever(bank), trainer.task)
 
 
-def _scores(scores: dict[str, float]) -> dict[str, float]:
-    return {k: float(scores[k]) for k in DICE_KEYS}
-
-
 def _round(
-    config: RunConfig, spec: dict, trainers: dict[str, SiteTrainer], weights: dict, meta: dict, round_num: int
+    config: RunConfig, spec: dict, trainers: dict[str, SiteTrainer], weights: dict, meta: dict, round_num: int,
+    scores: Scores,
 ) -> tuple[dict, dict, dict[str, Any], dict[str, Any]]:
     start = time.perf_counter()
     bank, server_state = _bank(meta), meta.get(STATE)
     down = payload_bytes(weights) + payload_bytes(meta.get(BANK)) + payload_bytes(server_state)
+    sampled = set(participants(list(trainers), config.participation, round_num, spec["seed"]))
     uploads, sites, site_diag = [], {}, {}
     for name, trainer in trainers.items():
-        upload, sites[name], site_diag[name] = _site_round(config, name, trainer, weights, bank, server_state, round_num)
+        if name not in sampled:
+            sites[name] = _idle_site(scores.headline)
+            continue
+        upload, sites[name], site_diag[name] = _site_round(
+            config, name, trainer, weights, bank, server_state, round_num, scores.headline
+        )
         sites[name]["bytes_down"] = down
         uploads.append(upload)
     t0 = time.perf_counter()
     weights, meta = server_round(spec, weights, meta, uploads)
     aggregate_s = time.perf_counter() - t0
-    _evaluate_after(trainers, weights, _bank(meta), sites)
+    _evaluate_after(trainers, weights, _bank(meta), sites, scores)
     record = {"round": round_num, "aggregate_s": aggregate_s, "round_s": time.perf_counter() - start, "sites": sites,
               "bank_size": len(_bank(meta)) if meta.get(BANK) else 0}
     return weights, meta, record, round_diagnostics(round_num, site_diag, meta.get(SERVER_DIAGNOSTICS))
@@ -223,9 +276,15 @@ def _numbers(values: Any) -> dict[str, float]:
     return out
 
 
+def _idle_site(head: str) -> dict[str, Any]:
+    """The round record of a site that was not sampled: it trained nothing and exchanged nothing."""
+    return {"trained": False, local_key(head): math.nan, "bytes_up": 0, "bytes_down": 0, "train_s": 0.0,
+            "eval_s": 0.0, "n_samples": 0, "step_ms": math.nan}
+
+
 def _site_round(
     config: RunConfig, name: str, trainer: SiteTrainer, weights: dict, bank: KnowledgeBank | None,
-    server_state: dict | None, round_num: int,
+    server_state: dict | None, round_num: int, head: str,
 ) -> tuple[Any, dict[str, Any], dict[str, float]]:
     """What the FLARE executor does for one ``train`` task: load, train, evaluate the local model, upload."""
     trainer.load_global(_to_torch(weights))
@@ -236,7 +295,8 @@ def _site_round(
     local = trainer.evaluate(bank)
     upload = result.to_upload(name)
     return upload, {
-        "dice_local": local["dice"],
+        "trained": True,
+        local_key(head): local[head],
         "bytes_up": _upload_bytes(upload, result.prototype_counts),
         "train_s": train_s,
         "eval_s": time.perf_counter() - t0,
@@ -246,13 +306,15 @@ def _site_round(
     }, _numbers(getattr(result, "diagnostics", None))
 
 
-def _evaluate_after(trainers: dict[str, SiteTrainer], weights: dict, bank: KnowledgeBank | None, sites: dict) -> None:
-    """The model each site would use now: new global shared part + its personal parts."""
+def _evaluate_after(
+    trainers: dict[str, SiteTrainer], weights: dict, bank: KnowledgeBank | None, sites: dict, scores: Scores
+) -> None:
+    """The model each site would use now: new global shared part + its personal parts (every site,
+    sampled this round or not; a site's personal parts change only when it trains)."""
     for name, trainer in trainers.items():
         t0 = time.perf_counter()
         trainer.load_global(_to_torch(weights))
-        scores = trainer.evaluate(bank)
-        sites[name].update(_scores(scores))
+        sites[name].update(scores(trainer.evaluate(bank)))
         sites[name]["eval_s"] += time.perf_counter() - t0
 
 
@@ -294,22 +356,22 @@ def _retrieval_timing(trainer: SiteTrainer, bank: KnowledgeBank | None, repeats:
     return {"retrieval_ms": 1000 * statistics.median(times)}
 
 
-def _round_line(config: RunConfig, record: dict[str, Any]) -> str:
-    dice = [m["dice"] for m in record["sites"].values()]
-    shown = " ".join(f"{s}={m['dice']:.3f}" for s, m in record["sites"].items())
+def _round_line(config: RunConfig, record: dict[str, Any], head: str) -> str:
+    values = [m[head] for m in record["sites"].values()]
+    shown = " ".join(f"{s}={m[head]:.3f}{'' if m.get('trained', True) else '(idle)'}" for s, m in record["sites"].items())
     return (
-        f"[{config.run_id}] round {record['round'] + 1}/{config.rounds}: mean Dice {np.nanmean(dice):.3f} ({shown}) "
+        f"[{config.run_id}] round {record['round'] + 1}/{config.rounds}: mean {head} {np.nanmean(values):.3f} ({shown}) "
         f"{record['round_s']:.1f}s"
     )
 
 
 # ---- central (pooled reference) --------------------------------------------------------------
 def _central(
-    config: RunConfig, spec: dict, sites: dict[str, SiteData], progress: Progress
+    config: RunConfig, spec: dict, sites: dict[str, SiteData], progress: Progress, scores: Scores
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, dict[str, float]]]:
-    """:func:`~omnifm.engine.central.train_central` on the pooled training cases; Dice on each site's
-    own validation cases every round, on its test cases once at the end."""
-    device, task = torch.device("cpu"), get_task(spec["task"])
+    """:func:`~omnifm.engine.central.train_central` on the pooled training cases; the task's scores on
+    each site's own validation cases every round, on its test cases once at the end."""
+    device, task = torch.device("cpu"), scores.task
     history: list[dict[str, Any]] = []
     clock = [time.perf_counter()]
 
@@ -319,22 +381,22 @@ def _central(
         record_sites = {}
         for name, data in sorted(sites.items()):
             t0 = time.perf_counter()
-            scores = evaluate_volumes(trainer.model, data.val, device, None, task)
+            values = scores(evaluate_volumes(trainer.model, data.val, device, None, task))
             record_sites[name] = {
-                **_scores(scores), "dice_local": scores["dice"], "bytes_up": 0, "bytes_down": 0,
+                **values, local_key(scores.headline): values[scores.headline], "trained": True, "bytes_up": 0, "bytes_down": 0,
                 "train_s": train_s, "eval_s": time.perf_counter() - t0, "n_samples": n_samples,
                 "step_ms": 1000 * train_s / _steps(config, n_samples),
             }
         record = {"round": round_num, "aggregate_s": 0.0, "round_s": time.perf_counter() - clock[0],
                   "sites": record_sites, "bank_size": 0}
         history.append(record)
-        progress(_round_line(config, record))
+        progress(_round_line(config, record, scores.headline))
         clock[0] = time.perf_counter()
 
     train_volumes = [data.train for _, data in sorted(sites.items())]
     trainer = train_central(
         spec, config.train_config(), train_volumes, config.rounds, device=device, logger=_QUIET, on_round=on_round
     )
-    test = {name: _scores(evaluate_volumes(trainer.model, data.test, device, None, task))
+    test = {name: scores(evaluate_volumes(trainer.model, data.test, device, None, task))
             for name, data in sorted(sites.items()) if data.test}
     return history, [{"round": r["round"], "bank": {}, "sites": {}} for r in history], test

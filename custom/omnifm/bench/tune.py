@@ -1,7 +1,7 @@
 """Per-method learning-rate selection on the validation split (never the test split).
 
-A tuning run's score is its validation Dice (mean over sites, NaN sites left out) averaged over
-the last ``last_k`` rounds; a learning rate's score is the mean over the tuning seeds; the
+A tuning run's score is its validation headline metric (the task's: segmentation Dice,
+classification accuracy; mean over sites, NaN sites left out) averaged over the last ``last_k`` rounds; a learning rate's score is the mean over the tuning seeds; the
 algorithm keeps the learning rate with the highest score (ties: the smaller learning rate).
 
 Examples::
@@ -21,9 +21,13 @@ from typing import Any
 
 import numpy as np
 
+from omnifm.bench.metrics import headline
 
-def last_k_dice(run: dict[str, Any], last_k: int, key: str = "dice") -> float:
-    """Validation ``key`` (mean over sites) averaged over the run's last ``last_k`` rounds (NaN if none)."""
+
+def last_k_score(run: dict[str, Any], last_k: int, key: str | None = None) -> float:
+    """Validation ``key`` (default: the run's headline; mean over sites) averaged over the run's last
+    ``last_k`` rounds (NaN if none)."""
+    key = key or headline(run)
     values = []
     for record in run["rounds"][-last_k:]:
         site_values = [float(m[key]) for m in record["sites"].values() if not math.isnan(float(m[key]))]
@@ -38,7 +42,7 @@ def tuning_scores(runs: Sequence[dict[str, Any]], last_k: int) -> dict[str, dict
     for run in runs:
         cfg = run["config"]
         if cfg.get("group") == "tuning":
-            scores[cfg["algorithm"]][float(cfg["train"]["learning_rate"])].append(last_k_dice(run, last_k))
+            scores[cfg["algorithm"]][float(cfg["train"]["learning_rate"])].append(last_k_score(run, last_k))
     return {
         algorithm: {lr: _nanmean(values) for lr, values in sorted(by_lr.items())}
         for algorithm, by_lr in sorted(scores.items())

@@ -10,6 +10,7 @@ from omnifm.bench.cli import main
 from omnifm.bench.presets import ABLATIONS, HARD_CASE_ALGORITHMS, LR_GRID, SENSITIVITY, build_grid, customize, get_preset, tuning_grid
 from omnifm.bench.runner import RunConfig
 from omnifm.bench.settings import SETTINGS
+from omnifm.tasks import get_task
 
 
 def test_every_run_of_a_grid_gets_the_same_budget():
@@ -119,3 +120,19 @@ def test_full_preset_runs_the_hard_case_on_fewer_seeds_and_a_seed_override_runs_
     assert {(r.setting, r.seed) for r in build_grid(custom) if r.group == "main"} == {
         (setting, s) for setting in preset.settings for s in (7, 8)
     }
+
+
+def test_classification_preset_crosses_class_skew_and_participation():
+    preset = get_preset("cls-quick")
+    rates = {a: 0.03 for a in preset.algorithms}
+    grid, tuning = build_grid(preset, rates), tuning_grid(preset)
+    assert len({r.run_id for r in grid + tuning}) == len(grid) + len(tuning), "run ids are unique"
+    assert {get_task(r.spec()["task"]).name for r in grid + tuning} == {"classification"}
+    assert {r.spec_args["task"]["class_skew"] for r in grid} == set(preset.task_variants[i]["class_skew"]
+                                                                     for i in range(len(preset.task_variants)))
+    assert {r.participation for r in grid} == {1.0, 0.5} and {r.participation for r in tuning} == {1.0}
+    assert {r.algorithm for r in grid if r.participation < 1} == {"omnifm", "omnifm-placebo", "fedper", "fedbn", "fedavg"}
+    assert {"local", "central", "fedavg", "fedper", "fedbn", "omnifm", "omnifm-placebo"} <= {r.algorithm for r in grid}
+    assert {r.seed for r in tuning}.isdisjoint({r.seed for r in grid})
+    assert all(r.train["learning_rate"] == 0.03 for r in grid)
+    assert set(customize(preset, participations=[0.2]).participations) == {0.2}

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from omnifm.bench.record import CSV_FIELDS, git_info, machine_info, payload_bytes, read_runs, write_csv, write_json
+from omnifm.bench.record import csv_fields, git_info, machine_info, payload_bytes, read_runs, write_csv, write_json
 
 
 @pytest.mark.parametrize(
@@ -56,7 +56,8 @@ def test_json_and_csv_round_trip(tmp_path):
     assert [r["run_id"] for r in runs] == ["a", "b"]
     path = write_csv(tmp_path / "results.csv", runs)
     rows = list(csv.DictReader(path.open()))
-    assert len(rows) == (3 + 2) * 2 and tuple(rows[0]) == CSV_FIELDS
+    assert len(rows) == (3 + 2) * 2 and list(rows[0]) == csv_fields(runs)
+    assert list(rows[0])[8:13] == ["dice", "dice_WT", "dice_TC", "dice_ET", "dice_local"], "a record without a task: segmentation"
     assert rows[0]["run"] == "a" and float(rows[0]["dice_WT"]) == 0.6
     assert not list(tmp_path.glob("runs/.*.tmp")), "atomic write leaves no temporary file"
     assert json.loads((tmp_path / "runs" / "a.json").read_text())["wall_s"] == 5.0
@@ -65,3 +66,14 @@ def test_json_and_csv_round_trip(tmp_path):
 def test_read_runs_says_how_to_make_results(tmp_path):
     with pytest.raises(ValueError, match="run `omnifm-bench --out"):
         read_runs(tmp_path)
+
+
+def test_csv_columns_follow_each_runs_task(tmp_path):
+    seg = _run("a")
+    cls = {**_run("b"), "task": {"name": "classification", "headline": "accuracy", "metrics": ["accuracy", "auc"]}}
+    for rnd in cls["rounds"]:
+        rnd["sites"] = {s: {"accuracy": 0.7, "auc": 0.8, "accuracy_local": 0.6, "bytes_up": 8, "bytes_down": 8,
+                            "train_s": 1.0, "eval_s": 0.1} for s in rnd["sites"]}
+    rows = list(csv.DictReader(write_csv(tmp_path / "results.csv", [seg, cls]).open()))
+    assert {"dice", "accuracy", "auc", "accuracy_local"} <= set(rows[0])
+    assert rows[-1]["accuracy"] == "0.7" and rows[-1]["dice"] == "" and rows[0]["accuracy"] == ""

@@ -163,3 +163,42 @@ def test_report_without_matplotlib_still_writes_the_tables(tmp_path, monkeypatch
     text = write_report(tmp_path).read_text()
     assert "### cross-modality" in text and "![" not in text
     assert "pip install" in capsys.readouterr().out
+
+
+def _cls_run(label: str, seed: int, test: list[float], participation: float = 1.0) -> dict:
+    """A classification record: its task named, accuracy / macro-F1 / AUC (+ per-class recall) per site."""
+    def sites(values: list[float]) -> dict:
+        return {f"site-{i + 1}": {"accuracy": a, "macro_f1": a - 0.1, "auc": a + 0.1, "acc_no_tumour": 0.0,
+                                  "accuracy_local": a, "bytes_up": 1024.0, "bytes_down": 1024.0, "train_s": 1.0,
+                                  "eval_s": 0.1, "step_ms": 20.0} for i, a in enumerate(values)}
+
+    run = _run(label, seed, [0.5, 0.5])
+    task = {"name": "classification", "class_skew": 0.5}
+    run["config"].update(spec_args={"task": task}, **({"participation": participation} if participation < 1 else {}))
+    run["task"] = {"name": "classification", "headline": "accuracy",
+                   "metrics": ["accuracy", "macro_f1", "auc", "acc_no_tumour"]}
+    run["rounds"] = [{**r, "sites": sites([0.3, 0.4])} for r in run["rounds"]]
+    run["test"] = {s: {k: v for k, v in m.items() if k in run["task"]["metrics"]} for s, m in sites(test).items()}
+    run["diagnostics"] = [{"round": 1, "bank": {}, "sites": {"site-1": {"placebo_accuracy_delta": 0.02}}}]
+    run["run_id"] += f"-p{participation}"
+    return run
+
+
+def test_a_classification_report_has_the_classification_columns(tmp_path):
+    runs = [_cls_run(a, s, [0.6 + 0.1 * (a == "omnifm"), 0.5]) for a in ("omnifm", "fedavg") for s in range(3)]
+    runs += [_cls_run("omnifm", 0, [0.2, 0.2], participation=0.5)]
+    full = "cross-modality [classification, class_skew=0.5]"
+    table = main_table(summarize(runs), full).splitlines()
+    assert table[0].startswith("| algorithm | lr | test accuracy | test macro-F1 | test AUC | worst site (test) "
+                               "| val accuracy, final round |")
+    assert "acc_no_tumour" not in table[0] and "Dice" not in table[0], "per-class recall stays in the JSON and CSV"
+    assert table[2].startswith("| omnifm | 0.01 | 0.600 ± 0.000 | 0.500 ± 0.000 | 0.700 ± 0.000 | 0.500 ± 0.000 | 0.350 ± 0.000 |")
+    text = markdown(runs)
+    assert f"### {full}: test accuracy (once, after the last round)" in text
+    assert "### cross-modality [classification, class_skew=0.5, participation=0.5]" in text
+    assert "Δ test accuracy [95 % CI] (seed unit)" in text and "| fedavg | 3 | -0.050" in text
+    assert "placebo_accuracy_delta" in text and "Dice" not in text
+    for run in runs:
+        write_json(tmp_path / "runs" / f"{run['run_id']}.json", run)
+    write_report(tmp_path)
+    assert (tmp_path / "accuracy_cross-modality_classification_class_skew=0.5.png").is_file()

@@ -117,3 +117,51 @@ def test_cli_defaults_to_a_fresh_folder_outside_benchmarks_results(tmp_path, mon
     from omnifm.bench.cli import DEFAULT_CACHE, _run_parser
 
     assert str(DEFAULT_CACHE) in " ".join(_run_parser().format_help().split()), "--help shows where the phantom cache is"
+
+
+CLS_DATA = DataConfig(sites=2, cases=4, shape=(32, 32, 8), min_cases=2)
+
+
+def test_a_classification_run_is_scored_by_its_task(cache):
+    from omnifm.bench.presets import CLS_SPEC_ARGS
+
+    spec = {**CLS_SPEC_ARGS, "task": {"name": "classification", "class_skew": 0.0}}
+    config = RunConfig("omnifm", "cross-modality", 0, 2, CLS_DATA, {**TRAIN, "batch_size": 32}, spec, BANK_ARGS)
+    assert "classification" in config.run_id, "the task is part of the run id: it never overwrites a segmentation run"
+    record = run_one(config, cache)
+    assert record["task"]["name"] == "classification" and record["task"]["headline"] == "accuracy"
+    assert {"accuracy", "macro_f1", "auc"} <= set(record["task"]["metrics"])
+    for m in record["final"].values():
+        assert 0.0 <= m["accuracy"] <= 1.0 and "accuracy_local" in m and "dice" not in m
+    assert all(set(record["task"]["metrics"]) == set(m) for m in record["test"].values())
+    assert any("placebo_accuracy_delta" in d for d in record["diagnostics"][-1]["sites"].values())
+
+
+def test_only_the_sampled_sites_train_and_upload(cache, monkeypatch):
+    from omnifm.algorithms.participation import participants
+    from omnifm.engine import SiteTrainer
+
+    trained, real = [], SiteTrainer.train_round
+    monkeypatch.setattr(SiteTrainer, "train_round", lambda self, *a, **k: trained.append(self.site) or real(self, *a, **k))
+    data = DataConfig(sites=3, cases=3, shape=(16, 16, 8), min_cases=2)
+    config = RunConfig("fedper", "cross-modality", 0, 3, data, TRAIN, SPEC_ARGS, BANK_ARGS, participation=0.34)
+    record = run_one(config, cache)
+    sites = ["site-1", "site-2", "site-3"]
+    expected = [participants(sites, 0.34, r, 0) for r in range(3)]
+    assert trained == [s for chosen in expected for s in chosen] and all(len(c) == 1 for c in expected)
+    for rnd, chosen in zip(record["rounds"], expected):
+        for site, m in rnd["sites"].items():
+            assert m["trained"] == (site in chosen)
+            if site not in chosen:
+                assert m["bytes_up"] == 0 and m["n_samples"] == 0 and math.isnan(m["dice_local"])
+            assert 0.0 <= m["dice"] <= 1.0 or math.isnan(m["dice"]), "every site is evaluated every round"
+        assert set(record["diagnostics"][rnd["round"]]["sites"]) == set(chosen)
+    assert "participation=0.34" in config.run_id and config.to_dict()["participation"] == 0.34
+    assert "participation" not in _config("fedper").to_dict(), "full participation keeps older configs' shape"
+
+
+def test_participation_is_checked():
+    with pytest.raises(ValueError, match="participation"):
+        RunConfig("fedavg", "cross-modality", 0, 1, DATA, participation=0.0)
+    with pytest.raises(ValueError, match="not a federation"):
+        RunConfig("central", "cross-modality", 0, 1, DATA, participation=0.5)
