@@ -166,3 +166,18 @@ def test_dp_is_refused_for_classification_with_the_reason():
     dp = {"noise_multiplier": 1.0, "max_grad_norm": 1.0, "delta": 1e-3}
     with pytest.raises(ValueError, match="no case-level DP-SGD sampler"):
         SiteTrainer(spec, TrainConfig(dp=dp), _quadrant_cases(2, 0), _quadrant_cases(1, 1))
+
+
+def test_label_skew_survives_mirroring_and_never_empties_a_site():
+    """Mirroring balances the quadrants; the skew is applied after it, so a site's classes stay skewed."""
+    cases = _quadrant_cases(6, 3)
+    task = ClsTask(class_skew=0.1)
+    counts, total = {}, sum(ClsTask().dataset(cases, keep_empty_fraction=1.0, seed=0).class_counts(5))
+    for site in ("site-1", "site-2", "site-3", "site-4"):
+        data = task.dataset(cases, keep_empty_fraction=1.0, seed=0, site=site)
+        counts[site] = data.class_counts(5)
+        top = skew_fractions(5, 0.1, site).argmax()
+        assert counts[site][top] == max(counts[site]) and sum(counts[site]) < 0.8 * total, counts[site]
+    assert len({tuple(c) for c in counts.values()}) > 1, "sites differ in their classes"
+    balanced = ClsTask().dataset(cases, keep_empty_fraction=1.0, seed=0).class_counts(5)
+    assert len(set(balanced[1:])) == 1, "without skew the mirrored quadrants are balanced"

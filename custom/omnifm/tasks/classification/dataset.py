@@ -2,14 +2,18 @@
 
 Label skew across sites (paper Table 1) is drawn per site from a Dirichlet distribution: site
 ``s`` draws class proportions ``p ~ Dir(alpha * 1)`` from a seed derived from its name and keeps,
-of each class ``c``, the fraction ``p_c / max(p)`` of its slices (its favoured class entirely).
+of the samples it serves with class ``c`` (after mirroring, below), the fraction ``p_c / max(p)``
+(its favoured class entirely).
 Small ``alpha`` (0.1) leaves most sites one or two classes; ``alpha`` 0.5 is milder. Only the
 training samples are skewed: validation and test keep every labelled slice, so a model is scored
 on all classes.
 
 With ``mirror`` every training slice is also served flipped left-right, front-back and both, its
 class mirrored with it (:data:`MIRRORED`): the same tumour appears in every quadrant, so a site
-cannot learn its cases' appearance in place of where the tumour is.
+cannot learn its cases' appearance in place of where the tumour is. The skew is applied to the
+mirrored samples: applied to the slices before mirroring it would be undone (every kept tumour
+slice serves all four quadrant classes), and a site whose few cases lack its favoured quadrant
+would be left with nothing.
 """
 
 from __future__ import annotations
@@ -54,9 +58,12 @@ class LabelledSliceDataset(Dataset):
     Args:
         cases: the site's loaded cases (``image`` (C, H, W, D)).
         classes: per case, the ``(D,)`` slice classes (:func:`~omnifm.tasks.classification.labels.slice_classes`).
-        keep_fractions: per class, the fraction of its slices kept (seeded selection).
-        seed: seed of that selection.
+        keep_fractions: per class, the fraction of its slices kept (seeded selection; the
+            trainer thins ``no_tumour`` slices with it).
+        seed: seed of the selections.
         mirror: serve each kept slice in its four mirror images (see the module docstring).
+        skew: per class, the fraction of the *served* samples of that class kept (the label skew,
+            :func:`skew_fractions`); None: all.
 
     Items are ``{"image": float32 (C, H, W), "label": int64 scalar}``.
     """
@@ -68,6 +75,7 @@ class LabelledSliceDataset(Dataset):
         keep_fractions: np.ndarray,
         seed: int = 0,
         mirror: bool = False,
+        skew: np.ndarray | None = None,
     ) -> None:
         if len(cases) == 0:
             raise ValueError("cases must not be empty, got 0 cases")
@@ -78,11 +86,21 @@ class LabelledSliceDataset(Dataset):
             members = [(v, z) for v, zs in enumerate(classes) for z in np.flatnonzero(np.asarray(zs) == c)]
             keep = rng.permutation(len(members))[: round(float(fraction) * len(members))]
             index += [(members[i][0], int(members[i][1]), c) for i in keep]
-        if not index:
-            raise ValueError("no labelled slice is left at this site (every slice ambiguous or skewed away)")
         flips = ((), (0,), (1,), (0, 1)) if mirror else ((),)
-        self.index = sorted((v, z, c, f) for v, z, c in index for f in range(len(flips)))
         self._flips = flips
+        self.index = sorted((v, z, c, f) for v, z, c in index for f in range(len(flips)))
+        if skew is not None:
+            self.index = self._skewed(np.asarray(skew, dtype=float), np.random.default_rng([int(seed), 1]))
+        if not self.index:
+            raise ValueError("no labelled slice is left at this site (every slice ambiguous or skewed away)")
+
+    def _skewed(self, skew: np.ndarray, rng: np.random.Generator) -> list[tuple[int, int, int, int]]:
+        """Of the served samples of each class ``l``, keep the fraction ``skew[l]`` (seeded)."""
+        kept = []
+        for label, fraction in enumerate(skew):
+            members = [entry for entry in self.index if self._label(entry[2], entry[3]) == label]
+            kept += [members[i] for i in rng.permutation(len(members))[: round(float(fraction) * len(members))]]
+        return sorted(kept)
 
     def class_counts(self, num_classes: int) -> list[int]:
         """How many samples of each class the dataset serves."""

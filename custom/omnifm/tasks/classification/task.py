@@ -104,9 +104,10 @@ class ClsTask(Task):
 
     def dataset(self, cases: list[Case], keep_empty_fraction: float, seed: int, site: str = "") -> Dataset:
         """Labelled slices; ``no_tumour`` slices thinned to ``keep_empty_fraction``; skewed by ``class_skew``."""
-        fractions = skew_fractions(len(self.classes), self.class_skew, site, self.skew_seed)
-        fractions[0] *= keep_empty_fraction
-        return LabelledSliceDataset(cases, [self.case_classes(c) for c in cases], fractions, seed, self.mirror)
+        thin = np.ones(len(self.classes))
+        thin[0] = keep_empty_fraction
+        skew = skew_fractions(len(self.classes), self.class_skew, site, self.skew_seed) if self.class_skew else None
+        return LabelledSliceDataset(cases, [self.case_classes(c) for c in cases], thin, seed, self.mirror, skew)
 
     def value_map(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         image = batch["image"]
