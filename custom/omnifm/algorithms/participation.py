@@ -3,7 +3,8 @@
 One seeded rule serves the FLARE controller (:class:`omnifm.fl.sampling.SampledScatterAndGather`)
 and the in-process benchmark, so both pick the same sites for the same round: round ``r`` of a
 federation with seed ``s`` trains ``max(1, round(fraction * n))`` sites drawn without replacement
-from the sorted site names by a generator seeded with ``(s, r)``.
+from the sorted site names by a generator seeded with ``(s, r)``. ``round`` is Python's (half to
+even): 50 % of 5 sites is 2 sites, 50 % of 3 sites is 2.
 """
 
 from __future__ import annotations
