@@ -100,3 +100,21 @@ class Task(ABC):
     def metric_names(self, scores: dict[str, float]) -> list[str]:
         """The score keys that are metrics (reported per round as ``<name>_global`` / ``<name>_local``)."""
         return [k for k in scores if k != "cases"]
+
+
+def fixed_out_channels(model: dict[str, Any], count: int, follows: str) -> dict[str, Any]:
+    """``model`` with ``out_channels`` set to ``count``, the number of the task's ``follows`` (e.g. classes).
+
+    Raises:
+        ValueError: ``out_channels`` is given and differs, naming what it follows.
+
+    Examples::
+
+        >>> fixed_out_channels({}, 3, "classes")["out_channels"]
+        3
+    """
+    model = dict(model)
+    if model.setdefault("out_channels", count) != count:
+        raise ValueError(f"model.out_channels is {model['out_channels']} but the task has {count} {follows}; "
+                         f"drop out_channels, it follows the {follows}")
+    return model

@@ -21,7 +21,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from omnifm.data.loading import volume_slices
-from omnifm.tasks.base import Case, Task
+from omnifm.tasks.base import Case, Task, fixed_out_channels
 from omnifm.tasks.classification.dataset import LabelledSliceDataset, skew_fractions
 from omnifm.tasks.classification.labels import LOCATION_CLASSES, slice_classes
 from omnifm.tasks.segmentation.task import BRATS_CLASSES
@@ -87,11 +87,7 @@ class ClsTask(Task):
         return len(self.classes)
 
     def check_model(self, model: dict[str, Any]) -> dict[str, Any]:
-        model = dict(model)
-        if model.setdefault("out_channels", len(self.classes)) != len(self.classes):
-            raise ValueError(f"model.out_channels is {model['out_channels']} but the task has {len(self.classes)} "
-                             "classes; drop out_channels, it follows the classes")
-        return model
+        return fixed_out_channels(model, len(self.classes), "classes")
 
     def build_network(self, model: dict[str, Any], omnifm: dict[str, Any], affine_norm: bool = False) -> nn.Module:
         from omnifm.tasks.classification.network import build_cls_model

@@ -16,7 +16,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from omnifm.data.loading import SliceDataset, volume_slices
-from omnifm.tasks.base import Case, Task
+from omnifm.tasks.base import Case, Task, fixed_out_channels
 
 BRATS_CLASSES = ("background", "necrotic", "edema", "enhancing")
 BRATS_REGIONS = {"WT": ("necrotic", "edema", "enhancing"), "TC": ("necrotic", "enhancing"), "ET": ("enhancing",)}
@@ -83,13 +83,7 @@ class SegTask(Task):
         return len(self.classes)
 
     def check_model(self, model: dict[str, Any]) -> dict[str, Any]:
-        model = dict(model)
-        if model.setdefault("out_channels", len(self.classes)) != len(self.classes):
-            raise ValueError(
-                f"model.out_channels is {model['out_channels']} but the task has {len(self.classes)} classes; "
-                "drop out_channels, it follows the classes"
-            )
-        return model
+        return fixed_out_channels(model, len(self.classes), "classes")
 
     def build_network(self, model: dict[str, Any], omnifm: dict[str, Any], affine_norm: bool = False) -> nn.Module:
         from omnifm.tasks.segmentation.network import build_seg_model
