@@ -68,6 +68,18 @@ class OmniFMConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    @classmethod
+    def from_spec(cls, omnifm: dict | None, **defaults: object) -> OmniFMConfig:
+        """The run spec's ``omnifm`` fields over ``defaults`` (e.g. a task's ``value_classes``).
+
+        Raises:
+            ValueError: an unknown field or a bad combination, naming the spec.
+        """
+        try:
+            return cls(**{**defaults, **(omnifm or {})})
+        except TypeError as err:
+            raise ValueError(f"bad omnifm config {omnifm}: {err}") from None
+
 
 class _Stop(Exception):
     """Raised by the bottleneck tap to end a forward pass once the features are captured."""

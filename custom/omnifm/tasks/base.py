@@ -102,6 +102,21 @@ class Task(ABC):
         return [k for k in scores if k != "cases"]
 
 
+def model_args(model: dict[str, Any] | None, defaults: dict[str, Any]) -> dict[str, Any]:
+    """A network builder's arguments: ``model`` over ``defaults``, refusing keys ``defaults`` lacks.
+
+    Examples::
+
+        >>> model_args({"width": 8}, {"width": 4, "depth": 2})
+        {'width': 8, 'depth': 2}
+    """
+    cfg = {**defaults, **(model or {})}
+    unknown = set(cfg) - set(defaults)
+    if unknown:
+        raise ValueError(f"unknown model keys {sorted(unknown)}; allowed: {sorted(defaults)}")
+    return cfg
+
+
 def fixed_out_channels(model: dict[str, Any], count: int, follows: str) -> dict[str, Any]:
     """``model`` with ``out_channels`` set to ``count``, the number of the task's ``follows`` (e.g. classes).
 

@@ -15,6 +15,7 @@ from monai.networks.nets import ResNet
 from torch import nn
 
 from omnifm.models.omnifm import OmniFM, OmniFMConfig
+from omnifm.tasks.base import model_args
 from omnifm.models.tap import BottleneckTap
 
 DEFAULT_CLS_MODEL: dict[str, Any] = {
@@ -62,20 +63,14 @@ def build_cls_model(model: dict[str, Any] | None = None, omnifm: dict[str, Any] 
         >>> model(torch.randn(2, 1, 32, 32)).logits.shape
         torch.Size([2, 5])
     """
-    cfg = {**DEFAULT_CLS_MODEL, **(model or {})}
-    unknown = set(cfg) - set(DEFAULT_CLS_MODEL)
-    if unknown:
-        raise ValueError(f"unknown model keys {sorted(unknown)}; allowed: {sorted(DEFAULT_CLS_MODEL)}")
+    cfg = model_args(model, DEFAULT_CLS_MODEL)
     if cfg["norm"] not in NORMS:
         raise ValueError(f"unknown model norm {cfg['norm']!r}; choose one of {sorted(NORMS)}")
     if cfg["stem_stride"] not in (1, 2):
         raise ValueError(f"stem_stride must be 1 or 2, got {cfg['stem_stride']!r}")
     if cfg["spatial_dims"] != 2 or len(cfg["layers"]) != 4 or len(cfg["block_inplanes"]) != 4:
         raise ValueError("the classification ResNet is 2D with 4 stages: spatial_dims 2, 4 layers, 4 block_inplanes")
-    try:
-        omni_cfg = OmniFMConfig(**{"value_classes": cfg["out_channels"], **(omnifm or {})})
-    except TypeError as err:
-        raise ValueError(f"bad omnifm config {omnifm}: {err}") from None
+    omni_cfg = OmniFMConfig.from_spec(omnifm, value_classes=cfg["out_channels"])
     net = ResNet(
         "basic", list(cfg["layers"]), list(cfg["block_inplanes"]), spatial_dims=2, n_input_channels=cfg["in_channels"],
         conv1_t_size=3, conv1_t_stride=cfg["stem_stride"], no_max_pool=True, num_classes=cfg["out_channels"], norm=NORMS[cfg["norm"]],

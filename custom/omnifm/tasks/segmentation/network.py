@@ -7,6 +7,7 @@ from typing import Any
 from monai.networks.nets import UNet
 
 from omnifm.models.omnifm import OmniFM, OmniFMConfig
+from omnifm.tasks.base import model_args
 from omnifm.tasks.segmentation.unet_adapter import UNetAdapter
 
 DEFAULT_SEG_MODEL: dict[str, Any] = {
@@ -40,16 +41,10 @@ def build_seg_model(model: dict[str, Any] | None = None, omnifm: dict[str, Any] 
     Raises:
         ValueError: unknown keys, naming them.
     """
-    cfg = {**DEFAULT_SEG_MODEL, **(model or {})}
-    unknown = set(cfg) - set(DEFAULT_SEG_MODEL)
-    if unknown:
-        raise ValueError(f"unknown model keys {sorted(unknown)}; allowed: {sorted(DEFAULT_SEG_MODEL)}")
+    cfg = model_args(model, DEFAULT_SEG_MODEL)
     if cfg["norm"] not in NORMS:
         raise ValueError(f"unknown model norm {cfg['norm']!r}; choose one of {sorted(NORMS)}")
-    try:
-        omni_cfg = OmniFMConfig(**{"value_classes": cfg["out_channels"], **(omnifm or {})})
-    except TypeError as err:
-        raise ValueError(f"bad omnifm config {omnifm}: {err}") from None
+    omni_cfg = OmniFMConfig.from_spec(omnifm, value_classes=cfg["out_channels"])
     unet = UNet(
         spatial_dims=cfg["spatial_dims"],
         in_channels=cfg["in_channels"],

@@ -24,6 +24,7 @@ from monai.networks.blocks import Convolution, ResidualUnit, SubpixelUpsample
 from torch import nn
 
 from omnifm.models.omnifm import OmniFM, OmniFMConfig
+from omnifm.tasks.base import model_args
 from omnifm.models.tap import BottleneckTap
 
 DEFAULT_SR_MODEL: dict[str, Any] = {
@@ -109,10 +110,7 @@ def build_sr_model(model: dict[str, Any] | None = None, omnifm: dict[str, Any] |
         >>> model(torch.zeros(2, 1, 32, 32)).logits.shape
         torch.Size([2, 1, 32, 32])
     """
-    cfg = {**DEFAULT_SR_MODEL, **(model or {})}
-    unknown = set(cfg) - set(DEFAULT_SR_MODEL)
-    if unknown:
-        raise ValueError(f"unknown model keys {sorted(unknown)}; allowed: {sorted(DEFAULT_SR_MODEL)}")
+    cfg = model_args(model, DEFAULT_SR_MODEL)
     if cfg["spatial_dims"] != 2:
         raise ValueError(f"the SR network works on axial slices: spatial_dims must be 2, got {cfg['spatial_dims']!r}")
     if cfg["out_channels"] != cfg["in_channels"]:
@@ -121,9 +119,6 @@ def build_sr_model(model: dict[str, Any] | None = None, omnifm: dict[str, Any] |
     for key in ("channels", "num_blocks", "shuffle"):
         if not isinstance(cfg[key], int) or cfg[key] < 1:
             raise ValueError(f"model.{key} must be a positive integer, got {cfg[key]!r}")
-    try:
-        omni_cfg = OmniFMConfig(**(omnifm or {}))
-    except TypeError as err:
-        raise ValueError(f"bad omnifm config {omnifm}: {err}") from None
+    omni_cfg = OmniFMConfig.from_spec(omnifm)
     net = SRNet(cfg["in_channels"], cfg["channels"], cfg["num_blocks"], cfg["shuffle"])
     return OmniFM(net, SRAdapter(), 2, cfg["in_channels"], cfg["channels"], omni_cfg)
