@@ -2,7 +2,7 @@
 
 :func:`write_dicom_series` is the one writer behind the phantom's DICOM output, the ingestion
 benchmark and the tests that need a DICOM series on disk. It writes explicit VR little endian
-files of the MR, CT or PET image storage SOP class with the patient, study and series identity,
+files of the MR, CT, PET or NM (SPECT) image storage SOP class with the patient, study and series identity,
 the slice geometry (``ImagePositionPatient``, ``ImageOrientationPatient``, ``PixelSpacing``,
 ``SliceThickness``), the rescale (``RescaleSlope``/``RescaleIntercept``) and 16-bit stored pixels.
 pydicom is imported only when a series is written, so importing this module does not need it.
@@ -22,6 +22,7 @@ _SOP_CLASSES = {  # DICOM modality -> name of its image storage SOP class in pyd
     "MR": "MRImageStorage",
     "CT": "CTImageStorage",
     "PT": "PositronEmissionTomographyImageStorage",
+    "NM": "NuclearMedicineImageStorage",
 }
 
 
@@ -65,7 +66,7 @@ def write_dicom_series(
         spacing: ``(column spacing, row spacing, slice gap)`` in mm, i.e. x, y, z of the voxel grid;
             ``PixelSpacing`` is written in DICOM order ``[row spacing, column spacing]`` and
             ``SliceThickness`` is the slice gap.
-        modality: DICOM modality, ``"MR"``, ``"CT"`` or ``"PT"``; picks the SOP class.
+        modality: DICOM modality, ``"MR"``, ``"CT"``, ``"PT"`` or ``"NM"``; picks the SOP class.
         origin: ``ImagePositionPatient`` of slice 0.
         orientation: ``ImageOrientationPatient`` (row direction, then column direction).
         slope: ``RescaleSlope``.

@@ -19,10 +19,22 @@ modality's *kind* (:func:`omnifm.data.modalities.modality_kind`) decides the rul
   rarely trustworthy): uptake ratio ``x / ref`` with ``ref`` the mean foreground uptake after
   clipping the foreground at its 99.5th percentile, i.e. a whole-foreground "SUVR". Negative
   values are set to zero and the ratio is capped at ``PET_MAX``.
+- **SPECT** (perfusion tracers such as Tc-99m HMPAO/ECD; counts in arbitrary, camera-dependent
+  units): count normalisation to the well-perfused tissue, ``x / ref`` with ``ref`` the mean of the
+  positive voxels at or above ``SPECT_REFERENCE_FRACTION`` (0.5) of their 99th percentile, each
+  clipped at their 99.5th percentile: in a brain perfusion study those are mostly cortex and deep
+  grey matter, so 1 reads as normal grey-matter perfusion (the usual way perfusion SPECT is shown:
+  relative to a reference region, here the global well-perfused one since the cerebellum is not
+  always in the field of view). PET's whole-foreground mean would depend on how much of SPECT's
+  wide (12-18 mm, site-dependent) blur halo and extracerebral uptake clears the foreground
+  threshold; measured on the phantom (6 sites, 3 cases, 2 sizes) grey matter comes out at
+  1.00 +- 1.7 % with this reference, 1.44 +- 3.0 % with PET's. Negative values are set to zero and
+  the ratio is capped at ``SPECT_MAX``.
 
 The foreground of MR and PET is ``x > FOREGROUND_FRACTION * p99`` with ``p99`` the 99th percentile
 of the positive voxels, so it adapts to any intensity scale. MR and PET outputs are therefore
-invariant to a global rescaling ``a * x`` (``a > 0``), as different scanner gains should be.
+invariant to a global rescaling ``a * x`` (``a > 0``), as different scanner gains should be (SPECT
+too: its reference is relative to the 99th percentile).
 Non-finite input voxels are treated as zero. Each channel is normalised on its own.
 """
 
@@ -34,13 +46,23 @@ import numpy as np
 
 from omnifm.data.modalities import modality_kind
 
-__all__ = ["CT_BRAIN_WINDOW", "FOREGROUND_FRACTION", "MR_CLIP", "PET_MAX", "normalize_intensity"]
+__all__ = [
+    "CT_BRAIN_WINDOW",
+    "FOREGROUND_FRACTION",
+    "MR_CLIP",
+    "PET_MAX",
+    "SPECT_MAX",
+    "SPECT_REFERENCE_FRACTION",
+    "normalize_intensity",
+]
 
 CT_BRAIN_WINDOW = (0.0, 80.0)
 
 FOREGROUND_FRACTION = 0.05
 MR_CLIP = 6.0
 PET_MAX = 20.0
+SPECT_MAX = 5.0
+SPECT_REFERENCE_FRACTION = 0.5
 _IQR_TO_SIGMA = 1.349
 _MIN_FOREGROUND = 16
 
@@ -91,6 +113,16 @@ def _pet(channel: np.ndarray) -> np.ndarray:
     return np.clip(channel / ref, 0.0, PET_MAX)
 
 
+def _spect(channel: np.ndarray) -> np.ndarray:
+    positive = channel[channel > 0]
+    if positive.size == 0:
+        return np.zeros_like(channel)
+    p99, p995 = (float(p) for p in np.percentile(positive, [99, 99.5]))
+    well_perfused = positive[positive >= SPECT_REFERENCE_FRACTION * p99]
+    ref = float(np.minimum(well_perfused, p995).mean(dtype=np.float64))
+    return np.clip(channel / ref, 0.0, SPECT_MAX)
+
+
 def normalize_intensity(
     image: np.ndarray, modality: str, ct_window: tuple[float, float] = CT_BRAIN_WINDOW
 ) -> np.ndarray:
@@ -103,7 +135,7 @@ def normalize_intensity(
 
     Returns:
         A new float32 array of the same shape: CT in ``[0, 1]``, MR in ``[-MR_CLIP, MR_CLIP]``,
-        PET in ``[0, PET_MAX]``.
+        PET in ``[0, PET_MAX]``, SPECT in ``[0, SPECT_MAX]``.
 
     Raises:
         ValueError: If ``image`` is not 4-dimensional, ``modality`` is unknown or
@@ -119,6 +151,8 @@ def normalize_intensity(
         channels = [_ct(c, window) for c in array]
     elif kind == "mr":
         channels = [_mr(c) for c in array]
+    elif kind == "spect":
+        channels = [_spect(c) for c in array]
     else:
         channels = [_pet(c) for c in array]
     return np.stack(channels).astype(np.float32, copy=False) if channels else array

@@ -4,6 +4,7 @@ Example::
 
     omnifm-make-phantom --out /data/phantom --sites 3 --cases 24 --seed 0
     omnifm-make-phantom --out /data/phantom_dicom --sites 2 --cases 4 --format dicom --modalities t1 ct
+    omnifm-make-phantom --out /data/phantom_spect --sites 2 --cases 4 --modalities t1 spect
 
 Each site folder (``site-1/``, ``site-2/``, ...) gets ``images/``, ``labels/``,
 ``datalist.json`` and ``phantom_manifest.json``; an identical request reuses existing files.
@@ -45,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--modalities",
         nargs="+",
         choices=MODALITIES,
-        help=f"modality per site, cycled (default: {' '.join(SITE_MODALITIES)})",
+        help=f"modality per site, cycled (default: {' '.join(SITE_MODALITIES)}; spect only when named)",
     )
     parser.add_argument("--format", choices=FORMATS, default="nifti", help="image format (default nifti)")
     parser.add_argument(

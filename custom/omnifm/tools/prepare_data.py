@@ -3,7 +3,7 @@
 A thin wrapper over :func:`omnifm.data.ingest.prepare_dataset`::
 
     omnifm-prepare-data --input /data/export --output /data/omnifm [--format dicom|nifti]
-        [--spacing 1 1 1] [--modality t1|t1ce|t2|flair|ct|pet] [--quiet]
+        [--spacing 1 1 1] [--modality t1|t1ce|t2|flair|ct|pet|spect] [--quiet]
 
 Writes ``images/case_000.nii.gz``, ``labels/case_000.nii.gz`` and ``datalist.json`` into
 ``--output``, prints one line per case (index, anonymous id, outcome) and then a summary table.

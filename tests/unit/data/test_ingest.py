@@ -540,10 +540,25 @@ def test_mr_sequence_from_series_description(description: str, expected: str) ->
     assert dicom_modality(ds) == expected
 
 
-@pytest.mark.parametrize(("kind", "expected"), [("CT", "ct"), ("PT", "pet"), ("US", None), ("NM", None)])
+@pytest.mark.parametrize(
+    ("kind", "expected"), [("CT", "ct"), ("PT", "pet"), ("NM", "spect"), ("US", None), ("XA", None)]
+)
 def test_dicom_modality_kinds(kind: str, expected) -> None:
     ds = Dataset()
     ds.Modality = kind
+    assert dicom_modality(ds) == expected
+
+
+@pytest.mark.parametrize(
+    ("image_type", "expected"),
+    [(None, "spect"), (["ORIGINAL", "PRIMARY", "RECON TOMO", "EMISSION"], "spect"),
+     (["ORIGINAL", "PRIMARY", "TOMO", "EMISSION"], None), (["ORIGINAL", "PRIMARY", "WHOLE BODY"], None)],
+)
+def test_nm_is_spect_unless_it_is_not_a_reconstructed_volume(image_type, expected) -> None:
+    ds = Dataset()
+    ds.Modality = "NM"
+    if image_type is not None:
+        ds.ImageType = image_type
     assert dicom_modality(ds) == expected
 
 
@@ -679,6 +694,29 @@ def test_prepare_dataset_resamples_and_overrides_modality(tmp_path: Path, site_i
     np.testing.assert_allclose(image.header.get_zooms(), (1.6, 1.6, 3.0), rtol=1e-5)
     assert nib.load(out / "labels" / "case_000.nii.gz").shape == (8, 10, 12)
     assert _prepared_cases(out)[0]["modality"] == "flair"
+
+
+@pytest.mark.dicom
+def test_phantom_spect_dicom_reads_back_as_spect(tmp_path: Path) -> None:
+    from omnifm.data.phantom import write_phantom_site
+
+    shape = (24, 24, 6)
+    nifti = write_phantom_site(tmp_path / "n", "spect", 1, seed=2, shape=shape, site_index=1)[0]
+    write_phantom_site(tmp_path / "d", "spect", 1, seed=2, shape=shape, site_index=1, fmt="dicom")
+    [case] = discover_cases(tmp_path / "d")
+    assert case["modality"] == "spect" and case["problem"] is None and len(case["image"]) == shape[2]
+    assert pydicom.dcmread(case["image"][0]).Modality == "NM"
+    raw = load_case(case, normalize=False)["image"]
+    reference = load_case(nifti, normalize=False)["image"]
+    np.testing.assert_allclose(raw, reference, atol=float(reference.max()) / 60000.0)
+    brats = {1: 1, 2: 2, 4: 3}
+    loaded, expected = load_case(case, label_values=brats), load_case(nifti, label_values=brats)
+    # 16-bit storage zeroes the faintest voxels, which moves the percentiles of the reference a little
+    np.testing.assert_allclose(loaded["image"], expected["image"], rtol=0.01, atol=1e-3)
+    np.testing.assert_array_equal(loaded["label"], expected["label"])
+    assert 0.0 <= loaded["image"].min() and 1.0 < loaded["image"].max() <= 5.0  # perfusion ratio
+    summary = prepare_dataset(tmp_path / "d", tmp_path / "prepared", progress=False)
+    assert summary.converted == ["case_000"] and _prepared_cases(tmp_path / "prepared")[0]["modality"] == "spect"
 
 
 def test_prepare_dataset_nifti_defaults_to_t1_with_a_note(tmp_path: Path, nifti_case) -> None:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from omnifm.data.modalities import MODALITIES, MR_SEQUENCES
-from omnifm.data.normalize import CT_BRAIN_WINDOW, MR_CLIP, PET_MAX, normalize_intensity
+from omnifm.data.normalize import CT_BRAIN_WINDOW, MR_CLIP, PET_MAX, SPECT_MAX, normalize_intensity
 
 
 def _head(rng: np.random.Generator, scale: float = 1000.0) -> np.ndarray:
@@ -68,9 +68,9 @@ def test_mr_is_robust_to_a_few_extreme_outliers() -> None:
     assert b.max() == MR_CLIP and b.min() == -MR_CLIP
 
 
-@pytest.mark.parametrize("modality", ["t1", "flair", "pet"])
+@pytest.mark.parametrize("modality", ["t1", "flair", "pet", "spect"])
 @pytest.mark.parametrize("factor", [0.001, 3.0, 250.0])
-def test_mr_and_pet_are_scale_invariant(modality: str, factor: float) -> None:
+def test_mr_pet_and_spect_are_scale_invariant(modality: str, factor: float) -> None:
     image = _head(np.random.default_rng(2))
     np.testing.assert_allclose(
         normalize_intensity(factor * image, modality), normalize_intensity(image, modality), rtol=1e-4, atol=1e-4
@@ -98,6 +98,40 @@ def test_pet_uptake_ratio() -> None:
     hot[0, 12, 12, 4] = 1e12  # one absurd voxel saturates instead of rescaling everything
     np.testing.assert_allclose(np.delete(normalize_intensity(hot, "pet").ravel(), 12 * 24 * 8 + 12 * 8 + 4),
                                np.delete(out.ravel(), 12 * 24 * 8 + 12 * 8 + 4), atol=0.02)
+
+
+# ------------------------------------------------------------------ SPECT
+
+
+def _perfusion(halo: int, scale: float = 300.0) -> tuple[np.ndarray, np.ndarray]:
+    """(1, 32, 32, 8) perfusion-like image: a grey-matter shell (1), white matter (0.4) inside, and
+    ``halo`` voxels of low extracerebral uptake (0.2) around it; plus the grey-matter mask."""
+    rng = np.random.default_rng(6)
+    image = np.zeros((1, 32, 32, 8), dtype=np.float32)
+    image[0, 16 - 6 - halo : 16 + 6 + halo, 16 - 6 - halo : 16 + 6 + halo, :] = 0.2
+    image[0, 10:22, 10:22, :] = 1.0
+    image[0, 12:20, 12:20, :] = 0.4
+    grey = image[0] == 1.0
+    image *= scale * (1.0 + 0.05 * rng.standard_normal(image.shape)).astype(np.float32)
+    return image, grey
+
+
+def test_spect_is_relative_to_the_well_perfused_tissue() -> None:
+    ratios, pet = [], []
+    for halo in (1, 6):  # a wider field of view or blur halo adds low-uptake voxels
+        image, grey = _perfusion(halo)
+        out = normalize_intensity(image, "spect")
+        assert out.min() >= 0 and out.max() <= SPECT_MAX
+        ratios.append(float(out[0][grey].mean()))
+        pet.append(float(normalize_intensity(image, "pet")[0][grey].mean()))
+    assert ratios == pytest.approx([1.0, 1.0], abs=0.03)  # 1 = normal grey-matter perfusion
+    assert abs(pet[0] - pet[1]) > 0.2  # the whole-foreground reference of PET would move
+    image, grey = _perfusion(3)
+    hot = image.copy()
+    hot[0, 0, 0, 0] = 1e12  # one absurd voxel saturates instead of rescaling everything
+    np.testing.assert_allclose(normalize_intensity(hot, "spect")[0][grey], normalize_intensity(image, "spect")[0][grey],
+                               rtol=0.01)
+    assert normalize_intensity(hot, "spect")[0, 0, 0, 0] == SPECT_MAX
 
 
 # ------------------------------------------------------------------ shared

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from functools import lru_cache
@@ -11,6 +12,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 from scipy import ndimage as ndi
+from scipy.optimize import minimize_scalar
 
 from omnifm.data.modalities import MODALITIES
 from omnifm.data.phantom import (
@@ -18,6 +20,7 @@ from omnifm.data.phantom import (
     DATALIST_NAME,
     GENERATOR_VERSION,
     MANIFEST_NAME,
+    SITE_MODALITIES,
     Acquisition,
     PhantomAnatomy,
     Tissue,
@@ -90,6 +93,13 @@ def test_modality_for_site(site: int, modality: str) -> None:
     assert modality_for_site(site) == modality
 
 
+def test_spect_is_appended_and_keeps_the_site_cycle() -> None:
+    # the acquisition seeds use MODALITIES.index: the earlier modalities keep their index (and output)
+    assert MODALITIES == ("t1", "t1ce", "t2", "flair", "ct", "pet", "spect")
+    assert SITE_MODALITIES == ("t1ce", "ct", "t2", "pet", "flair", "t1")
+    assert "spect" not in {modality_for_site(i) for i in range(24)}
+
+
 @pytest.mark.parametrize("site", [-1, 1.5, True, "0"])
 def test_modality_for_site_rejects_bad_index(site: object) -> None:
     with pytest.raises(ValueError, match="site_index"):
@@ -106,6 +116,16 @@ def test_site_acquisition_is_fixed_per_site_and_differs_between_sites() -> None:
     ct, pet = site_acquisition("ct", 0), site_acquisition("pet", 0)
     assert ct.bias == pet.bias == 0 and ct.tr == pet.tr == 0
     assert pet.psf_fwhm > max(site_acquisition(m, 0, i).psf_fwhm for m in ("t1", "t2", "ct") for i in range(4))
+
+
+def test_spect_sites_differ_in_resolution_noise_calibration_and_attenuation_correction() -> None:
+    spect = [site_acquisition("spect", 0, i) for i in range(6)]
+    pet = [site_acquisition("pet", 0, i) for i in range(6)]
+    assert all(12.0 <= a.psf_fwhm <= 18.0 and 0.08 <= a.noise <= 0.15 and -0.1 <= a.bias <= 0.2 for a in spect)
+    assert min(a.psf_fwhm for a in spect) > max(a.psf_fwhm for a in pet)
+    for field in ("psf_fwhm", "noise", "gain", "bias"):
+        assert len({getattr(a, field) for a in spect}) == 6, field
+    assert all(a.tr == a.te == a.ti == a.offset == 0 for a in spect)
 
 
 @pytest.mark.parametrize(
@@ -261,6 +281,58 @@ def test_pet_tumour_is_hot_and_blurred() -> None:
     assert _high_frequency(image, anatomy) < 0.5 * _high_frequency(mr, mr_anatomy)
 
 
+def _fit_psf(image: np.ndarray, anatomy: PhantomAnatomy) -> tuple[float, np.ndarray, float]:
+    """Resolution, uptake and noise measured from an image (PET/SPECT).
+
+    Regresses the head's voxels on the tissue fractions blurred by a 3D Gaussian and picks the FWHM
+    with the least squared residual. Returns ``(FWHM mm, uptake per tissue relative to grey matter,
+    residual standard deviation relative to grey-matter uptake)``.
+    """
+    head = anatomy.fractions[Tissue.AIR] < 0.5
+    fractions = anatomy.fractions.astype(float)
+
+    def solve(fwhm: float) -> tuple[np.ndarray, np.ndarray]:
+        sigma = [fwhm / 2.3548 / s for s in anatomy.spacing]
+        columns = np.stack([ndi.gaussian_filter(f, sigma, mode="nearest")[head] for f in fractions], axis=1)
+        coef = np.linalg.lstsq(columns, image[head].astype(float), rcond=None)[0]
+        return coef, image[head] - columns @ coef
+
+    best = minimize_scalar(lambda f: float(np.mean(solve(f)[1] ** 2)), bounds=(2.0, 30.0), method="bounded",
+                           options={"xatol": 0.2})
+    coef, residual = solve(best.x)
+    grey = coef[Tissue.GREY_MATTER]
+    return float(best.x), coef / grey, float(residual.std() / grey)
+
+
+def test_spect_is_perfusion_with_lower_resolution_and_more_noise_than_pet() -> None:
+    seed = _tumour_seed(SHAPE, 5)
+    image, anatomy = _rendered("spect", seed)
+    assert image.min() >= 0 and np.isfinite(image).all()
+    gm, wm, csf = (_mean(image, anatomy, t) for t in (Tissue.GREY_MATTER, Tissue.WHITE_MATTER, Tissue.CSF))
+    assert gm > wm > csf  # blurred, but in perfusion order
+    fwhm, uptake, noise = _fit_psf(image, anatomy)
+    pet_fwhm, _, pet_noise = _fit_psf(*_rendered("pet", seed))
+    acquisition = site_acquisition("spect", 0)
+    assert 0.25 <= uptake[Tissue.WHITE_MATTER] <= 0.6  # white matter ~1/3-1/2 of grey matter
+    assert uptake[Tissue.CSF] < uptake[Tissue.WHITE_MATTER] and uptake[Tissue.SKULL] < 0.25
+    assert fwhm == pytest.approx(acquisition.psf_fwhm, rel=0.25) and fwhm > 1.3 * pet_fwhm
+    assert 0.5 * acquisition.noise <= noise <= 1.1 * acquisition.noise and noise > 1.8 * pet_noise
+    assert _high_frequency(image, anatomy) < 0.5 * _high_frequency(*_rendered("t1", seed))
+
+
+def test_spect_attenuation_correction_residual_is_radial() -> None:
+    anatomy = _anatomy(_tumour_seed(SMALL, 2))
+    base = site_acquisition("spect", 0)
+    under, over = (render_modality(anatomy, "spect", dataclasses.replace(base, bias=b), np.random.default_rng(1))
+                   for b in (0.2, -0.1))
+    brain = anatomy.fractions[Tissue.GREY_MATTER] + anatomy.fractions[Tissue.WHITE_MATTER] > 0.5
+    x, y = (np.arange(n) - (n - 1) / 2 for n in SMALL[:2])
+    radius = np.broadcast_to(np.hypot(x[:, None], y[None, :])[:, :, None], SMALL)
+    ratio = under / np.maximum(over, 1e-9)
+    centre, rim = ratio[brain & (radius < 4)].mean(), ratio[brain & (radius > 10)].mean()
+    assert centre == pytest.approx(0.8 / 1.1, rel=0.05) and rim > centre + 0.1
+
+
 def test_sites_with_the_same_modality_differ() -> None:
     seed = _tumour_seed(SHAPE, 5)
     (first, anatomy), (second, other) = _rendered("t1", seed, 0), _rendered("t1", seed, 1)
@@ -374,7 +446,7 @@ def test_write_phantom_site_rejects_bad_arguments(tmp_path, kwargs: dict, name: 
 
 
 @pytest.mark.dicom
-@pytest.mark.parametrize("modality", ["ct", "pet", "flair"])
+@pytest.mark.parametrize("modality", ["ct", "pet", "flair", "spect"])
 def test_dicom_series_round_trip(tmp_path, modality: str) -> None:
     pytest.importorskip("pydicom")
     nifti = write_phantom_site(tmp_path / "n", modality, 1, seed=3, shape=SMALL, site_index=2)
@@ -386,7 +458,9 @@ def test_dicom_series_round_trip(tmp_path, modality: str) -> None:
     np.testing.assert_allclose(volume, reference.get_fdata(), atol=1.0)
     spacing = acquisition_spacing(site_acquisition(modality, 3, 2), SMALL)
     first = datasets[0]
-    assert first.Modality == {"ct": "CT", "pet": "PT", "flair": "MR"}[modality]
+    assert first.Modality == {"ct": "CT", "pet": "PT", "flair": "MR", "spect": "NM"}[modality]
+    assert first.SOPClassUID.name == {"CT": "CT", "PT": "Positron Emission Tomography", "MR": "MR",
+                                      "NM": "Nuclear Medicine"}[first.Modality] + " Image Storage"
     assert str(first.PatientName) == "PHANTOM^SITE3^CASE000"
     assert first.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.1"  # explicit VR little endian
     np.testing.assert_allclose([float(v) for v in first.PixelSpacing], spacing[:2], rtol=1e-4)

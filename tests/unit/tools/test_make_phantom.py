@@ -35,6 +35,26 @@ def test_cli_modalities_and_dicom(tmp_path, capsys) -> None:
     assert len(list((tmp_path / "site-1" / "images" / "case_000").iterdir())) == 2
 
 
+@pytest.mark.parametrize("fmt", ["nifti", "dicom"])
+def test_cli_writes_a_spect_site_next_to_mr(tmp_path, capsys, fmt: str) -> None:
+    if fmt == "dicom":
+        pytest.importorskip("pydicom")
+    args = ["--out", str(tmp_path), "--sites", "2", "--cases", "1", "--shape", "16", "16", "3", "--format", fmt]
+    assert main([*args, "--modalities", "t1", "spect"]) == 0
+    printed = capsys.readouterr().out
+    assert "site-1: t1" in printed and "site-2: spect" in printed
+    datalist = json.loads((tmp_path / "site-2" / "datalist.json").read_text())
+    assert datalist["cases"][0]["modality"] == "spect"
+    image = tmp_path / "site-2" / datalist["cases"][0]["image"]
+    if fmt == "dicom":
+        import pydicom
+
+        slices = sorted(image.iterdir())
+        assert len(slices) == 3 and pydicom.dcmread(slices[0]).Modality == "NM"
+    else:
+        assert image.is_file() and image.name.endswith(".nii.gz")
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [

@@ -42,10 +42,10 @@ Supported input layouts (:func:`discover_cases`; hidden files and folders are ig
   label series or a DICOM SEG (read by MONAI's own SEG support; segment ``c`` becomes ``c + 1``).
 
 Modality (:func:`dicom_modality`): DICOM ``Modality`` ``CT`` -> ``"ct"``, ``PT`` -> ``"pet"``,
-``MR`` -> an MR sequence guessed from ``SeriesDescription``/``ProtocolName`` (FLAIR, T2, T1 with
-contrast, T1), ``"t1"`` when nothing matches. NIfTI carries no modality: pass one (``modality=``
-or ``--modality``), else ``"t1"`` is assumed and the summary says so. An explicit modality
-always overrides.
+``NM`` -> ``"spect"``, ``MR`` -> an MR sequence guessed from ``SeriesDescription``/``ProtocolName``
+(FLAIR, T2, T1 with contrast, T1), ``"t1"`` when nothing matches. NIfTI carries no modality: pass
+one (``modality=`` or ``--modality``), else ``"t1"`` is assumed and the summary says so. An
+explicit modality always overrides.
 
 Privacy: case ids are ``case_000``, ``case_001``, ... in the order of the cases' relative paths;
 no file name, path, patient name or DICOM tag value appears in ids, outputs, the datalist, the

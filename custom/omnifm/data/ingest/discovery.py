@@ -16,6 +16,8 @@ _FORMATS = ("dicom", "nifti")
 _NON_IMAGE_MODALITIES = {"SEG", "RTSTRUCT", "RTPLAN", "RTDOSE", "RTRECORD", "SR", "PR", "KO", "REG", "DOC", "ECG"}
 
 
+# NM ImageType value 3 of images that are not a reconstructed volume (projections, planar, dynamic)
+_NM_NOT_RECONSTRUCTED = {"STATIC", "DYNAMIC", "GATED", "WHOLE BODY", "TOMO", "GATED TOMO"}
 _FLAIR = ("flair", "darkfluid", "dark fluid", "dark-fluid", "tirm")
 _CONTRAST = {"ce", "gd", "gad", "gado", "post", "postcontrast", "postgd", "t1c", "t1ce", "t1gd", "t1post"}
 _T1 = ("t1", "mprage", "mp-rage", "mp_rage", "spgr", "bravo", "tfl", "tfe")
@@ -37,19 +39,25 @@ def _mr_sequence(description: str, contrast_agent: bool) -> str:
 
 
 def dicom_modality(ds: Any) -> str | None:
-    """The omnifm modality of a DICOM header; ``None`` for modalities other than MR, CT and PT.
+    """The omnifm modality of a DICOM header; ``None`` for modalities other than MR, CT, PT and NM.
 
-    ``CT`` -> ``"ct"``, ``PT`` -> ``"pet"``, ``MR`` -> ``"flair"`` if ``SeriesDescription`` or
-    ``ProtocolName`` mentions FLAIR/dark fluid/TIRM, else ``"t2"`` for a ``T2*`` token, else
-    ``"t1ce"`` for contrast words (``+C``, ``Gd``, ``gad``, ``contrast``, a ``post``, ``CE`` or
-    ``T1C`` token...) or a ``ContrastBolusAgent`` on a T1-type series, else ``"t1"`` (also the
-    default for MR series whose description says nothing).
+    ``CT`` -> ``"ct"``, ``PT`` -> ``"pet"``, ``NM`` -> ``"spect"`` (a reconstructed SPECT; ``None``
+    when the NM ``ImageType`` says planar, dynamic, whole-body or raw tomographic projections),
+    ``MR`` -> ``"flair"`` if ``SeriesDescription`` or ``ProtocolName`` mentions FLAIR/dark
+    fluid/TIRM, else ``"t2"`` for a ``T2*`` token, else ``"t1ce"`` for contrast words (``+C``,
+    ``Gd``, ``gad``, ``contrast``, a ``post``, ``CE`` or ``T1C`` token...) or a
+    ``ContrastBolusAgent`` on a T1-type series, else ``"t1"`` (also the default for MR series whose
+    description says nothing).
     """
     kind = str(ds.get("Modality", "")).upper()
     if kind == "CT":
         return "ct"
     if kind == "PT":
         return "pet"
+    if kind == "NM":
+        value = ds.get("ImageType") or []
+        image_type = [str(v).upper() for v in ([value] if isinstance(value, str) else value)]
+        return None if len(image_type) > 2 and image_type[2] in _NM_NOT_RECONSTRUCTED else "spect"
     if kind != "MR":
         return None
     description = f"{ds.get('SeriesDescription', '')} {ds.get('ProtocolName', '')}"
@@ -209,7 +217,7 @@ def discover_cases(input_dir: str | Path, fmt: str | None = None) -> list[dict[s
         ``[{"id": "case_000", "image": path or [paths of one series], "label": path or None,
         "modality": str or None, "format": "dicom" | "nifti", "problem": str or None}, ...]``
         sorted by the relative path of each case's (first) image file; ids follow that order.
-        ``modality`` is ``None`` for NIfTI and for DICOM modalities other than MR/CT/PT.
+        ``modality`` is ``None`` for NIfTI and for DICOM modalities other than MR/CT/PT/NM.
         ``problem`` is a path-free reason not to convert the case (a series whose folder also
         holds files that claim to be DICOM but cannot be parsed, e.g. a truncated slice: such a
         series could silently miss slices); :func:`prepare_dataset` skips those cases.

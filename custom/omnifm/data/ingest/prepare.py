@@ -135,7 +135,7 @@ def _case_modality(case: dict[str, Any], override: str | None) -> str:
         return case["modality"]
     if case["format"] == "nifti":
         return "t1"
-    raise CaseError("unsupported DICOM modality (not MR, CT or PT); pass a modality to force one")
+    raise CaseError("unsupported DICOM modality (not MR, CT, PT or NM); pass a modality to force one")
 
 
 def _check_output(input_dir: str | Path, output_dir: str | Path) -> Path:

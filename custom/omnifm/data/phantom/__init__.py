@@ -20,11 +20,14 @@ thickness, so the result is a stack of partial-volume tissue fractions (:class:`
 
 :func:`render_modality` turns the fractions into an image: T1/T1CE/T2/FLAIR from spin-echo and
 inversion-recovery signal equations with per-tissue T1, T2 and proton density (gadolinium
-shortens T1 in the enhancing rim for T1CE), CT in Hounsfield units and PET as amino-acid-like
-uptake (tumour hot). The acquisition (:class:`Acquisition`, fixed per site by
-:func:`site_acquisition`) adds the site's sequence timing, bias field (MR), point-spread
-function, noise (Rician for MR, Gaussian for CT, Poisson-like for PET), global intensity scale
-and slice thickness.
+shortens T1 in the enhancing rim for T1CE), CT in Hounsfield units, PET as amino-acid-like
+uptake (tumour hot) and SPECT as Tc-99m HMPAO/ECD-like perfusion (grey matter hot, white matter
+1/3-1/2 of it, CSF cold; hypo-perfused tumour core and oedema, a rim of case-dependent perfusion).
+The acquisition (:class:`Acquisition`, fixed per site by :func:`site_acquisition`) adds the site's
+sequence timing, bias field (MR) or attenuation-correction residual (SPECT), point-spread function
+(SPECT 12-18 mm, PET 7-10 mm), noise (Rician for MR, Gaussian for CT, Poisson-like for PET,
+Poisson counts for SPECT), global intensity scale and slice thickness. SPECT is not in the default
+site cycle (:data:`SITE_MODALITIES`); a site asks for it by name.
 
 :func:`write_phantom_site` writes a site as NIfTI or DICOM with ``datalist.json`` and a
 manifest (an identical request reuses the files); :func:`make_phantom_federation` writes
@@ -32,11 +35,12 @@ manifest (an identical request reuses the files); :func:`make_phantom_federation
 
 Conventions: arrays are ``(H, W, D)`` in RAS order (``H`` left->right, ``W`` posterior->anterior,
 ``D`` axial slices inferior->superior) with affine ``diag(pixel, pixel, slice_thickness)`` plus a
-translation (scanner millimetres, origin near the head centre). MR and PET are positive arbitrary
-units (MR background is the Rician noise floor, not zero); CT is in HU with air at about -1000.
+translation (scanner millimetres, origin near the head centre). MR, PET and SPECT are positive
+arbitrary units (MR background is the Rician noise floor, not zero); CT is in HU with air at
+about -1000.
 DICOM series use the standard axial orientation (``ImageOrientationPatient`` ``1\\0\\0\\0\\1\\0``,
 LPS), one file per slice, explicit VR little endian, CT as int16 with ``RescaleIntercept``
--1024, MR/PET as uint16 with ``RescaleSlope`` (1 for MR).
+-1024, MR/PET/SPECT as uint16 with ``RescaleSlope`` (1 for MR); SPECT as DICOM ``Modality`` NM.
 
 The package, by concern (each name below is importable from ``omnifm.data.phantom``):
 
@@ -46,7 +50,7 @@ The package, by concern (each name below is importable from ``omnifm.data.phanto
 - :mod:`~omnifm.data.phantom.template`: the prepared MNI152 template;
 - :mod:`~omnifm.data.phantom.tumour`: tumour shape, nesting, mass effect and BraTS labels;
 - :mod:`~omnifm.data.phantom.anatomy`: one case's head pose, deformation and tissue fractions;
-- :mod:`~omnifm.data.phantom.render`: MR/CT/PET image formation;
+- :mod:`~omnifm.data.phantom.render`: MR/CT/PET/SPECT image formation;
 - :mod:`~omnifm.data.phantom.volume_files`: NIfTI files and DICOM series of one volume;
 - :mod:`~omnifm.data.phantom.site_writer`: site folders, datalist, manifest and federations.
 """

@@ -1,6 +1,7 @@
-"""Acquisition physics of a simulated site: sequence timing, point-spread function, noise, bias,
-intensity scale and slice thickness (:class:`Acquisition`, fixed per site by :func:`site_acquisition`),
-and the voxel spacing it gives (:func:`acquisition_spacing`)."""
+"""Acquisition physics of a simulated site: sequence timing, point-spread function, noise, bias
+(MR bias field, SPECT attenuation-correction residual), intensity scale and slice thickness
+(:class:`Acquisition`, fixed per site by :func:`site_acquisition`), and the voxel spacing it
+gives (:func:`acquisition_spacing`)."""
 
 from __future__ import annotations
 
@@ -27,15 +28,19 @@ class Acquisition:
         slice_thickness: Slice thickness = voxel spacing along ``D``, mm.
         fov_margin: In-plane field of view divided by the head extent (>= 1).
         psf_fwhm: Full width at half maximum of the Gaussian point-spread function, mm
-            (in-plane; PET also along ``D``; MR/CT slices get the slice profile instead).
+            (in-plane; PET and SPECT also along ``D``; MR/CT slices get the slice profile instead).
         noise: MR: Rician sigma relative to the white-matter signal. CT: sigma in HU.
-            PET: relative sigma at unit uptake (``1 / sqrt(counts per unit uptake)``).
-        bias: Standard deviation of the log bias field (MR only, else 0).
-        gain: Global intensity scale. MR/PET: units per unit signal. CT: HU calibration slope
+            PET: relative sigma at unit uptake (``1 / sqrt(counts per unit uptake)``) before the
+            point-spread function. SPECT: relative sigma of the final (blurred) image at unit
+            uptake; the counts per voxel follow from it and the PSF.
+        bias: MR: standard deviation of the log bias field. SPECT: signed amplitude of the
+            attenuation-correction residual (the head centre comes out ``1 - bias`` times as
+            bright as the same uptake at its rim; > 0: under-corrected). 0 for CT and PET.
+        gain: Global intensity scale. MR/PET/SPECT: units per unit signal. CT: HU calibration slope
             (about 1; water stays near ``offset``).
         offset: CT: HU calibration offset (water, within a few HU); 0 otherwise.
-        tr: MR repetition time, ms (0 for CT/PET).
-        te: MR echo time, ms (0 for CT/PET).
+        tr: MR repetition time, ms (0 for CT/PET/SPECT).
+        te: MR echo time, ms (0 for CT/PET/SPECT).
         ti: FLAIR inversion time, ms (0 otherwise).
         field_seed: Seed of the site's bias-field pattern (fixed in scanner coordinates).
     """
@@ -59,7 +64,16 @@ _ACQ_RANGES: dict[str, dict[str, tuple[float, float]]] = {
     "mr": {"psf": (2.0, 4.0), "noise": (0.015, 0.05), "gain": (math.log(800.0), math.log(4000.0))},
     "ct": {"psf": (1.5, 3.5), "noise": (3.0, 9.0), "gain": (math.log(0.985), math.log(1.015))},
     "pet": {"psf": (7.0, 10.0), "noise": (0.12, 0.25), "gain": (math.log(1.0), math.log(2.5))},
+    # Tc-99m HMPAO/ECD perfusion SPECT: collimator-detector response plus reconstruction filter give
+    # a system FWHM of 12-18 mm (PET: 7-10 mm); a brain study collects far fewer counts than PET, so
+    # the reconstructed image keeps 8-15 % relative noise (PET here: ~3 %) despite the heavier blur;
+    # the calibration (counts per unit activity) differs between camera systems.
+    "spect": {"psf": (12.0, 18.0), "noise": (0.08, 0.15), "gain": (math.log(0.5), math.log(3.0))},
 }
+# SPECT attenuation-correction residual (Acquisition.bias): a uniform-attenuation (Chang) correction
+# with a site's own attenuation coefficient and outline leaves the centre of the head up to ~10 %
+# too bright (over-corrected, < 0) or ~20 % too dark (under-corrected, > 0) relative to its rim.
+_SPECT_AC_RESIDUAL = (-0.1, 0.2)
 # MR sequence timing ranges (TR, TE) in ms per sequence.
 _SEQUENCES: dict[str, tuple[tuple[float, float], tuple[float, float]]] = {
     "t1": ((450.0, 650.0), (8.0, 15.0)),
@@ -71,7 +85,7 @@ _CSF_T1 = 4000.0
 
 
 def _sequence(modality: str, draws: list[float]) -> tuple[float, float, float]:
-    """(TR, TE, TI) of a modality from three uniform draws; zeros for CT and PET."""
+    """(TR, TE, TI) of a modality from three uniform draws; zeros for CT, PET and SPECT."""
     if modality not in _SEQUENCES:
         return 0.0, 0.0, 0.0
     (tr_lo, tr_hi), (te_lo, te_hi) = _SEQUENCES[modality]
@@ -109,7 +123,7 @@ def site_acquisition(modality: str, seed: int, site_index: int = 0) -> Acquisiti
         fov_margin=round(1.05 + 0.2 * float(u[1]), 3),
         psf_fwhm=round(_lerp(ranges["psf"], u[2]), 3),
         noise=round(_lerp(ranges["noise"], u[3]), 4),
-        bias=round(0.05 + 0.2 * float(u[4]), 3) if kind == "mr" else 0.0,
+        bias=_bias(kind, float(u[4])),
         gain=round(math.exp(_lerp(ranges["gain"], float(rng.random()))), 4),
         offset=round(8.0 * float(rng.random()) - 4.0, 2) if kind == "ct" else 0.0,
         tr=tr,
@@ -117,6 +131,13 @@ def site_acquisition(modality: str, seed: int, site_index: int = 0) -> Acquisiti
         ti=ti,
         field_seed=int(rng.integers(2**31)),
     )
+
+
+def _bias(kind: str, draw: float) -> float:
+    """``Acquisition.bias`` from one uniform draw: MR bias-field strength, SPECT AC residual, else 0."""
+    if kind == "mr":
+        return round(0.05 + 0.2 * draw, 3)
+    return round(_lerp(_SPECT_AC_RESIDUAL, draw), 3) if kind == "spect" else 0.0
 
 
 def _lerp(bounds: tuple[float, float], t: float) -> float:

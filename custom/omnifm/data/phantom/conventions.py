@@ -14,7 +14,9 @@ LABEL_NECROTIC, LABEL_OEDEMA, LABEL_ENHANCING = 1, 2, 4
 # Site index -> modality (cycled). Ordered so that the first sites image modalities in which the
 # tumour is visible but looks different (T1CE rim, CT hypodense oedema, T2 oedema, PET core, FLAIR
 # oedema; any 3 first sites are a cross-modality federation with CT) and native T1, where the
-# tumour is barely visible, comes last (the benchmark's hard case).
+# tumour is barely visible, comes last (the benchmark's hard case). SPECT is not in the cycle: adding
+# it would change which modality existing sites (and the benchmarks built on them) image; a SPECT
+# site names it explicitly (``modalities=[..., "spect"]``, ``--modalities ... spect``).
 SITE_MODALITIES: tuple[str, ...] = ("t1ce", "ct", "t2", "pet", "flair", "t1")
 DEFAULT_SHAPE = (64, 64, 24)
 

@@ -1,6 +1,7 @@
 """Image formation per modality: MR spin-echo / inversion-recovery signal with bias field and
-Rician noise, CT in Hounsfield units with Gaussian noise, PET uptake with Poisson-like noise, each
-through the site's point-spread function (:func:`render_modality`, :func:`make_phantom_case`)."""
+Rician noise, CT in Hounsfield units with Gaussian noise, PET uptake with Poisson-like noise, SPECT
+perfusion with Poisson counting noise and an attenuation-correction residual, each through the
+site's point-spread function (:func:`render_modality`, :func:`make_phantom_case`)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from omnifm.data.modalities import modality_kind
-from omnifm.data.phantom.acquisition import _CSF_T1, Acquisition, site_acquisition
+from omnifm.data.phantom.acquisition import _CSF_T1, _HEAD_EXTENT_MM, Acquisition, site_acquisition
 from omnifm.data.phantom.anatomy import PhantomAnatomy, Tissue, make_phantom_anatomy
 from omnifm.data.phantom.conventions import DEFAULT_SHAPE, _check_modality
 from omnifm.data.phantom.tumour import _wave_field
@@ -37,6 +38,15 @@ _CT_HU = np.array(
 # Amino-acid-like PET uptake relative to grey matter (range per tissue, drawn per case).
 _PET_UPTAKE = np.array(
     [(0, 0), (0.4, 0.5), (0.12, 0.18), (0.18, 0.25), (1, 1), (0.6, 0.7), (0.75, 0.9), (2.0, 3.5), (0.3, 0.4)]
+)
+# Tc-99m HMPAO/ECD perfusion SPECT: tracer uptake proportional to regional cerebral blood flow,
+# relative to grey matter (range per tissue, drawn per case). White matter ~1/3-1/2 of grey, CSF ~0,
+# some extracerebral (scalp, muscle) uptake, little in bone. Tumour (a choice, as in many
+# glioblastoma perfusion studies): a hypo-perfused necrotic core, a rim whose perfusion varies
+# from case to case between moderately hypo- and clearly hyper-perfused relative to grey matter
+# (always above white matter), and oedema hypo-perfused relative to white matter.
+_SPECT_UPTAKE = np.array(
+    [(0, 0), (0.2, 0.35), (0.05, 0.1), (0.0, 0.05), (1, 1), (0.33, 0.5), (0.22, 0.32), (0.6, 1.6), (0.05, 0.2)]
 )
 _GD_RELAXATION = (1.5, 3.0)  # extra longitudinal relaxation rate of the enhancing rim in T1CE, 1/s
 
@@ -99,17 +109,65 @@ def _render_ct(anatomy: PhantomAnatomy, acquisition: Acquisition, rng: np.random
     return np.clip(image * acquisition.gain + acquisition.offset, -1024.0, 3071.0)
 
 
+def _uptake(anatomy: PhantomAnatomy, table: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Tracer uptake map: per-case tissue uptake drawn from ``table``'s ranges, 5 % fine texture."""
+    uptake = rng.uniform(table[:, 0], table[:, 1])
+    return np.tensordot(uptake, anatomy.fractions, axes=1) * (1.0 + 0.05 * _texture(rng, anatomy.label.shape))
+
+
 def _render_pet(anatomy: PhantomAnatomy, acquisition: Acquisition, rng: np.random.Generator) -> np.ndarray:
     """PET: uptake, Poisson-like noise, heavy 3D PSF, then the site's scale (non-negative)."""
-    uptake = rng.uniform(_PET_UPTAKE[:, 0], _PET_UPTAKE[:, 1])
-    image = np.tensordot(uptake, anatomy.fractions, axes=1) * (1.0 + 0.05 * _texture(rng, anatomy.label.shape))
+    image = _uptake(anatomy, _PET_UPTAKE, rng)
     counts = 1.0 / acquisition.noise**2
     image = image + rng.normal(size=image.shape) * np.sqrt(np.maximum(image, 0.0) / counts)
     image = _psf(np.maximum(image, 0.0), acquisition.psf_fwhm, anatomy.spacing, along_d=True)
     return image * acquisition.gain * rng.uniform(0.92, 1.08)
 
 
-_RENDERERS = {"mr": _render_mr, "ct": _render_ct, "pet": _render_pet}
+def _attenuation_residual(acquisition: Acquisition, affine: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """The site's attenuation-correction residual: a smooth radial in-plane gain.
+
+    ``1 - bias * (1 - rho**2)`` with ``rho`` the in-plane distance from the scanner axis in units of
+    the template head's half extents (an ellipse, as Chang's method assumes), clipped at 1: the
+    head centre gets ``1 - bias``, the rim and beyond 1.
+    """
+    axes = [np.arange(n, dtype=float) * affine[i, i] + affine[i, 3] for i, n in enumerate(shape[:2])]
+    half = [extent / 2.0 for extent in _HEAD_EXTENT_MM]
+    rho2 = np.minimum((axes[0][:, None] / half[0]) ** 2 + (axes[1][None, :] / half[1]) ** 2, 1.0)
+    return (1.0 - acquisition.bias * (1.0 - rho2))[:, :, None]
+
+
+def _psf_voxels(fwhm: float, spacing: tuple[float, float, float]) -> float:
+    """How many voxels of white noise the 3D PSF averages: ``1 / sum(kernel**2)``."""
+    voxels = 1.0
+    for step in spacing:
+        sigma = fwhm / 2.3548 / step
+        radius = int(4.0 * sigma + 0.5)
+        impulse = np.zeros(2 * radius + 1)
+        impulse[radius] = 1.0
+        voxels /= float((ndi.gaussian_filter1d(impulse, sigma, mode="constant") ** 2).sum())
+    return voxels
+
+
+def _render_spect(anatomy: PhantomAnatomy, acquisition: Acquisition, rng: np.random.Generator) -> np.ndarray:
+    """Perfusion SPECT: uptake, Poisson counts, very heavy 3D PSF, AC residual, the site's scale.
+
+    Counts are drawn from a Poisson distribution, then blurred by the system FWHM of 12-18 mm,
+    in-plane and along ``D`` (collimator-detector response and reconstruction filter; the noise
+    comes out correlated on that scale, as in a reconstructed SPECT). The expected counts per voxel
+    at grey-matter uptake are ``1 / (noise**2 * N)`` with ``N`` the voxels the PSF averages, so
+    ``noise`` is the relative noise of the final image whatever the voxel size (a fraction of a
+    count per voxel, a few tens per resolution element: several times PET's noise). No bias field.
+    """
+    image = _uptake(anatomy, _SPECT_UPTAKE, rng)
+    counts = 1.0 / (acquisition.noise**2 * _psf_voxels(acquisition.psf_fwhm, anatomy.spacing))
+    image = rng.poisson(np.maximum(image, 0.0) * counts) / counts
+    image = _psf(image, acquisition.psf_fwhm, anatomy.spacing, along_d=True)
+    image *= _attenuation_residual(acquisition, anatomy.affine, image.shape)
+    return image * acquisition.gain * rng.uniform(0.92, 1.08)
+
+
+_RENDERERS = {"mr": _render_mr, "ct": _render_ct, "pet": _render_pet, "spect": _render_spect}
 
 
 def render_modality(
@@ -125,7 +183,7 @@ def render_modality(
         rng: Random generator for the per-case tissue jitter, texture and noise.
 
     Returns:
-        ``float32`` ``(H, W, D)`` image: MR and PET in positive arbitrary units, CT in HU
+        ``float32`` ``(H, W, D)`` image: MR, PET and SPECT in positive arbitrary units, CT in HU
         (air about -1000, clipped to ``[-1024, 3071]``).
 
     Raises:

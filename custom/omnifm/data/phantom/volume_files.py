@@ -1,6 +1,6 @@
 """Files of one phantom volume: NIfTI (RAS, mm) and DICOM series (standard axial orientation, one
-file per slice, CT int16 with intercept -1024, MR/PET uint16 with a slope), each written to a
-temporary name and renamed into place."""
+file per slice, CT int16 with intercept -1024, MR/PET/SPECT uint16 with a slope; SPECT as DICOM
+Modality ``NM``), each written to a temporary name and renamed into place."""
 
 from __future__ import annotations
 
@@ -31,15 +31,15 @@ def _save_nifti(array: np.ndarray, affine: np.ndarray, path: Path) -> None:
 
 def _dicom_modality(modality: str) -> str:
     """DICOM Modality of a phantom modality."""
-    return {"mr": "MR", "ct": "CT", "pet": "PT"}[modality_kind(modality)]
+    return {"mr": "MR", "ct": "CT", "pet": "PT", "spect": "NM"}[modality_kind(modality)]
 
 
 def _rescale(image: np.ndarray, modality: str) -> tuple[np.ndarray, float, float]:
-    """Stored little-endian pixels (CT int16, intercept -1024; MR/PET uint16), slope and intercept."""
+    """Stored little-endian pixels (CT int16, intercept -1024; MR/PET/SPECT uint16), slope and intercept."""
     if modality == "ct":
         return np.round(image + 1024.0).clip(0, 32767).astype("<i2"), 1.0, -1024.0
     top = float(image.max())
-    slope = float(_ds(top / 65000.0)) if modality == "pet" or top > 65000.0 else 1.0
+    slope = float(_ds(top / 65000.0)) if modality in ("pet", "spect") or top > 65000.0 else 1.0
     slope = slope if slope > 0 else 1.0
     return np.round(image / slope).clip(0, 65535).astype("<u2"), slope, 0.0
 
@@ -101,9 +101,15 @@ def _image_geometry(spacing: tuple[float, ...]) -> dict[str, Any]:
 
 
 def _modality_attributes(dicom_modality: str, acq: Acquisition) -> dict[str, Any]:
-    """Modality-specific attributes: MR sequence timing, CT tube voltage, PET units."""
+    """Modality-specific attributes: MR sequence timing, CT tube voltage, PET units, SPECT image type.
+
+    SPECT is written like the other modalities, one classic single-frame file per axial slice
+    (NM Image Storage; a camera usually exports one multi-frame NM file instead).
+    """
     if dicom_modality == "CT":
         return {"KVP": "120", "RescaleType": "HU"}
+    if dicom_modality == "NM":
+        return {"ImageType": ["DERIVED", "SECONDARY", "RECON TOMO", "EMISSION"], "CorrectedImage": ["ATTN"]}
     if dicom_modality == "PT":
         return {
             "Units": "CNTS",
