@@ -58,7 +58,7 @@ def _run(
     return tmp_path / "ws", log
 
 
-TASK_JOBS = {"omnifm_cls": "accuracy", "omnifm_sr": "psnr"}  # every job of a task other than segmentation: its headline metric
+TASK_JOBS = {"omnifm_cls": "accuracy", "omnifm_cls_fusion": "accuracy", "omnifm_sr": "psnr"}  # every job of a task other than segmentation: its headline metric
 HEADLINE_RANGE = {"accuracy": (0.0, 1.0), "psnr": (0.0, 100.0)}  # valid values (PSNR: dB of [0, 1] slices)
 
 
@@ -80,6 +80,8 @@ def test_task_job_runs_out_of_the_box(tmp_path, name):
         low, high = HEADLINE_RANGE[TASK_JOBS[name]]
         assert low <= results[site]["SRV_FL_global_model"][TASK_JOBS[name]] <= high
     assert f"final global model {TASK_JOBS[name]} per site" in log
+    if name == "omnifm_cls_fusion":  # site-1 holds paired CT+MRI cases, site-2 MRI only
+        assert "modalities ct+t1ce" in log and "modalities t1ce;" in log
     if "participation 50%" in log:  # the sampling controller: one of the two sites per round, the same rule as the bench
         assert log.count("participation 50%: training site-") == 2 and log.count("(1 of 2 sites)") == 2
     assert "rejected contribution" not in log

@@ -57,6 +57,9 @@ class FedDGSite(SiteRule):
         return lambda images: interpolate_amplitude(images, bank, ratio, generator)
 
     def begin_round(self, trainer: SiteTrainer, round_num: int, server_state: dict[str, Any]) -> None:
+        if trainer.task.input_slots is not None:  # the interpolation would also mix the presence planes
+            raise ValueError("FedDG's amplitude interpolation is not defined for a multi-modality input (it would mix "
+                             "one site's missing-modality masks with another's images); choose another algorithm")
         self._augment = self.augmenter(trainer, round_num, server_state)
 
     def start_round(

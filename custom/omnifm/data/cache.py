@@ -43,10 +43,10 @@ def cache_key(config: Any, site_name: str, classes: Any, cases: list[dict[str, A
     digest.update(json.dumps([VERSION, repr(config), site_name, list(classes)]).encode())
     digest.update(datalist.read_bytes())
     for case in cases:
-        for field in ("image", "label"):
-            if case.get(field):
-                stat = Path(case[field]).stat()
-                digest.update(f"{case[field]}|{stat.st_size}|{stat.st_mtime_ns}".encode())
+        paths = [case.get("image"), *dict(case.get("images") or {}).values(), case.get("label")]
+        for path in filter(None, paths):
+            stat = Path(path).stat()
+            digest.update(f"{path}|{stat.st_size}|{stat.st_mtime_ns}".encode())
     return digest.hexdigest()[:32]
 
 

@@ -22,6 +22,14 @@ Per case, :func:`verify_cases` checks, in order:
    ``CaseError``);
 7. the image is not the same file as an earlier case's image.
 
+A **paired** case (``"images": {modality: path, ...}`` instead of ``"image"``, the same anatomy in
+several co-registered modalities sharing one label) is checked modality by modality, each as a case
+of its own with the shared label. A modality that fails, or that the site's ``modalities`` list but
+the case lacks, is **masked**: the case is kept with the others, the report says which modality of
+which case is masked and why (:attr:`IntegrityReport.masked`), and the loaded case carries a presence
+flag per modality (``"present"``) next to the stacked image, so no model mistakes the empty channel
+for an image. A paired case with no good modality is bad.
+
 Site-level problems: no cases; a configured modality without a good case; fewer than
 :data:`MIN_GOOD_CASES` good cases (no training/validation split possible).
 
@@ -70,7 +78,10 @@ class IntegrityReport:
         good: Indices of the good cases, ascending.
         bad: ``(index, reason)`` of each bad case, ascending by index.
         site_problems: Problems of the site as a whole; any of them makes the site unusable.
-        loaded: The loader's output for each good case by index (only with ``keep_loaded=True``).
+        loaded: The loader's output for each good case by index (only with ``keep_loaded=True``);
+            a paired case's is ``{"image": (M, H, W, D), "present": uint8 (M,), "label"}`` over
+            the config's ``M`` modalities, the channels of masked modalities all zero.
+        masked: ``(index, modality, reason)`` of each modality masked in a good paired case.
     """
 
     n_cases: int
@@ -78,6 +89,7 @@ class IntegrityReport:
     bad: list[tuple[int, str]] = field(default_factory=list)
     site_problems: list[str] = field(default_factory=list)
     loaded: dict[int, dict[str, np.ndarray]] = field(default_factory=dict, repr=False)
+    masked: list[tuple[int, str, str]] = field(default_factory=list)
 
     @property
     def usable(self) -> bool:
@@ -87,14 +99,17 @@ class IntegrityReport:
     def summary(self) -> str:
         """``"22 good / 2 bad of 24 cases, 0 site problems: usable"``."""
         verdict = "usable" if self.usable else "NOT usable"
+        masked = f", {len(self.masked)} {'modality' if len(self.masked) == 1 else 'modalities'} masked" if self.masked else ""
         return (
-            f"{len(self.good)} good / {len(self.bad)} bad of {self.n_cases} cases, "
+            f"{len(self.good)} good / {len(self.bad)} bad of {self.n_cases} cases{masked}, "
             f"{len(self.site_problems)} site problems: {verdict}"
         )
 
     def lines(self) -> list[str]:
         """Printable lines: one per bad case (``case 3: <reason>``), one per site problem, the summary."""
         cases = [f"case {index}: {reason}" for index, reason in self.bad]
+        cases += [f"case {index}: {modality} masked ({reason}); kept with its other modalities"
+                  for index, modality, reason in self.masked]
         return [*cases, *(f"site: {problem}" for problem in self.site_problems), self.summary()]
 
 
@@ -110,7 +125,7 @@ def resolve_cases(config: SiteConfig) -> list[dict[str, Any]]:
 
     The datalist is ``{"cases": [{"id": ..., "image": ..., "label": ..., "modality": ...}, ...]}``
     with paths relative to the datalist's folder (absolute paths are kept). ``"image"`` is
-    required; ``"id"`` defaults to ``case_<index>``; ``"modality"`` defaults to the config's
+    required, or ``"images": {modality: path, ...}`` for a paired case; ``"id"`` defaults to ``case_<index>``; ``"modality"`` defaults to the config's
     modality when it has exactly one; other keys are passed through to the loader.
 
     Raises:
@@ -135,6 +150,8 @@ def _read_datalist(path: Path, config: SiteConfig) -> list[Any]:
 
 
 def _resolve_case(index: int, entry: Any, folder: Path, config: SiteConfig) -> dict[str, Any]:
+    if isinstance(entry, dict) and "images" in entry:
+        return _resolve_paired(index, entry, folder)
     if not isinstance(entry, dict) or not _is_path(entry.get("image")):
         raise _datalist_error(f'"cases[{index}].image" must be a non-empty path string', _REWRITE)
     if entry.get("label") is not None and not _is_path(entry["label"]):
@@ -144,6 +161,19 @@ def _resolve_case(index: int, entry: Any, folder: Path, config: SiteConfig) -> d
         case["label"] = str(folder / entry["label"])
     if "modality" not in case and len(config.modalities) == 1:
         case["modality"] = config.modalities[0]
+    return case
+
+
+def _resolve_paired(index: int, entry: dict[str, Any], folder: Path) -> dict[str, Any]:
+    images = entry["images"]
+    if "image" in entry or "modality" in entry:
+        raise _datalist_error(f'"cases[{index}]" has "images" and also "image"/"modality"', "keep one form per case")
+    if not isinstance(images, dict) or not images or not all(_is_path(p) for p in images.values()):
+        raise _datalist_error(f'"cases[{index}].images" must be an object {{modality: path, ...}}', _REWRITE)
+    if not _is_path(entry.get("label")):
+        raise _datalist_error(f'"cases[{index}].label" must be a path string (a paired case shares one label)', _REWRITE)
+    case = {"id": f"case_{index:03d}", **entry, "label": str(folder / entry["label"])}
+    case["images"] = {str(m): str(folder / p) for m, p in images.items()}
     return case
 
 
@@ -191,9 +221,13 @@ def verify_cases(
     report = IntegrityReport(n_cases=len(cases))
     first_index: dict[str, int] = {}
     for index, case in enumerate(cases):
-        problems, loaded = _check_case(case, config, mapping, loader, require_label)
+        if "images" in case:
+            problems, loaded, masked = _check_paired(case, config, mapping, loader, require_label)
+            report.masked += [(index, modality, reason) for modality, reason in masked] if not problems else []
+        else:
+            problems, loaded = _check_case(case, config, mapping, loader, require_label)
         problems += _duplicate_problem(index, case, first_index)
-        _record(report, index, problems, _kept(loaded, case, normalize) if keep_loaded and not problems else None)
+        _record(report, index, problems, _kept(loaded, case, config, normalize) if keep_loaded and not problems else None)
         if (index + 1) % _PROGRESS_EVERY == 0 or index + 1 == len(cases):
             logger.info("integrity check: %d/%d cases checked, %d bad", index + 1, len(cases), len(report.bad))
     report.site_problems = _site_problems(cases, config, report)
@@ -209,13 +243,34 @@ def _record(report: IntegrityReport, index: int, problems: list[str], kept: dict
         report.loaded[index] = kept
 
 
-def _kept(loaded: dict[str, Any] | None, case: dict[str, Any], normalize: bool) -> dict[str, Any] | None:
-    """A good case as training uses it: ``image`` intensity-normalised for its modality."""
+def _kept(loaded: dict[str, Any] | None, case: dict[str, Any], config: SiteConfig, normalize: bool) -> dict[str, Any] | None:
+    """A good case as training uses it: ``image`` intensity-normalised for its modality (paired: per channel)."""
     if loaded is None or not normalize:
         return loaded
+    return normalized_case(loaded, case.get("modality"), config.ct_window, case_modalities(case, config))
+
+
+def case_modalities(case: dict[str, Any], config: SiteConfig) -> list[str] | None:
+    """The modality of each channel of a loaded paired case (the config's), None for a single-image case."""
+    return list(config.modalities) if "images" in case else None
+
+
+def normalized_case(
+    loaded: dict[str, Any], modality: str | None, ct_window: tuple[float, float] | None = None,
+    modalities: Sequence[str] | None = None,
+) -> dict[str, Any]:
+    """``loaded`` with its image normalised for ``modality``, or channel ``j`` for ``modalities[j]``
+    where ``loaded["present"][j]`` (a paired case; masked channels stay zero)."""
     from omnifm.data.normalize import normalize_intensity  # lazy, like the default loader
 
-    image = normalize_intensity(np.asarray(loaded["image"], dtype=np.float32), case["modality"])
+    window = {"ct_window": ct_window} if ct_window is not None else {}
+    image = np.array(loaded["image"], dtype=np.float32)
+    if modalities is None:
+        image = normalize_intensity(image, modality, **window)
+    else:
+        for j, name in enumerate(modalities):
+            if loaded["present"][j]:
+                image[j : j + 1] = normalize_intensity(image[j : j + 1], name, **window)
     return {**loaded, "image": np.ascontiguousarray(image, dtype=np.float32)}
 
 
@@ -245,6 +300,45 @@ def _check_case(
     if loaded is None:
         return [*problems, load_problem], None
     return problems + _content_problems(loaded, set(mapping.values()), require_label), loaded
+
+
+def _check_paired(
+    case: dict[str, Any], config: SiteConfig, mapping: dict[int, int], loader: Loader, require_label: bool
+) -> tuple[list[str], dict[str, np.ndarray] | None, list[tuple[str, str]]]:
+    """A paired case's problems, its stacked loaded form and its masked ``(modality, reason)`` pairs.
+
+    Each listed modality is checked by :func:`_check_case` as a case of its own with the shared label.
+    """
+    images, loaded, masked = case["images"], {}, []
+    for modality in case["images"]:
+        single = {"id": case["id"], "image": images[modality], "label": case.get("label"), "modality": modality}
+        problems, one = _check_case(single, config, mapping, loader, require_label)
+        problems += [] if one is None or np.asarray(one["image"]).shape[0] == 1 else ["a paired image must have one channel"]
+        if problems:
+            masked.append((_shown(modality), "; ".join(problems)))
+        else:
+            loaded[modality] = one
+    if not loaded:
+        return ["no usable modality (" + "; ".join(f"{m}: {r}" for m, r in masked) + ")"], None, []
+    masked += [(m, "not in this case") for m in config.modalities if m not in images]
+    return [], _stacked(loaded, config.modalities), masked
+
+
+def _shown(modality: Any) -> str:
+    return modality if modality in MODALITIES else "an unknown modality"
+
+
+def _stacked(loaded: dict[str, dict[str, np.ndarray]], modalities: Sequence[str]) -> dict[str, np.ndarray]:
+    """``{"image": (M, H, W, D), "present": (M,), "label"}`` over ``modalities``; absent channels zero."""
+    first = next(iter(loaded.values()))
+    label = np.asarray(first["label"])
+    image = np.zeros((len(modalities), *label.shape[1:]), dtype=np.float32)
+    present = np.zeros(len(modalities), dtype=np.uint8)
+    for j, modality in enumerate(modalities):
+        if modality in loaded:
+            image[j] = np.asarray(loaded[modality]["image"], dtype=np.float32)[0]
+            present[j] = 1
+    return {"image": image, "present": present, "label": label}
 
 
 def _modality_problems(case: dict[str, Any], config: SiteConfig) -> list[str]:
@@ -362,18 +456,21 @@ def _spacing_problems(loaded: dict[str, Any]) -> list[str]:
 
 
 def _duplicate_problem(index: int, case: dict[str, Any], first_index: dict[str, int]) -> list[str]:
-    if not isinstance(case.get("image"), str):
-        return []
-    key = os.path.realpath(case["image"])
-    first = first_index.setdefault(key, index)
-    return [] if first == index else [f"same image file as case {first}"]
+    paths = list(case["images"].values()) if isinstance(case.get("images"), dict) else [case.get("image")]
+    problems = []
+    for path in (p for p in paths if isinstance(p, str)):
+        first = first_index.setdefault(os.path.realpath(path), index)
+        problems += [] if first == index else [f"same image file as case {first}"]
+    return problems
 
 
 def _site_problems(cases: Sequence[dict[str, Any]], config: SiteConfig, report: IntegrityReport) -> list[str]:
     if not cases:
         return ["the datalist has no cases — run omnifm-prepare-data"]
     problems = []
+    masked = {(i, m) for i, m, _ in report.masked}
     good_modalities = {cases[i].get("modality") for i in report.good}
+    good_modalities |= {m for i in report.good for m in cases[i].get("images", {}) if (i, m) not in masked}
     for modality in config.modalities:
         if modality not in good_modalities:
             problems.append(

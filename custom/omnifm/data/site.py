@@ -16,10 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
-from omnifm.data.integrity import resolve_cases, verify_cases
+from omnifm.data.integrity import case_modalities, normalized_case, resolve_cases, verify_cases
 from omnifm.data.loading import split_cases
-from omnifm.data.normalize import normalize_intensity
 from omnifm.data.phantom import BRATS_LABELS, modality_for_site, write_phantom_site
+from omnifm.data.slots import assign_slots, to_slots
 from omnifm.data.site_config import SITE_CONFIG_NAME, SiteConfig, SiteConfigError, load_site_config, parse_site_config
 from omnifm.tasks import Task
 from omnifm.tasks.segmentation import BRATS_CLASSES
@@ -52,16 +52,18 @@ def site_index(site_name: str) -> int:
 
 
 def simulator_config(
-    site_name: str, cases: int, shape: tuple[int, int, int], val_fraction: float, seed: int, test_fraction: float = 0.0
+    site_name: str, cases: int, shape: tuple[int, int, int], val_fraction: float, seed: int, test_fraction: float = 0.0,
+    modalities: list[str] | None = None,
 ) -> SiteConfig:
     """The phantom config a simulated site uses when it has no ``omnifm_site.json``.
 
-    The site images :func:`~omnifm.data.phantom.modality_for_site` of its index; CT uses the
-    default brain window. ``test_fraction`` 0 (the FLARE simulator's) gives no test split.
+    The site images ``modalities`` (several: paired cases), by default
+    :func:`~omnifm.data.phantom.modality_for_site` of its index; CT uses the default brain window.
+    ``test_fraction`` 0 (the FLARE simulator's) gives no test split.
     """
     raw = {
         "format": "phantom",
-        "modalities": [modality_for_site(site_index(site_name))],
+        "modalities": list(modalities or [modality_for_site(site_index(site_name))]),
         "label_map": BRATS_LABEL_MAP,
         "split": {"val_fraction": val_fraction, "test_fraction": test_fraction, "seed": seed},
         "phantom": {"cases": cases, "seed": seed, "shape": list(shape)},
@@ -85,9 +87,15 @@ def find_site_config(local_dir: str | Path, simulate: bool, fallback: SiteConfig
 
 def _phantom_root(config: SiteConfig, workspace_root: Path, site_name: str) -> SiteConfig:
     """Write (or reuse) the phantom and point the config at its datalist."""
-    root = config.data_root or workspace_root / "omnifm_phantom" / site_name
-    spec = config.phantom
-    write_phantom_site(root, config.modalities[0], spec.cases, spec.seed, spec.shape, site_index=site_index(site_name))
+    paired = len(config.modalities) > 1  # a default folder of its own: a single-modality phantom may live there
+    root = config.data_root or workspace_root / "omnifm_phantom" / (f"{site_name}-paired" if paired else site_name)
+    spec, index = config.phantom, site_index(site_name)
+    if paired:
+        from omnifm.data.phantom.paired import write_paired_phantom_site
+
+        write_paired_phantom_site(root, config.modalities, spec.cases, spec.seed, spec.shape, site_index=index)
+    else:
+        write_phantom_site(root, config.modalities[0], spec.cases, spec.seed, spec.shape, site_index=index)
     return dataclasses.replace(config, data_root=Path(root))
 
 
@@ -107,7 +115,7 @@ def load_site_data(config: SiteConfig, workspace_root: str | Path, site_name: st
     synthetic = config.format == "phantom"
     if synthetic:
         config = _phantom_root(config, Path(workspace_root), site_name)
-    key = (config, site_name, task.label_classes, _mtime(config.datalist_path))
+    key = (config, site_name, task.label_classes, task.input_slots, _mtime(config.datalist_path))
     if key not in _CACHE:
         _CACHE[key] = _phantom_cached(config, site_name, task) if synthetic else _verified_site_data(config, task, synthetic)
     return _CACHE[key]
@@ -117,7 +125,8 @@ def _phantom_cached(config: SiteConfig, site_name: str, task: Task) -> SiteData:
     """A phantom site's data through the on-disk cache next to the phantom (:mod:`omnifm.data.cache`)."""
     from omnifm.data import cache
 
-    key = cache.cache_key(config, site_name, task.label_classes, resolve_cases(config), config.datalist_path)
+    classes = [*task.label_classes, repr(task.input_slots)]
+    key = cache.cache_key(config, site_name, classes, resolve_cases(config), config.datalist_path)
     fields, _ = cache.cached(config.data_root, key,
                              lambda: dataclasses.asdict(_verified_site_data(config, task, synthetic=True)))
     return SiteData(**fields)
@@ -132,7 +141,7 @@ def _verified_site_data(config: SiteConfig, task: Task, synthetic: bool) -> Site
     report = verify_cases(cases, config, list(task.label_classes), keep_loaded=True, normalize=False)
     if not report.usable:
         raise SiteConfigError("no usable cases at this site:\n" + "\n".join(report.lines()))
-    volumes = [_normalized(report.loaded[i], cases[i]["modality"], config) for i in report.good]
+    volumes = [_for_task(report.loaded[i], cases[i], config, task) for i in report.good]
     train_idx, val_idx, test_idx = split_cases(len(volumes), config.val_fraction, config.split_seed, config.test_fraction)
     kind = "SYNTHETIC phantom" if synthetic else "site data"
     counts = f"{len(train_idx)} train / {len(val_idx)} val / {len(test_idx)} test cases"
@@ -147,8 +156,21 @@ def _verified_site_data(config: SiteConfig, task: Task, synthetic: bool) -> Site
     )
 
 
-def _normalized(loaded: dict[str, np.ndarray], modality: str, config: SiteConfig) -> dict[str, np.ndarray]:
-    """A good case as training uses it: intensities normalised for its modality with the site's CT window."""
-    window = {"ct_window": config.ct_window} if config.ct_window is not None else {}
-    image = normalize_intensity(np.asarray(loaded["image"], dtype=np.float32), modality, **window)
-    return {**loaded, "image": np.ascontiguousarray(image, dtype=np.float32)}
+def _for_task(loaded: dict[str, np.ndarray], case: dict, config: SiteConfig, task: Task) -> dict[str, np.ndarray]:
+    """A good case as ``task`` reads it: normalised per modality, in the task's input slots if it has them.
+
+    Raises:
+        SiteConfigError: a paired case for a task that reads one image, or modalities the slots cannot take.
+    """
+    channels = case_modalities(case, config)
+    volume = normalized_case(loaded, case.get("modality"), config.ct_window, channels)
+    if task.input_slots is None:
+        if channels is not None:
+            raise SiteConfigError(
+                'the datalist has paired cases ("images": several modalities per case) but this job\'s model reads '
+                'one image per case; list one "image" per case, or use a multi-modality model (e.g. the '
+                'classification task with "model": {"name": "ct_mri_fusion"})')
+        return volume
+    assignment = assign_slots(config.modalities, task.input_slots)
+    return to_slots(volume, channels or [case["modality"]], assignment, len(task.input_slots))
+

@@ -11,7 +11,8 @@ Schema (keys starting with ``_`` are comments and ignored; any other unknown key
                                          # (required unless "phantom", where it is the folder the
                                          # phantom is generated into and may not exist yet)
       "datalist": "datalist.json",       # file inside data_root (default); must exist unless phantom
-      "modalities": ["t1", "flair"],     # non-empty, from MODALITIES; phantom: exactly one
+      "modalities": ["t1", "flair"],     # non-empty, from MODALITIES; phantom: the one it renders,
+                                         # or several: every case rendered in each (paired cases)
       "label_map": {"0": "background", "1": "tumour"},  # raw label value -> class name; "0" -> "background"
       "split": {"val_fraction": 0.2, "test_fraction": 0.0, "seed": 0},  # optional, these are the defaults
       "normalization": {"ct_window": [0, 80]},          # optional; CT HU window (default: brain window)
@@ -123,7 +124,8 @@ class SiteConfig:
 
     Attributes:
         format: ``"nifti"``, ``"dicom"`` or ``"phantom"``.
-        modalities: The modalities this site contributes (phantom: the one it renders).
+        modalities: The modalities this site contributes (phantom: the ones it renders; several
+            give paired cases, each rendered in every modality).
         label_map: ``(raw label value, class name)`` pairs sorted by raw value; raw 0 is background.
         data_root: Absolute data folder (``None`` only for a phantom site without one).
         datalist: The datalist's file name inside ``data_root``.
@@ -320,9 +322,6 @@ def _parse_modalities(data: Mapping[str, Any], fmt: str) -> tuple[str, ...]:
             raise _error(problem, "use one of the known modality names")
     if len(set(value)) != len(value):
         raise _error(f'"modalities" lists a modality twice: {value}', "list each modality once")
-    if fmt == "phantom" and len(value) != 1:
-        problem = f'"modalities" must list exactly one modality for format "phantom", got {len(value)}'
-        raise _error(problem, 'keep only the modality to render, e.g. ["t1"]')
     return tuple(value)
 
 

@@ -47,6 +47,9 @@ class OmniFMExecutor(Executor):
         phantom_cases: cases of the built-in phantom a *simulated* site uses when it has no
             ``local/omnifm_site.json`` (outside the simulator such a site stops with an error).
         phantom_shape: that phantom's volume size (H, W, D).
+        phantom_modalities: the modalities that phantom renders, by site name (e.g.
+            ``{"site-1": ["ct", "t1ce"], "site-2": ["t1ce"]}``; several give paired cases of one
+            anatomy); a site not listed renders one modality by its index (``modality_for_site``).
         val_fraction: that phantom's validation share (a site config sets its own).
         train_task_name: the training task.
         validate_task_name: the task that evaluates a global model (final evaluation).
@@ -69,6 +72,7 @@ class OmniFMExecutor(Executor):
         seed: int = 0,
         phantom_cases: int = 20,
         phantom_shape: list[int] | None = None,
+        phantom_modalities: dict[str, list[str]] | None = None,
         val_fraction: float = 0.25,
         train_task_name: str = AppConstants.TASK_TRAIN,
         validate_task_name: str = AppConstants.TASK_VALIDATION,
@@ -83,6 +87,7 @@ class OmniFMExecutor(Executor):
         )
         self.phantom_cases = phantom_cases
         self.phantom_shape = tuple(phantom_shape or (64, 64, 24))
+        self.phantom_modalities = _site_modalities(phantom_modalities)
         self.val_fraction = val_fraction
         self.train_task_name = train_task_name
         self.validate_task_name = validate_task_name
@@ -218,7 +223,8 @@ class OmniFMExecutor(Executor):
         """The site's checked cases: its omnifm_site.json, or (simulator only) the built-in phantom."""
         site = fl_ctx.get_identity_name()
         workspace = fl_ctx.get_engine().get_workspace()
-        fallback = simulator_config(site, self.phantom_cases, self.phantom_shape, self.val_fraction, self.train_config.seed)
+        fallback = simulator_config(site, self.phantom_cases, self.phantom_shape, self.val_fraction, self.train_config.seed,
+                                    modalities=self.phantom_modalities.get(site))
         simulate = bool(fl_ctx.get_prop(FLContextKey.SIMULATE_MODE, False))
         config, source = find_site_config(workspace.get_site_config_dir(), simulate, fallback)
         data = load_site_data(config, workspace.get_root_dir(), site, get_task(spec["task"]))
@@ -250,3 +256,20 @@ def _check_federated(spec: dict) -> None:
             f"algorithm {algo.name!r} is not a federated algorithm ({algo.description}); run it with the "
             "in-process benchmark (omnifm-bench / python -m omnifm.bench), not as a FLARE job"
         )
+
+
+def _site_modalities(value: dict[str, list[str]] | None) -> dict[str, list[str]]:
+    """``phantom_modalities`` checked: site name -> non-empty list of known, distinct modalities.
+
+    Raises:
+        ValueError: naming the site and the problem.
+    """
+    from omnifm.data.modalities import MODALITIES
+
+    value = dict(value or {})
+    for site, modalities in value.items():
+        ok = isinstance(modalities, list) and modalities and len(set(modalities)) == len(modalities)
+        if not ok or any(m not in MODALITIES for m in modalities):
+            raise ValueError(f"phantom_modalities[{site!r}] must be a list of distinct modalities from "
+                             f"{list(MODALITIES)}, got {modalities!r}")
+    return value

@@ -173,8 +173,15 @@ class OmniFM(nn.Module):
         return classes * (self.token_dim + 1)
 
     def spectral_token(self, x: torch.Tensor) -> torch.Tensor | None:
-        """Unit-norm spectral token ``s`` (B, d_s), or None when the spectral encoder is off."""
-        return None if self.spectral_encoder is None else self.spectral_encoder(x)
+        """Unit-norm spectral token ``s`` (B, d_s), or None when the spectral encoder is off.
+
+        An adapter with a ``spectral_view(x)`` chooses what the encoder sees (e.g. a multi-modality
+        input with its absent modalities' planes masked).
+        """
+        if self.spectral_encoder is None:
+            return None
+        view = getattr(self._adapter, "spectral_view", None)
+        return self.spectral_encoder(view(x) if view is not None else x)
 
     def bottleneck_features(self, x: torch.Tensor) -> torch.Tensor:
         """The shared encoder's bottleneck feature map ``r`` (B, token_dim, *bottleneck spatial), unconditioned.

@@ -55,3 +55,5 @@ class NetworkAdapter(Protocol):
 
     def head_modules(self, network: nn.Module) -> list[nn.Module]:
         """The task head ``h_psi``: modules after the tap whose parameters are personal."""
+
+    # Optional: ``spectral_view(x) -> x'``, what the spectral encoder sees of the input (default: ``x``).

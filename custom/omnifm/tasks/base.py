@@ -97,6 +97,16 @@ class Task(ABC):
     def describe(self, scores: dict[str, float]) -> str:
         """One log line of :meth:`score`'s result, e.g. ``Dice 0.612 (WT 0.801 / ...), 6 cases``."""
 
+    @property
+    def input_slots(self) -> tuple[tuple[str, tuple[str, ...]], ...] | None:
+        """A multi-modality model's image slots ``((slot, modalities it takes), ...)``; None: one image per case.
+
+        With slots, each case arrives as ``{"image": (S, H, W, D), "present": uint8 (S,), "label"}``
+        (:mod:`omnifm.data.slots`): an absent slot's channel is zero and ``present`` says so; the
+        task's model must mask it.
+        """
+        return None
+
     def metric_names(self, scores: dict[str, float]) -> list[str]:
         """The score keys that are metrics (reported per round as ``<name>_global`` / ``<name>_local``)."""
         return [k for k in scores if k != "cases"]

@@ -8,6 +8,12 @@ with ``macro_f1`` and ``auc`` beside it (:mod:`omnifm.tasks.classification.metri
 knowledge bank's values are class-conditional means of the tapped features (every cell of a
 slice belongs to the slice's class). Label skew across sites: ``class_skew`` (Dirichlet alpha,
 :mod:`omnifm.tasks.classification.dataset`).
+
+Multi-modality input: with ``inputs`` (slots, e.g. :data:`CT_MRI_INPUTS`) each case arrives in
+those slots with a presence flag each (:mod:`omnifm.data.slots`) and every sample carries its
+presence planes (:func:`~omnifm.tasks.classification.fusion.with_presence`); ``model.kind``
+``ct_mri_fusion`` (alias ``name``) is the network that reads them. The two go together: the
+fusion model needs ``inputs``, the single-image ResNet refuses them.
 """
 
 from __future__ import annotations
@@ -27,7 +33,10 @@ from omnifm.tasks.classification.labels import LOCATION_CLASSES, slice_classes
 from omnifm.tasks.segmentation.task import BRATS_CLASSES
 from omnifm.validation import check_range
 
-_FIELDS = ("kind", "classes", "min_area", "margin", "class_skew", "skew_seed", "mirror")
+_FIELDS = ("kind", "classes", "min_area", "margin", "class_skew", "skew_seed", "mirror", "inputs")
+MR = ("t1", "t1ce", "t2", "flair")
+CT_MRI_INPUTS: tuple[tuple[str, tuple[str, ...]], ...] = (("ct", ("ct",)), ("mri", MR))
+_MODEL_KINDS = ("resnet", "ct_mri_fusion")
 
 
 @dataclass(frozen=True)
@@ -41,6 +50,8 @@ class ClsTask(Task):
         class_skew: Dirichlet alpha of the label skew across sites' training samples (0: none).
         skew_seed: seed of the skew draws (with each site's name).
         mirror: train on every slice's four mirror images, classes mirrored with them.
+        inputs: the model's image slots ``((slot, modalities it takes), ...)`` for a multi-modality
+            model (JSON: ``{"ct": ["ct"], "mri": ["t1", "t1ce", "t2", "flair"]}``); None: one image.
 
     Examples::
 
@@ -58,8 +69,11 @@ class ClsTask(Task):
     class_skew: float = 0.0
     skew_seed: int = 0
     mirror: bool = True
+    inputs: tuple[tuple[str, tuple[str, ...]], ...] | None = None
 
     def __post_init__(self) -> None:
+        if self.inputs is not None:
+            object.__setattr__(self, "inputs", _slots(self.inputs))
         if tuple(self.classes) != LOCATION_CLASSES:
             raise ValueError(f"classification classes are fixed by the location rule: {list(LOCATION_CLASSES)}")
         object.__setattr__(self, "classes", tuple(self.classes))
@@ -75,8 +89,13 @@ class ClsTask(Task):
         return cls(**{k: tuple(v) if k == "classes" else v for k, v in spec.items() if k != "kind"})
 
     def to_dict(self) -> dict[str, Any]:
+        inputs = {} if self.inputs is None else {"inputs": {slot: list(kinds) for slot, kinds in self.inputs}}
         return {"kind": self.name, "classes": list(self.classes), "min_area": self.min_area, "margin": self.margin,
-                "class_skew": self.class_skew, "skew_seed": self.skew_seed, "mirror": self.mirror}
+                "class_skew": self.class_skew, "skew_seed": self.skew_seed, "mirror": self.mirror, **inputs}
+
+    @property
+    def input_slots(self) -> tuple[tuple[str, tuple[str, ...]], ...] | None:
+        return self.inputs
 
     @property
     def label_classes(self) -> tuple[str, ...]:
@@ -87,6 +106,18 @@ class ClsTask(Task):
         return len(self.classes)
 
     def check_model(self, model: dict[str, Any]) -> dict[str, Any]:
+        model = dict(model)
+        if "name" in model:  # the alias (FLARE job configs use "kind")
+            model.setdefault("kind", model.pop("name"))
+        kind = model.get("kind", "resnet")
+        if kind not in _MODEL_KINDS:
+            raise ValueError(f"unknown classification model {kind!r}; choose one of {list(_MODEL_KINDS)}")
+        if (kind == "ct_mri_fusion") != (self.inputs is not None):
+            raise ValueError(f"model {kind!r} " + ("needs the task's \"inputs\" slots, e.g. "
+                             f"{ {s: list(k) for s, k in CT_MRI_INPUTS} }" if self.inputs is None else
+                             'reads one image: drop the task\'s "inputs" or use model "ct_mri_fusion"'))
+        if kind == "ct_mri_fusion" and len(self.inputs) != 2:
+            raise ValueError(f"model 'ct_mri_fusion' has two input slots (CT, MRI); task inputs has {len(self.inputs)}")
         return fixed_out_channels(model, len(self.classes), "classes")
 
     def build_network(self, model: dict[str, Any], omnifm: dict[str, Any], affine_norm: bool = False) -> nn.Module:
@@ -103,7 +134,18 @@ class ClsTask(Task):
         thin = np.ones(len(self.classes))
         thin[0] = keep_empty_fraction
         skew = skew_fractions(len(self.classes), self.class_skew, site, self.skew_seed) if self.class_skew else None
-        return LabelledSliceDataset(cases, [self.case_classes(c) for c in cases], thin, seed, self.mirror, skew)
+        classes = [self.case_classes(c) for c in cases]
+        return LabelledSliceDataset([self._model_case(c) for c in cases], classes, thin, seed, self.mirror, skew)
+
+    def _model_case(self, case: Case) -> Case:
+        """The case as the model reads it: with its presence planes when the task has input slots."""
+        if self.inputs is None:
+            return case
+        from omnifm.tasks.classification.fusion import with_presence
+
+        image = torch.from_numpy(np.ascontiguousarray(np.moveaxis(case["image"], -1, 0)))  # (D, S, H, W)
+        planes = with_presence(image, torch.from_numpy(np.asarray(case["present"])))
+        return {**case, "image": np.ascontiguousarray(np.moveaxis(planes.numpy(), 0, -1))}
 
     def value_map(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         image = batch["image"]
@@ -113,7 +155,7 @@ class ClsTask(Task):
         return nn.CrossEntropyLoss()
 
     def case_inputs(self, model: nn.Module, case: Case) -> torch.Tensor:
-        return volume_slices(case["image"])[torch.as_tensor(self.case_classes(case) >= 0)]
+        return volume_slices(self._model_case(case)["image"])[torch.as_tensor(self.case_classes(case) >= 0)]
 
     def reduce(self, model: nn.Module, logits: torch.Tensor, case: Case) -> torch.Tensor:
         if logits.shape[0] == 0:
@@ -132,3 +174,22 @@ class ClsTask(Task):
         """``accuracy 0.612, macro-F1 0.540, AUC 0.801, 6 cases``."""
         return (f"accuracy {scores['accuracy']:.3f}, macro-F1 {scores['macro_f1']:.3f}, AUC {scores['auc']:.3f}, "
                 f"{scores['cases']} cases")
+
+
+def _slots(inputs: Any) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """``inputs`` as slot tuples; each slot a name with one or more known modalities, none shared.
+
+    Raises:
+        ValueError: naming the problem.
+    """
+    from omnifm.data.modalities import MODALITIES
+
+    pairs = list(inputs.items()) if isinstance(inputs, dict) else list(inputs)
+    slots = tuple((str(slot), tuple(kinds)) for slot, kinds in pairs)
+    listed = [m for _, kinds in slots for m in kinds]
+    if len(slots) < 2 or any(not kinds for _, kinds in slots):
+        raise ValueError(f"task inputs must name two or more slots, each with its modalities; got {inputs!r}")
+    unknown = sorted(set(listed) - set(MODALITIES))
+    if unknown or len(set(listed)) != len(listed):
+        raise ValueError(f"task inputs: unknown {unknown} or repeated modalities in {inputs!r} (known: {list(MODALITIES)})")
+    return slots

@@ -1,0 +1,147 @@
+"""The CT+MRI fusion classifier: every modality combination runs, an absent modality is masked (never read)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from omnifm.algorithms import make_run_spec
+from omnifm.engine import SiteTrainer, TrainConfig
+from omnifm.tasks import get_task
+from omnifm.tasks.classification.fusion import with_presence
+from omnifm.tasks.classification.network import build_fusion_model
+from omnifm.tasks.classification.task import CT_MRI_INPUTS
+
+TINY = {"block_inplanes": [4, 8, 8, 16], "heads": 2, "head_grid": 2}
+TASK = {"kind": "classification", "inputs": {slot: list(kinds) for slot, kinds in CT_MRI_INPUTS}}
+COMBINATIONS = {"ct+mri": (1, 1), "ct only": (1, 0), "mri only": (0, 1)}
+
+
+def _inputs(present: tuple[int, int], fill: float | None = None, n: int = 4, seed: int = 0) -> torch.Tensor:
+    """(n, 4, 32, 32) inputs; absent image planes hold ``fill`` noise instead of zeros when given."""
+    g = torch.Generator().manual_seed(seed)
+    x = with_presence(torch.randn(n, 2, 32, 32, generator=g), torch.tensor(present))
+    if fill is not None:
+        for s, p in enumerate(present):
+            if not p:
+                x[:, s] = fill * torch.randn(n, 32, 32, generator=g)
+    return x
+
+
+def _model(seed: int = 0):
+    torch.manual_seed(seed)
+    return build_fusion_model(TINY)
+
+
+def _logits(model, x: torch.Tensor) -> torch.Tensor:
+    s = model.spectral_token(x)
+    values = torch.rand(x.shape[0], 1, model.value_dim, generator=torch.Generator().manual_seed(1)) + 0.1
+    return model(x, prototypes=s[:, None], spectral_token=s, values=values).logits
+
+
+@pytest.mark.parametrize("combo", sorted(COMBINATIONS))
+@pytest.mark.parametrize("mode", ["eval", "train"])
+def test_an_absent_modality_is_masked_not_read(combo, mode):
+    """Whatever an absent slot's image plane holds, the whole OmniFM model's output is the same."""
+    present = COMBINATIONS[combo]
+    model = _model()
+    model.train(mode == "train")
+    with torch.no_grad():
+        zero, noise = _logits(model, _inputs(present)), _logits(model, _inputs(present, fill=5.0))
+    assert torch.isfinite(zero).all()
+    torch.testing.assert_close(zero, noise, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("combo", sorted(COMBINATIONS))
+def test_every_present_modality_reaches_the_output(combo):
+    present = COMBINATIONS[combo]
+    model = _model().eval()
+    x = _inputs(present)
+    with torch.no_grad():
+        base = _logits(model, x)
+        for s, p in enumerate(present):
+            if p:
+                changed = x.clone()
+                changed[:, s] = torch.randn_like(changed[:, s])
+                assert (base - _logits(model, changed)).abs().max() > 1e-4, f"slot {s} does not reach the logits"
+
+
+def test_the_absent_slots_encoder_never_runs():
+    """No absent image enters the encoder: its batch-norm statistics and gradients stay untouched."""
+    model = _model().train()
+    ct_encoder = model.network.encoders[0]
+    before = ct_encoder.bn1.running_mean.clone()
+    loss = _logits(model, _inputs((0, 1))).sum()
+    loss.backward()
+    torch.testing.assert_close(ct_encoder.bn1.running_mean, before, rtol=0, atol=0)
+    assert all(p.grad is None for p in ct_encoder.parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.network.encoders[1].parameters())
+
+
+def test_missing_modality_token_is_learned_where_a_key_is_absent():
+    """A CT-only batch trains the CT direction's missing-MRI token, and not the MRI direction's."""
+    model = _model().train()
+    _logits(model, _inputs((1, 0))).sum().backward()
+    ct_direction, mri_direction = model.network.fusions
+    assert ct_direction.missing.grad is not None and ct_direction.missing.grad.abs().sum() > 0
+    assert mri_direction.missing.grad is None
+
+
+def test_a_mixed_batch_equals_its_samples_one_by_one():
+    """Rows with different modality combinations in one batch do not leak into each other (eval mode)."""
+    model = _model().eval()
+    rows = [_inputs(p, fill=3.0, n=1, seed=i) for i, p in enumerate(COMBINATIONS.values())]
+    with torch.no_grad():
+        together = model(torch.cat(rows)).logits
+        alone = torch.cat([model(r).logits for r in rows])
+    torch.testing.assert_close(together, alone, rtol=1e-4, atol=1e-5)
+
+
+def test_a_sample_without_any_modality_is_refused():
+    x = _inputs((1, 1))
+    x[0, 2:] = 0
+    with pytest.raises(ValueError, match="no present modality"):
+        _model()(x)
+
+
+def test_the_model_and_the_inputs_go_together():
+    with pytest.raises(ValueError, match="needs the task's \"inputs\""):
+        make_run_spec("fedavg", task={"kind": "classification"}, model={"name": "ct_mri_fusion"})
+    with pytest.raises(ValueError, match="reads one image"):
+        make_run_spec("fedavg", task=TASK, model={})
+    with pytest.raises(ValueError, match="unknown classification model"):
+        make_run_spec("fedavg", task=TASK, model={"kind": "vit"})
+    with pytest.raises(ValueError, match="unknown .* or repeated modalities"):
+        get_task({"kind": "classification", "inputs": {"ct": ["ct"], "mri": ["ct", "t1"]}})
+    spec = make_run_spec("fedavg", task=TASK, model={"name": "ct_mri_fusion", **TINY})
+    assert spec["model"]["kind"] == "ct_mri_fusion" and get_task(spec["task"]).input_slots == CT_MRI_INPUTS
+
+
+def _cases(n: int, present: tuple[int, int], seed: int) -> list[dict[str, np.ndarray]]:
+    """Slot cases (2x24x24x4): a box in a random quadrant, visible in each present slot, absent slots zero."""
+    rng = np.random.default_rng(seed)
+    cases = []
+    for _ in range(n):
+        label = np.zeros((1, 24, 24, 4), np.uint8)
+        y, x = rng.choice([3, 15]), rng.choice([3, 15])
+        label[0, y:y + 6, x:x + 6, 1:3] = 2
+        image = rng.normal(0, 0.3, (2, 24, 24, 4)).astype(np.float32) + label.astype(np.float32)
+        image[[s for s, p in enumerate(present) if not p]] = 0
+        cases.append({"image": image, "label": label, "present": np.array(present, np.uint8)})
+    return cases
+
+
+def test_a_site_with_every_combination_learns():
+    """Through SiteTrainer (the executor's and the bench's path): paired, MRI-only and CT-only cases in one site."""
+    torch.manual_seed(0)
+    spec = make_run_spec("omnifm", task=TASK, model={"name": "ct_mri_fusion", **TINY})
+    train = [c for i, p in enumerate(COMBINATIONS.values()) for c in _cases(3, p, i)]
+    val = [c for i, p in enumerate(COMBINATIONS.values()) for c in _cases(2, p, 10 + i)]
+    trainer = SiteTrainer(spec, TrainConfig(local_epochs=3, batch_size=16, learning_rate=1e-2), train, val,
+                          device=torch.device("cpu"))
+    before = trainer.evaluate(None)["accuracy"]
+    for round_num in range(2):
+        trainer.train_round(None, round_num, {}, 2)
+    after = trainer.evaluate(None)["accuracy"]
+    assert after > max(before, 0.6), (before, after)
