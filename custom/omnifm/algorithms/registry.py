@@ -40,7 +40,7 @@ class Algorithm:
             ``instance`` norm becomes ``batch``).
         federated: False for references that are not a federation (``central``): FLARE refuses them.
         rule: the strategy file holding the rest of the rule (``fedrep``, ``feddyn``, ``scaffold``,
-            ``ditto``, ``feddg``; see :mod:`omnifm.algorithms.rule`), or ``""``. It cannot be combined with
+            ``ditto``, ``feddg``, ``moon``; see :mod:`omnifm.algorithms.rule`), or ``""``. It cannot be combined with
             ``proximal`` (they use the same training hooks).
         description: one line for logs and docs.
     """
@@ -136,6 +136,8 @@ ALGORITHMS: dict[str, Algorithm] = _algorithms(
               description="SCAFFOLD: FedAvg with server/client control variates correcting local drift"),
     Algorithm("feddyn", _PLAIN, rule="feddyn",
               description="FedDyn: dynamic regulariser -<g_i, w> + feddyn_alpha/2 ||w - w_global||^2, server state h"),
+    Algorithm("moon", _PLAIN, rule="moon",
+              description="MOON: FedAvg + moon_mu * model-contrastive loss (pooled bottleneck; global vs previous)"),
     Algorithm("local", _PLAIN, personal=frozenset({"all"}),
               description="Local: every site trains alone, nothing is shared (lower reference)"),
     Algorithm("central", _PLAIN, federated=False,

@@ -2,9 +2,9 @@
 
 A strategy that needs more than the :class:`~omnifm.algorithms.registry.Algorithm` switches
 (FedRep's alternating head/body updates, FedDyn's dynamic regulariser and server state, SCAFFOLD's
-control variates, Ditto's personal model, FedDG's amplitude bank) lives in ONE file of this package
-holding the whole rule, Flower style: ``fedrep.py``, ``feddyn.py``, ``scaffold.py``, ``ditto.py``,
-``feddg.py``.
+control variates, Ditto's personal model, FedDG's amplitude bank, MOON's model-contrastive term)
+lives in ONE file of this package holding the whole rule, Flower style: ``fedrep.py``,
+``feddyn.py``, ``scaffold.py``, ``ditto.py``, ``feddg.py``, ``moon.py``.
 The registry names it in ``Algorithm.rule``; the generic code only calls these hooks:
 
 * :class:`SiteRule` -- :class:`omnifm.engine.SiteTrainer` creates one per trainer, asks it for
@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from omnifm.algorithms.registry import Algorithm
     from omnifm.algorithms.server import Upload
 
-RULES = ("fedrep", "feddyn", "scaffold", "ditto", "feddg")
+RULES = ("fedrep", "feddyn", "scaffold", "ditto", "feddg", "moon")
 """Strategy files of this package that an ``Algorithm.rule`` may name."""
 
 
@@ -49,11 +49,14 @@ class RoundHooks:
         regularizer: extra loss term evaluated every step, or None.
         after_backward: called with the model after ``backward`` and before the optimizer step, or None.
         augment: maps a batch of images (B, C, *spatial) before the forward pass (FedDG), or None.
+        batch_term: extra loss term of the step's images (B, C, *spatial, on the device), evaluated every
+            step after the task loss (MOON's model-contrastive term), or None.
     """
 
     regularizer: Callable[[], torch.Tensor] | None = None
     after_backward: Callable[[nn.Module], None] | None = None
     augment: Callable[[torch.Tensor], torch.Tensor] | None = None
+    batch_term: Callable[[torch.Tensor], torch.Tensor] | None = None
 
 
 class SiteRule:
@@ -152,9 +155,10 @@ class ServerRule:
 
 
 def _module(algo: Algorithm) -> Any:
-    from omnifm.algorithms import ditto, feddg, feddyn, fedrep, scaffold  # the strategy files import this module
+    from omnifm.algorithms import ditto, feddg, feddyn, fedrep, moon, scaffold  # the strategy files import this module
 
-    return {"fedrep": fedrep, "feddyn": feddyn, "scaffold": scaffold, "ditto": ditto, "feddg": feddg}[algo.rule]
+    modules = {"fedrep": fedrep, "feddyn": feddyn, "scaffold": scaffold, "ditto": ditto, "feddg": feddg, "moon": moon}
+    return modules[algo.rule]
 
 
 def site_rule(algo: Algorithm, spec: dict[str, Any], model: nn.Module, shared_names: list[str]) -> SiteRule | None:

@@ -18,7 +18,7 @@ from omnifm.tasks import get_task
 from omnifm.validation import check_int, check_range
 
 SPEC_KEYS = ("algorithm", "task", "model", "omnifm", "top_k", "align_weight", "num_prototypes", "prox_mu", "seed")
-OPTIONAL_SPEC_KEYS = ("ditto_lambda", "amplitude_ratio", "feddyn_alpha", "fedrep_head_epochs")
+OPTIONAL_SPEC_KEYS = ("ditto_lambda", "amplitude_ratio", "feddyn_alpha", "fedrep_head_epochs", "moon_mu", "moon_tau")
 
 
 def make_run_spec(
@@ -35,6 +35,8 @@ def make_run_spec(
     amplitude_ratio: float = 0.1,
     feddyn_alpha: float = 0.01,
     fedrep_head_epochs: int = 1,
+    moon_mu: float = 1.0,
+    moon_tau: float = 0.5,
 ) -> dict[str, Any]:
     """Validate and assemble a run spec.
 
@@ -55,6 +57,8 @@ def make_run_spec(
         feddyn_alpha: FedDyn's dynamic-regularisation weight alpha, > 0 (``feddyn`` only).
         fedrep_head_epochs: FedRep's head-only epochs at the start of every round, >= 1; the
             remaining local epochs train the body (``fedrep`` only; see :func:`omnifm.algorithms.fedrep.head_steps`).
+        moon_mu: weight of MOON's model-contrastive term, >= 0 (``moon`` only; 0 is FedAvg).
+        moon_tau: MOON's temperature, > 0 (``moon`` only; see :mod:`omnifm.algorithms.moon`).
     """
     get_algorithm(algorithm)
     the_task = get_task(task)
@@ -68,6 +72,8 @@ def make_run_spec(
     amplitude_ratio = check_range("amplitude_ratio", amplitude_ratio, 0.0, 0.5)
     feddyn_alpha = check_range("feddyn_alpha", feddyn_alpha, 0.0, low_open=True)
     fedrep_head_epochs = check_int("fedrep_head_epochs", fedrep_head_epochs)
+    moon_mu = check_range("moon_mu", moon_mu, 0.0)
+    moon_tau = check_range("moon_tau", moon_tau, 0.0, low_open=True)
     return {
         "algorithm": algorithm,
         "task": the_task.to_dict(),
@@ -82,6 +88,8 @@ def make_run_spec(
         "amplitude_ratio": float(amplitude_ratio),
         "feddyn_alpha": float(feddyn_alpha),
         "fedrep_head_epochs": fedrep_head_epochs,
+        "moon_mu": float(moon_mu),
+        "moon_tau": float(moon_tau),
     }
 
 

@@ -59,7 +59,7 @@ BANK_ARGS = {"rho": 1.0, "delta": 0.1, "prune_window": 3, "max_size": 64, "merge
 # ---- the algorithm lists (edit here) -------------------------------------------------------------
 FULL_ALGORITHMS = (
     "omnifm", "fedper", "fedper-fusion", "omnifm-placebo", "fedrep", "feddyn",
-    "fedavg", "fedprox", "ditto", "fedbn", "feddg", "scaffold", "local", "central",
+    "fedavg", "fedprox", "ditto", "fedbn", "feddg", "scaffold", "moon", "local", "central",
 )
 QUICK_ALGORITHMS = ("omnifm", "fedper", "local", "central")
 # The hard case (native T1 added as a sixth site) with fewer methods: the references and the closest peers.

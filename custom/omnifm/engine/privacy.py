@@ -132,6 +132,9 @@ def refusal(algorithm: Any, model: nn.Module) -> str | None:
     if getattr(algorithm, "rule", "") == "ditto":
         return (f"algorithm {algorithm.name!r} trains a personal model without DP next to the global one and "
                 "reports its validation Dice, a function of the training cases that DP-SGD would not cover")
+    if getattr(algorithm, "rule", "") == "moon":
+        return (f"algorithm {algorithm.name!r} adds a model-contrastive term of the training images to every step; "
+                "the DP path adds an algorithm's terms after clipping, which covers only terms of the weights alone")
     if getattr(algorithm, "rule", "") == "feddg":
         return (f"algorithm {algorithm.name!r} uploads group-mean amplitude spectra of the training slices "
                 "(FedDG's amplitude bank) without noise; DP-SGD would not cover them")

@@ -193,7 +193,7 @@ class SiteTrainer:
         self.logger = logger or logging.getLogger(__name__)
         self.model = build_model(spec).to(self.device)
         self.shared_names = self.algorithm.shared_parameter_names(self.model)
-        self.rule = site_rule(self.algorithm, spec, self.model, self.shared_names)  # FedRep, FedDyn, SCAFFOLD
+        self.rule = site_rule(self.algorithm, spec, self.model, self.shared_names)  # FedRep, FedDyn, SCAFFOLD, MOON
         self.optimizers = {"main": torch.optim.Adam(self.model.parameters(), lr=config.learning_rate)}
         if self.rule is not None:  # Ditto's personal model
             self.optimizers.update(self.rule.optimizers(config.learning_rate))
@@ -266,8 +266,8 @@ class SiteTrainer:
     def personal_state(self) -> dict[str, torch.Tensor]:
         """Everything the site keeps: personal parameters (by name), ``buffer/`` model buffers,
         ``<rule prefix>/`` a strategy file's state (``feddyn/``: FedDyn's ``g_i``, ``control/``:
-        SCAFFOLD's site control, ``ditto/``: Ditto's personal model), ``optim/<name>/`` the
-        optimizers' state (Adam moments and step counts)."""
+        SCAFFOLD's site control, ``ditto/``: Ditto's personal model, ``moon/``: MOON's previous
+        local model), ``optim/<name>/`` the optimizers' state (Adam moments and step counts)."""
         shared = set(self.shared_names)
         state = {n: p.detach().cpu().clone() for n, p in self.model.named_parameters() if n not in shared}
         state.update({f"buffer/{n}": b.detach().cpu().clone() for n, b in self.model.named_buffers()})
@@ -427,14 +427,14 @@ class SiteTrainer:
         align_weight = self.spec["align_weight"] if algo.uses_bank and algo.align else 0.0
         mu = self.spec["prox_mu"]
         regularizer = (lambda: proximal_term(model.named_parameters(), anchor, mu)) if algo.proximal else None
-        after_backward = augment = None
+        after_backward = augment = batch_term = None
         loader = self.round_loader(round_num, stream=0)
         if self.rule is not None:  # the registry refuses a rule combined with proximal hooks
             steps = len(loader) if self.dp is None else self.dp.steps_per_epoch
             self.rule.begin_round(self, round_num, server_extras)
             hooks = self.rule.start_round(model, anchor, steps, self.config.local_epochs)
             regularizer, after_backward = hooks.regularizer or regularizer, hooks.after_backward or after_backward
-            augment = hooks.augment
+            augment, batch_term = hooks.augment, hooks.batch_term
         for epoch in range(self.config.local_epochs):
             if self.dp is not None:  # case-level DP-SGD; its generators are seeded from the site's secret
                 stats = self.dp.train_epoch(model, optimizer, self.loss_fn, self.device, retriever, align_weight,
@@ -442,7 +442,7 @@ class SiteTrainer:
             else:
                 stats = train_epoch(
                     model, loader, optimizer, self.loss_fn, self.device, retriever, align_weight,
-                    self.logger, self.config.log_every, regularizer, augment, after_backward,
+                    self.logger, self.config.log_every, regularizer, augment, after_backward, batch_term,
                 )
             self.logger.info("epoch %d/%d: %s", epoch + 1, self.config.local_epochs, _fmt(stats.means()))
         if self.dp is not None:

@@ -42,6 +42,7 @@ def train_epoch(
     regularizer: Callable[[], torch.Tensor] | None = None,
     augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
     after_backward: Callable[[nn.Module], None] | None = None,
+    batch_term: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> EpochStats:
     """Train ``model`` for one epoch on ``loader`` with ``L_task + align_weight * L_align (+ regularizer())``.
 
@@ -50,11 +51,12 @@ def train_epoch(
 
     Algorithm hooks: ``regularizer`` is an extra loss term evaluated every step (FedProx, Ditto);
     ``augment`` maps a batch of images (B, C, *spatial) before the forward pass (FedDG);
-    ``after_backward`` may change the gradients before the optimizer step (SCAFFOLD).
+    ``after_backward`` may change the gradients before the optimizer step (SCAFFOLD);
+    ``batch_term`` is an extra loss term of the step's images (B, C, *spatial) on ``device`` (MOON).
     """
     model.train()
     stats = EpochStats()
-    hooks = (regularizer, after_backward)
+    hooks = (regularizer, batch_term, after_backward)
     for batch in loader:
         image, label = batch["image"], batch["label"].to(device)
         image = (augment(image) if augment is not None else image).to(device)
@@ -79,12 +81,17 @@ def _step(
     loss_fn: nn.Module,
     retriever: Retriever | None,
     align_weight: float,
-    hooks: tuple[Callable[[], torch.Tensor] | None, Callable[[nn.Module], None] | None],
+    hooks: tuple[Callable[[], torch.Tensor] | None, Callable[[torch.Tensor], torch.Tensor] | None,
+                 Callable[[nn.Module], None] | None],
 ) -> tuple[float, float, torch.Tensor | None]:
-    regularizer, after_backward = hooks
+    regularizer, batch_term, after_backward = hooks
     optimizer.zero_grad(set_to_none=True)
     loss, task, align, token, retrieved = batch_loss(model, image, label, loss_fn, retriever, align_weight)
-    (loss + regularizer() if regularizer is not None else loss).backward()
+    if regularizer is not None:
+        loss = loss + regularizer()
+    if batch_term is not None:
+        loss = loss + batch_term(image)
+    loss.backward()
     if after_backward is not None:
         after_backward(model)
     optimizer.step()

@@ -104,6 +104,8 @@ class OmniFMPersistor(ModelPersistor):
         amplitude_ratio: FedDG's low-frequency window fraction (``feddg`` only).
         feddyn_alpha: FedDyn's dynamic-regularisation weight, > 0 (``feddyn`` only).
         fedrep_head_epochs: FedRep's head-only epochs per round (``fedrep`` only).
+        moon_mu: MOON's model-contrastive weight, >= 0 (``moon`` only).
+        moon_tau: MOON's temperature, > 0 (``moon`` only).
         bank: :class:`~omnifm.knowledge.KnowledgeBank` arguments (``rho``, ``delta``, ``prune_window``, ``max_size``).
         source_dir: start from a previous job's saved model and bank (folder holding ``FL_global_model.pt``);
             a relative path is taken from the server's workspace root.
@@ -124,6 +126,8 @@ class OmniFMPersistor(ModelPersistor):
         amplitude_ratio: float = 0.1,
         feddyn_alpha: float = 0.01,
         fedrep_head_epochs: int = 1,
+        moon_mu: float = 1.0,
+        moon_tau: float = 0.5,
         bank: dict | None = None,
         source_dir: str = "",
     ) -> None:
@@ -132,7 +136,7 @@ class OmniFMPersistor(ModelPersistor):
             algorithm=algorithm, task=task, model=model, omnifm=omnifm, top_k=top_k,
             align_weight=align_weight, num_prototypes=num_prototypes, prox_mu=prox_mu, seed=seed,
             ditto_lambda=ditto_lambda, amplitude_ratio=amplitude_ratio, feddyn_alpha=feddyn_alpha,
-            fedrep_head_epochs=fedrep_head_epochs,
+            fedrep_head_epochs=fedrep_head_epochs, moon_mu=moon_mu, moon_tau=moon_tau,
         )
         self.bank_args = dict(bank or {})
         try:

@@ -11,7 +11,7 @@ SMALL = {"channels": [8, 16, 32], "strides": [2, 2]}
 
 def test_the_issue_algorithms_are_registered():
     issue = {"omnifm", "fedavg", "fedprox", "fedper", "ditto", "fedbn", "feddg", "scaffold", "local", "central",
-             "fedrep", "feddyn", "fedper-fusion"}
+             "fedrep", "feddyn", "fedper-fusion", "moon"}
     ablations = {"omnifm-noretrieval", "omnifm-noeca", "omnifm-noprompt", "omnifm-noalign"}
     assert issue | ablations <= set(ALGORITHMS)
     assert all(a.description for a in ALGORITHMS.values())
@@ -19,7 +19,7 @@ def test_the_issue_algorithms_are_registered():
 
 def test_unknown_algorithm_lists_the_choices():
     choices = (r"\['central', 'ditto', 'fedavg', 'fedbn', 'feddg', 'feddyn', 'fedper', 'fedper-fusion', 'fedprox', "
-               r"'fedrep', 'local', 'omnifm'")
+               r"'fedrep', 'local', 'moon', 'omnifm'")
     with pytest.raises(ValueError, match=r"unknown algorithm 'fedx'; choose one of " + choices):
         get_algorithm("fedx")
 
@@ -95,7 +95,7 @@ def test_weighted_average_matches_hand_computation():
 
 @pytest.mark.parametrize(
     "kwargs, match",
-    [({"rule": "fedx"}, r"rule must be one of \('fedrep', 'feddyn', 'scaffold', 'ditto', 'feddg'\) or '', got 'fedx'"),
+    [({"rule": "fedx"}, r"rule must be one of \('fedrep', 'feddyn', 'scaffold', 'ditto', 'feddg', 'moon'\) or '', got 'fedx'"),
      ({"rule": "feddyn", "proximal": True}, "rule 'feddyn' cannot be combined with proximal"),
      ({"rule": "scaffold", "proximal": True}, "rule 'scaffold' cannot be combined")],
 )

@@ -173,7 +173,8 @@ def test_dp_training_moves_the_weights_and_the_personal_state_holds_the_accounta
 # ---- refusals ------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     "algorithm, match",
-    [("fedbn", "running statistics"), ("feddg", "amplitude spectra"), ("ditto", "personal model without DP")],
+    [("fedbn", "running statistics"), ("feddg", "amplitude spectra"), ("ditto", "personal model without DP"),
+     ("moon", "model-contrastive term of the training images")],
 )
 def test_algorithms_dp_cannot_cover_are_refused_with_the_reason(algorithm, match):
     with pytest.raises(ValueError, match=match):

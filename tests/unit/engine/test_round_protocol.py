@@ -40,7 +40,8 @@ def _run(spec: dict, rebuild: bool, folder, rounds: int = 2, dp: dict | None = N
 
 
 @pytest.mark.parametrize(
-    "algorithm", ["omnifm", "fedavg", "ditto", "fedbn", "feddg", "scaffold", "local", "fedrep", "feddyn", "fedper-fusion"]
+    "algorithm",
+    ["omnifm", "fedavg", "ditto", "fedbn", "feddg", "scaffold", "local", "fedrep", "feddyn", "fedper-fusion", "moon"],
 )
 def test_kept_alive_equals_rebuilt_with_personal_state(algorithm, tmp_path):
     spec = make_run_spec(algorithm, model=SMALL, num_prototypes=2)
