@@ -16,6 +16,7 @@ TASKS: dict[str, str] = {
     "segmentation": "omnifm.tasks.segmentation:SegTask",
     "classification": "omnifm.tasks.classification:ClsTask",
     "super_resolution": "omnifm.tasks.super_resolution:SRTask",
+    "image_fusion": "omnifm.tasks.image_fusion:FusionTask",
 }
 DEFAULT_TASK = "segmentation"
 
