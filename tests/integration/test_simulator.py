@@ -58,8 +58,8 @@ def _run(
     return tmp_path / "ws", log
 
 
-TASK_JOBS = {"omnifm_cls": "accuracy", "omnifm_cls_fusion": "accuracy", "omnifm_sr": "psnr"}  # every job of a task other than segmentation: its headline metric
-HEADLINE_RANGE = {"accuracy": (0.0, 1.0), "psnr": (0.0, 100.0)}  # valid values (PSNR: dB of [0, 1] slices)
+TASK_JOBS = {"omnifm_cls": "accuracy", "omnifm_cls_fusion": "accuracy", "omnifm_sr": "psnr", "omnifm_fusion": "ssim_w"}  # every job of a task other than segmentation: its headline metric
+HEADLINE_RANGE = {"accuracy": (0.0, 1.0), "psnr": (0.0, 100.0), "ssim_w": (-1.0, 1.0)}  # valid values (PSNR: dB of [0, 1] slices)
 
 
 def test_every_task_job_is_covered():
@@ -82,6 +82,11 @@ def test_task_job_runs_out_of_the_box(tmp_path, name):
     assert f"final global model {TASK_JOBS[name]} per site" in log
     if name == "omnifm_cls_fusion":  # site-1 holds paired CT+MRI cases, site-2 MRI only
         assert "modalities ct+t1ce" in log and "modalities t1ce;" in log
+    if name == "omnifm_fusion":  # paired sites; each site's picture is written next to the results
+        assert "modalities ct+t1" in log and "modalities pet+t1" in log
+        for site in SITES:
+            png = workspace / f"server/simulate_job/cross_site_val/{site}_image_fusion_val.png"
+            assert png.read_bytes()[:4] == b"\x89PNG", f"{png} missing"
     if "participation 50%" in log:  # the sampling controller: one of the two sites per round, the same rule as the bench
         assert log.count("participation 50%: training site-") == 2 and log.count("(1 of 2 sites)") == 2
     assert "rejected contribution" not in log

@@ -17,10 +17,11 @@ from nvflare.app_common.app_constant import AppConstants
 
 from omnifm.algorithms import check_run_spec, get_algorithm
 from omnifm.data.site import SiteData, find_site_config, load_site_data, simulator_config
-from omnifm.engine import SiteTrainer, TrainConfig
-from omnifm.engine.site import previous_personal_path, saved_round
+from omnifm.engine import SiteTrainer, TrainConfig, predict_case
+from omnifm.engine.site import EVAL_SEED, previous_personal_path, saved_round
 from omnifm.engine.privacy import DPBudgetExhausted
 from omnifm.fl import wire
+from omnifm.fl.summary import FIGURES
 from omnifm.knowledge import KnowledgeBank
 from omnifm.tasks import get_task
 
@@ -133,7 +134,29 @@ class OmniFMExecutor(Executor):
         if trainer.dp is not None:  # the final epsilon goes into cross_val_results.json
             scores.update(trainer.dp.metrics())
         self.log_info(fl_ctx, f"{fl_ctx.get_identity_name()}: final global model on the {split} split: {trainer.task.describe(scores)}")
-        return DXO(data_kind=DataKind.METRICS, data=scores).to_shareable()
+        figures = self._figures(trainer, bank, split, fl_ctx)
+        return DXO(data_kind=DataKind.METRICS, data=scores, meta={FIGURES: figures} if figures else None).to_shareable()
+
+    def _figures(self, trainer: SiteTrainer, bank: KnowledgeBank | None, split: str, fl_ctx: FLContext) -> dict:
+        """``{name: PNG bytes}`` of a task that draws its final model (an optional ``figure(cases, predict, title)``).
+
+        The server's job summary writes them next to the results (``cross_site_val/<site>_<name>``).
+        A failing picture is a warning, never a failed evaluation.
+        """
+        figure = getattr(trainer.task, "figure", None)
+        if figure is None:
+            return {}
+        site = fl_ctx.get_identity_name()
+        model = trainer.personal_model if trainer.personal_model is not None else trainer.model
+        retriever = trainer._retriever(bank, seed=EVAL_SEED)  # the one trainer.evaluate scores with
+        volumes = trainer.test_volumes if split == "test" else trainer.val_volumes
+        try:
+            png = figure(volumes, lambda case: predict_case(model, case, trainer.device, retriever, trainer.task),
+                         f"{site}: final global model, {split} split")
+        except Exception as err:  # noqa: BLE001 - a picture must not fail the job's last step
+            self.log_warning(fl_ctx, f"{site}: no {trainer.task.name} picture ({type(err).__name__}: {err})")
+            return {}
+        return {f"{trainer.task.name}_{split}.png": png} if png else {}
 
     def _run_round(
         self,

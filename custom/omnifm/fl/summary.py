@@ -37,9 +37,10 @@ from nvflare.app_common.abstract.formatter import Formatter
 from nvflare.app_common.app_constant import AppConstants
 from nvflare.app_common.app_event_type import AppEventType
 
-__all__ = ["OmniFMJobSummary", "SUMMARY_FILE", "summary_text"]
+__all__ = ["FIGURES", "OmniFMJobSummary", "SUMMARY_FILE", "summary_text"]
 
 SUMMARY_FILE = "omnifm_summary.json"
+FIGURES = "omnifm_figures"  # a site's final-evaluation reply may carry {name: PNG bytes} in its DXO meta
 
 
 class OmniFMJobSummary(Formatter):
@@ -102,6 +103,24 @@ class OmniFMJobSummary(Formatter):
         self.results[site] = dict(dxo.data)
         self.failures.pop(site, None)
         self._stream(site, dxo.data, fl_ctx)
+        self._write_figures(site, dxo.get_meta_prop(FIGURES) or {}, fl_ctx)
+
+    def _write_figures(self, site: str, figures: dict, fl_ctx: FLContext) -> None:
+        """A site's pictures of the final model (``meta[FIGURES]``) as ``<results_dir>/<site>_<name>``."""
+        if not isinstance(figures, dict):
+            return
+        out = Path(fl_ctx.get_engine().get_workspace().get_run_dir(fl_ctx.get_job_id())) / self.results_dir
+        for name, data in figures.items():
+            if not (isinstance(name, str) and name.endswith(".png") and Path(name).name == name and isinstance(data, bytes)):
+                self.log_warning(fl_ctx, f"{site} sent a figure {name!r} that is not a PNG file name with bytes: ignored")
+                continue
+            try:
+                os.makedirs(out, exist_ok=True)
+                (out / f"{site}_{name}").write_bytes(data)
+            except OSError as err:
+                self.log_warning(fl_ctx, f"{site}_{name} not written ({err.strerror or type(err).__name__})")
+                continue
+            self.log_info(fl_ctx, f"{site}: picture of the final model written to {out / f'{site}_{name}'}")
 
     def _stream(self, site: str, metrics: dict[str, Any], fl_ctx: FLContext) -> None:
         """Hand the site's final metrics to the analytics receiver, recorded under the site's name."""
