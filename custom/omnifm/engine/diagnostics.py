@@ -13,6 +13,10 @@ the product (site log, TensorBoard, the metrics sent to the server, benchmark JS
   the validation headline metric with the real retrieval minus the same with the retrieved content replaced by noise (:func:`omnifm.engine.retrieval.placebo`), and
   the mean absolute logit change relative to the mean absolute logit. ~0 = the model ignores
   what it retrieves.
+- ``ablate_<name>_<headline>_delta`` (every algorithm, for tasks with :meth:`Task.ablations`): the
+  validation headline metric minus the same with one input removed, over the cases that have
+  something to remove (the fusion classifier: ``ablate_without_ct_accuracy_delta`` on the paired
+  cases, the CT masked as if the case had none). ~0 = the model does not use that input.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from omnifm.engine.retrieval import Retriever
 from omnifm.knowledge import KnowledgeBank
 from omnifm.tasks import Task
 
-__all__ = ["mean_pairwise_cosine", "placebo_effect", "retrieval_stats"]
+__all__ = ["ablation_effect", "mean_pairwise_cosine", "placebo_effect", "retrieval_stats"]
 
 
 def mean_pairwise_cosine(tokens: torch.Tensor) -> float:
@@ -89,3 +93,27 @@ def placebo_effect(
             out.append(task.reduce(model, value, case))
     score_real, score_fake = (task.score(p, volumes)[task.headline] for p in preds)
     return {f"placebo_{task.headline}_delta": score_real - score_fake, "placebo_logit_rel": diff / max(size, 1e-12)}
+
+
+def ablation_effect(
+    model: nn.Module, volumes: list[dict[str, np.ndarray]], device: torch.device, retriever: Retriever | None, task: Task
+) -> dict[str, float]:
+    """``ablate_<name>_<headline>_delta`` for each of the task's ablations (see the module docstring).
+
+    Both scores are taken on the same cases: those the ablation applies to (it returns a case, not None).
+    """
+    from omnifm.engine.evaluate import predict_case
+
+    out = {}
+    if not volumes:
+        return out
+    model.eval()
+    for name, ablate in task.ablations().items():
+        pairs = [(case, ablated) for case in volumes if (ablated := ablate(case)) is not None]
+        if not pairs:
+            continue
+        cases, ablated = [p[0] for p in pairs], [p[1] for p in pairs]
+        full = task.score([predict_case(model, c, device, retriever, task) for c in cases], cases)[task.headline]
+        less = task.score([predict_case(model, c, device, retriever, task) for c in ablated], ablated)[task.headline]
+        out[f"ablate_{name}_{task.headline}_delta"] = float(full - less)
+    return out

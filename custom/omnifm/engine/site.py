@@ -24,7 +24,7 @@ from omnifm.algorithms.server import Upload, to_plain
 from omnifm.algorithms.rule import site_rule
 from omnifm.algorithms.spec import shared_state
 from omnifm.checkpoint import atomic_torch_save
-from omnifm.engine.diagnostics import mean_pairwise_cosine, placebo_effect, retrieval_stats
+from omnifm.engine.diagnostics import ablation_effect, mean_pairwise_cosine, placebo_effect, retrieval_stats
 from omnifm.engine.evaluate import evaluate_volumes
 from omnifm.engine.optim_state import flat_state, init_adam_state, load_flat_state
 from omnifm.engine.privacy import DP_PREFIX, DPConfig, SitePrivacy, refusal, released_under_dp
@@ -488,16 +488,21 @@ class SiteTrainer:
     def _diagnostics(
         self, bank: KnowledgeBank | None, retriever: Retriever | None, token_cos: float, round_num: int
     ) -> dict[str, float]:
-        """The mechanism's measurements for this round (see :mod:`omnifm.engine.diagnostics`)."""
+        """The mechanism's measurements for this round (see :mod:`omnifm.engine.diagnostics`).
+
+        The task's input ablations are measured for every algorithm, with the model this site uses.
+        """
+        model = self.personal_model if self.personal_model is not None else self.model
+        ablations = ablation_effect(model, self.val_volumes, self.device, self._retriever(bank, seed=EVAL_SEED), self.task)
         if retriever is None:
-            return {}
+            return ablations
         out = {} if math.isnan(token_cos) else {"token_cos_within": token_cos}
         out.update(retrieval_stats(bank, retriever.retrieved_ids, self.site))
         if bank is not None and len(bank) and self.val_volumes:
             real = self._retriever(bank, seed=EVAL_SEED)
             fake = self._retriever(bank, mode="random", seed=round_seed(self.config.seed, round_num, 6))
             out.update(placebo_effect(self.model, self.val_volumes, self.device, real, fake, self.task))
-        return out
+        return {**out, **ablations}
 
 def _fmt(values: dict[str, float]) -> str:
     return " ".join(f"{k}={v:.4f}" for k, v in values.items())

@@ -21,6 +21,7 @@ A case, as every task receives it, is ``{"image": float32 (C, H, W, D), "label":
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import numpy as np
@@ -106,6 +107,14 @@ class Task(ABC):
         task's model must mask it.
         """
         return None
+
+    def ablations(self) -> dict[str, Callable[[Case], Case | None]]:
+        """Input ablations measured every round (``ablate_<name>_<headline>_delta``, :mod:`omnifm.engine.diagnostics`).
+
+        Each maps a case to the same case with one input removed, or None when the case has nothing to
+        remove. Default: none.
+        """
+        return {}
 
     def metric_names(self, scores: dict[str, float]) -> list[str]:
         """The score keys that are metrics (reported per round as ``<name>_global`` / ``<name>_local``)."""

@@ -8,6 +8,7 @@ import torch
 
 from omnifm.algorithms import make_run_spec
 from omnifm.engine import SiteTrainer, TrainConfig
+from omnifm.engine.diagnostics import ablation_effect
 from omnifm.tasks import get_task
 from omnifm.tasks.classification.fusion import with_presence
 from omnifm.tasks.classification.network import build_fusion_model
@@ -142,6 +143,22 @@ def test_a_site_with_every_combination_learns():
                           device=torch.device("cpu"))
     before = trainer.evaluate(None)["accuracy"]
     for round_num in range(2):
-        trainer.train_round(None, round_num, {}, 2)
+        result = trainer.train_round(None, round_num, {}, 2)
     after = trainer.evaluate(None)["accuracy"]
     assert after > max(before, 0.6), (before, after)
+    assert {"ablate_without_ct_accuracy_delta", "ablate_without_mri_accuracy_delta"} <= set(result.diagnostics)
+    effect = ablation_effect(trainer.model, val, torch.device("cpu"), None, trainer.task)
+    assert set(effect) == {"ablate_without_ct_accuracy_delta", "ablate_without_mri_accuracy_delta"}
+    assert all(-1 <= v <= 1 for v in effect.values())
+
+
+def test_an_ablation_masks_one_slot_of_a_paired_case_only():
+    task = get_task(TASK)
+    without_ct = task.ablations()["without_ct"]
+    (paired,), (ct_only,) = _cases(1, (1, 1), 0), _cases(1, (1, 0), 0)
+    ablated = without_ct(paired)
+    assert ablated["present"].tolist() == [0, 1] and not ablated["image"][0].any()
+    np.testing.assert_array_equal(ablated["image"][1], paired["image"][1])
+    assert paired["present"].tolist() == [1, 1], "the original case is untouched"
+    assert without_ct(ct_only) is None, "a case with nothing left is not ablated"
+    assert get_task({"kind": "classification"}).ablations() == {}

@@ -18,7 +18,9 @@ fusion model needs ``inputs``, the single-image ResNet refuses them.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, ClassVar
 
 import numpy as np
@@ -137,6 +139,12 @@ class ClsTask(Task):
         classes = [self.case_classes(c) for c in cases]
         return LabelledSliceDataset([self._model_case(c) for c in cases], classes, thin, seed, self.mirror, skew)
 
+    def ablations(self) -> dict[str, Callable[[Case], Case | None]]:
+        """With input slots: ``without_<slot>``, the slot masked in cases that have it and another one."""
+        if self.inputs is None:
+            return {}
+        return {f"without_{slot}": partial(_without, slot=s) for s, (slot, _) in enumerate(self.inputs)}
+
     def _model_case(self, case: Case) -> Case:
         """The case as the model reads it: with its presence planes when the task has input slots."""
         if self.inputs is None:
@@ -174,6 +182,16 @@ class ClsTask(Task):
         """``accuracy 0.612, macro-F1 0.540, AUC 0.801, 6 cases``."""
         return (f"accuracy {scores['accuracy']:.3f}, macro-F1 {scores['macro_f1']:.3f}, AUC {scores['auc']:.3f}, "
                 f"{scores['cases']} cases")
+
+
+def _without(case: Case, slot: int) -> Case | None:
+    """``case`` with input slot ``slot`` masked (as if absent), or None unless it has that slot and another."""
+    present = np.asarray(case["present"]).copy()
+    if not present[slot] or present.sum() < 2:
+        return None
+    image = np.array(case["image"], copy=True)
+    image[slot], present[slot] = 0, 0
+    return {**case, "image": image, "present": present}
 
 
 def _slots(inputs: Any) -> tuple[tuple[str, tuple[str, ...]], ...]:
