@@ -5,8 +5,14 @@ A thin wrapper over :func:`omnifm.data.ingest.prepare_dataset`::
     omnifm-prepare-data --input /data/export --output /data/omnifm [--format dicom|nifti]
         [--spacing 1 1 1] [--modality t1|t1ce|t2|flair|ct|pet|spect] [--quiet]
 
+    omnifm-prepare-data --paired --input /data/export --output /data/omnifm [--spacing 1 1 1]
+
 Writes ``images/case_000.nii.gz``, ``labels/case_000.nii.gz`` and ``datalist.json`` into
 ``--output``, prints one line per case (index, anonymous id, outcome) and then a summary table.
+With ``--paired`` each case folder holds one image per modality named by it (``ct.nii.gz``,
+``t1ce.nii.gz``, or a DICOM series folder ``ct/``) and ``label.nii.gz``, all on one grid; the
+output is ``images/<modality>/case_000.nii.gz`` and paired datalist entries
+(:mod:`omnifm.data.ingest.paired`).
 Nothing printed contains a path, file name, patient name or DICOM tag value.
 
 Exit codes: 0 at least one case was converted, 1 none was, 2 invalid arguments (including an
@@ -50,6 +56,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="force the modality of every case (default: from DICOM; NIfTI cases are assumed t1)",
     )
+    parser.add_argument(
+        "--paired", action="store_true",
+        help="paired cases: each case folder holds <modality>.nii.gz images (or <modality>/ DICOM series) and "
+        "label.nii.gz on one grid; the datalist lists each case's images by modality (no --format/--modality)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no per-case progress lines")
     return parser
 
@@ -57,18 +68,20 @@ def build_parser() -> argparse.ArgumentParser:
 @pipe_safe
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``omnifm-prepare-data``; returns the exit code (0 converted, 1 nothing, 2 bad arguments or unwritable output)."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.paired and (args.format or args.modality):
+        parser.error("--paired reads each image's modality from its file name: drop --format and --modality")
     from omnifm.data.ingest import prepare_dataset  # MONAI + torch: seconds, so not for --help
+    from omnifm.data.ingest.paired import prepare_paired
 
+    spacing = None if args.spacing is None else tuple(args.spacing)
     try:
-        summary = prepare_dataset(
-            args.input,
-            args.output,
-            fmt=args.format,
-            spacing=None if args.spacing is None else tuple(args.spacing),
-            modality=args.modality,
-            progress=not args.quiet,
-        )
+        if args.paired:
+            summary = prepare_paired(args.input, args.output, spacing=spacing, progress=not args.quiet)
+        else:
+            summary = prepare_dataset(args.input, args.output, fmt=args.format, spacing=spacing,
+                                      modality=args.modality, progress=not args.quiet)
     except ValueError as err:
         print(f"omnifm-prepare-data: error: {err}", file=sys.stderr)
         return EXIT_BAD_ARGS

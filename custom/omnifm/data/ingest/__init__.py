@@ -60,7 +60,9 @@ The package, by concern (each name below is importable from ``omnifm.data.ingest
 - :mod:`~omnifm.data.ingest.geometry`: affine, image/label geometry and resampled-size checks;
 - :mod:`~omnifm.data.ingest.loader`: reading one case through MONAI (:func:`load_case`);
 - :mod:`~omnifm.data.ingest.discovery`: input layouts and DICOM modality (:func:`discover_cases`);
-- :mod:`~omnifm.data.ingest.prepare`: conversion of a whole input folder (:func:`prepare_dataset`).
+- :mod:`~omnifm.data.ingest.prepare`: conversion of a whole input folder (:func:`prepare_dataset`);
+- :mod:`~omnifm.data.ingest.paired`: the same for paired cases, one image per modality and a shared
+  label per case folder (:func:`~omnifm.data.ingest.paired.prepare_paired`).
 """
 
 from __future__ import annotations
