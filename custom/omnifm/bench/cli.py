@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from omnifm.bench.names import GROUPS, PRESET_NAMES, SETTINGS
+from omnifm.bench.subcommands import PARSERS
 from omnifm.tools._cli import pipe_safe
 
 if TYPE_CHECKING:  # the stack (torch, MONAI, the data layer) is imported after argument parsing
@@ -83,6 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "report":
         return _report(argv[1:])
+    if argv and argv[0] in PARSERS:  # --help and bad arguments answer before the subcommand's heavy imports
+        PARSERS[argv[0]]().parse_args(argv[1:])
     if argv and argv[0] == "contrast":
         from omnifm.bench.contrast import main as contrast_main
 

@@ -114,18 +114,12 @@ def contrast_markdown(table: dict[str, dict[str, dict[str, float]]]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """``omnifm-bench contrast``: the tumour-contrast table, written to ``--out`` as contrast.json / contrast.md."""
-    import argparse
     import json
     import sys
-    from pathlib import Path
 
-    parser = argparse.ArgumentParser(prog="omnifm-bench contrast", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, required=True, help="folder for contrast.json and contrast.md")
-    parser.add_argument("--cases", type=int, default=8, help="tumour cases per modality (default 8)")
-    parser.add_argument("--shape", type=int, nargs=3, default=[48, 48, 16], help="phantom volume H W D")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--site", type=int, default=0, help="site index of the acquisitions")
-    args = parser.parse_args(argv)
+    from omnifm.bench.subcommands import contrast_parser
+
+    args = contrast_parser().parse_args(argv)
     table = contrast_table(MODALITIES, args.cases, tuple(args.shape), args.seed, args.site)
     args.out.mkdir(parents=True, exist_ok=True)
     command = "omnifm-bench contrast " + " ".join(argv if argv is not None else sys.argv[2:])

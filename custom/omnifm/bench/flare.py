@@ -10,7 +10,6 @@ the in-process round, bytes per round vs the fp32 shared weights, retrieval vs t
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import re
@@ -28,8 +27,9 @@ from omnifm.algorithms.server import CONTROL_PREFIX
 from omnifm.bench.record import git_info, machine_info, write_json
 from omnifm.bench.runner import RunConfig, run_one
 from omnifm.bench.settings import DataConfig, site_names
+from omnifm.bench.subcommands import SEG_JOB, flare_cost_parser
 
-JOB = Path(__file__).resolve().parents[3] / "jobs" / "omnifm_seg"
+JOB = SEG_JOB
 SERVER_CONFIG = "app/config/config_fed_server.json"
 CLIENT_CONFIG = "app/config/config_fed_client.json"
 TRAIN_KEYS = ("local_epochs", "batch_size", "learning_rate", "keep_empty_fraction", "min_prototype_count")
@@ -181,17 +181,7 @@ def _shared_sizes(record: dict) -> dict[str, int]:
 
 def main(argv: list[str] | None = None) -> int:
     """``omnifm-bench flare-cost``: one shrunk job through FLARE and in-process; writes ``system_cost.json``."""
-    parser = argparse.ArgumentParser(prog="omnifm-bench flare-cost", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--algorithm", default="omnifm")
-    parser.add_argument("--sites", type=int, default=3)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--local-epochs", type=int, default=2)
-    parser.add_argument("--cases", type=int, default=12)
-    parser.add_argument("--shape", type=int, nargs=3, default=[32, 32, 16])
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/system_cost"))
-    parser.add_argument("--job", type=Path, default=JOB)
-    parser.add_argument("--threads", type=int, help="simulator -t (default: the simulator's 1, a fresh process per task)")
-    args = parser.parse_args(argv)
+    args = flare_cost_parser().parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="omnifm_flare_cost_") as tmp:
         job = prepare_job(Path(tmp) / "omnifm_seg", args.algorithm, args.sites, args.rounds, args.local_epochs,
                           args.cases, tuple(args.shape), args.job)

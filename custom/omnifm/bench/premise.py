@@ -29,25 +29,23 @@ Examples::
 
 from __future__ import annotations
 
-import argparse
 import itertools
-import json
 import sys
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
 from omnifm.bench.record import git_info, machine_info, write_json
+from omnifm.bench.subcommands import PREMISE_FRACTIONS, premise_parser
 from omnifm.data.normalize import normalize_intensity
 from omnifm.data.phantom import SITE_MODALITIES, make_phantom_anatomy, render_modality, site_acquisition
 from omnifm.modules.spectral_encoder import fft_magnitude, low_pass_crop
 from omnifm.validation import check_int
 
-FRACTIONS = (0.05, 0.1, 0.25, 0.5)
+FRACTIONS = PREMISE_FRACTIONS
 VARIANTS = ("raw", "standardised")
 _STREAM = 13  # seed-sequence tag of the anatomy draws
 _MIN_BRAIN = 0.1  # a slice counts if at least this share of its pixels is brain
@@ -152,15 +150,9 @@ def premise_markdown(result: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """``omnifm-bench premise``: measure the premise, write ``premise.json`` and ``premise.md`` into ``--out``."""
-    parser = argparse.ArgumentParser(prog="omnifm-bench premise", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, required=True, help="folder for premise.json and premise.md")
-    parser.add_argument("--cases", type=int, default=6, help="anatomies (default 6)")
-    parser.add_argument("--shape", type=int, nargs=3, default=[48, 48, 16], help="phantom volume H W D")
-    parser.add_argument("--fractions", type=float, nargs="+", default=list(FRACTIONS), help="low-pass fractions")
-    parser.add_argument("--modalities", nargs="+", default=list(SITE_MODALITIES), choices=SITE_MODALITIES)
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    result = measure_premise(args.modalities, args.cases, tuple(args.shape), args.fractions, args.seed)
+    args = premise_parser().parse_args(argv)
+    modalities = args.modalities or list(SITE_MODALITIES)
+    result = measure_premise(modalities, args.cases, tuple(args.shape), args.fractions, args.seed)
     context = {"command": "omnifm-bench premise " + " ".join(argv if argv is not None else sys.argv[2:]),
                "git": git_info(), "machine": machine_info()}
     write_json(args.out / "premise.json", {**context, **result})

@@ -37,6 +37,14 @@ def test_help_imports_no_heavy_module(tool):
     assert report["heavy"] == [], f"omnifm.tools.{tool} --help imported {report['heavy']}"
 
 
+def test_bench_subcommand_parsers_keep_the_modules_constants():
+    from omnifm.bench import flare, premise
+    from omnifm.bench.subcommands import premise_parser
+
+    assert premise.FRACTIONS == tuple(premise_parser().parse_args(["--out", "x"]).fractions)
+    assert flare.JOB.is_dir() and (flare.JOB / "meta.json").is_file()
+
+
 def test_make_phantom_parser_constants_match_the_phantom_module():
     from omnifm.data import phantom
     from omnifm.tools import make_phantom
@@ -109,9 +117,11 @@ sys.stderr.write(json.dumps(sorted(m for m in {heavy!r} + ("numpy",) if m in sys
 """
 
 
-@pytest.mark.parametrize("argv", [["--help"], ["report", "--help"]])
+@pytest.mark.parametrize(
+    "argv", [["--help"], ["report", "--help"], ["premise", "--help"], ["contrast", "--help"], ["flare-cost", "--help"]]
+)
 def test_bench_help_imports_no_heavy_module(argv):
-    """Issue 13, item 23: ``omnifm-bench --help`` answers from torch-free names (omnifm.bench.names)."""
+    """Issue 13, item 23: ``omnifm-bench [subcommand] --help`` answers from torch-free names (names, subcommands)."""
     done = subprocess.run([sys.executable, "-c", BENCH_PROBE.format(argv=argv, heavy=HEAVY)],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
