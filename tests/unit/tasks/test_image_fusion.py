@@ -14,6 +14,8 @@ from omnifm.engine import SiteTrainer, TrainConfig
 from omnifm.tasks import get_task
 from omnifm.tasks.image_fusion import FusionTask
 from omnifm.tasks.image_fusion.dataset import FusionSliceDataset
+from monai.losses import SSIMLoss
+
 from omnifm.tasks.image_fusion.loss import FusionLoss, information_weights
 from omnifm.tasks.image_fusion.metrics import BINS, fusion_scores, mutual_information
 from omnifm.tasks.image_fusion.network import build_fusion_net
@@ -59,6 +61,31 @@ def test_the_loss_weights_favour_the_source_with_more_gradient_energy_and_the_lo
     loss = FusionLoss()
     keeps_b, keeps_a = loss(sources[:, 1:], sources), loss(sources[:, :1], sources)
     assert float(keeps_b) < float(keeps_a)  # keeping the sharper source is what the weights reward
+
+
+def test_image_weighting_is_u2fusions_formula_and_pixel_weighting_keeps_each_source_where_its_structure_is():
+    torch.manual_seed(0)
+    sources, fused = torch.rand(3, 2, 32, 32), torch.rand(3, 1, 32, 32)
+    w = information_weights(sources, 2.0)
+    ssim = SSIMLoss(spatial_dims=2, data_range=1.0, reduction="none")
+    expected = sum(w[:, k] * (ssim(fused, sources[:, k:k + 1]).view(-1)
+                              + 20 * (fused - sources[:, k:k + 1]).square().mean(dim=(1, 2, 3))) for k in range(2))
+    assert float(FusionLoss(20.0, 2.0)(fused, sources)) == pytest.approx(float(expected.mean()), rel=1e-5)
+    # A: a smooth background with one sharp lesion on the left; B: a sharp edge on the right only
+    a, b = torch.full((1, 1, 32, 32), 0.3), torch.zeros(1, 1, 32, 32)
+    a[..., 14:18, 4:8] = 1.0
+    b[..., :, 24:] = 1.0
+    pair = torch.cat([a, b], dim=1)
+    local = information_weights(pair, 1.0, "pixel")
+    assert local.shape == (1, 2, 32, 32) and torch.allclose(local.sum(dim=1), torch.ones(1, 32, 32))
+    assert float(local[0, 0, 16, 5]) > 0.9 and float(local[0, 1, 16, 24]) > 0.9
+    keeps_lesion = pair.amax(dim=1, keepdim=True)  # both structures kept
+    loses_lesion = b.clone()
+    pixel, image = FusionLoss(20.0, 1.0, "pixel"), FusionLoss(20.0, 1.0, "image")
+    assert float(pixel(keeps_lesion, pair)) < float(pixel(loses_lesion, pair))
+    with pytest.raises(ValueError, match="weighting"):
+        FusionLoss(weighting="voxel")
+    assert image.weighting == "image"
 
 
 def _pair_cases(n: int, seed: int, size: int = 32, depth: int = 4, unpaired: int = 0) -> list[dict[str, np.ndarray]]:
@@ -169,6 +196,7 @@ def test_the_scores_hold_each_source_the_baselines_and_a_copy_scores_perfectly_o
     [
         ({"kind": "image_fusion", "colour": 1}, "unknown image_fusion task keys"),
         ({"kind": "image_fusion", "temperature": 0}, "temperature"),
+        ({"kind": "image_fusion", "weighting": "voxel"}, "weighting"),
         ({"kind": "image_fusion", "inputs": {"a": ["ct"], "b": ["t1"], "c": ["pet"]}}, "two input slots"),
         ({"kind": "image_fusion", "inputs": {"a": ["ct"], "b": ["ct"]}}, "repeated"),
     ],
@@ -179,18 +207,20 @@ def test_bad_task_specs_are_refused_by_name(spec, message):
 
 
 def test_task_round_trips_through_the_run_spec():
-    task = {"kind": "image_fusion", "inputs": {"pet": ["pet"], "mri": ["t2"]}, "temperature": 3.0}
+    task = {"kind": "image_fusion", "inputs": {"pet": ["pet"], "mri": ["t2"]}, "temperature": 3.0, "weighting": "pixel"}
     spec = make_run_spec("omnifm", task=task, model=TINY)
-    assert get_task(spec["task"]) == FusionTask(inputs=(("pet", ("pet",)), ("mri", ("t2",))), temperature=3.0)
+    expected = FusionTask(inputs=(("pet", ("pet",)), ("mri", ("t2",))), temperature=3.0, weighting="pixel")
+    assert get_task(spec["task"]) == expected and get_task(spec["task"]).loss().weighting == "pixel"
     assert get_task(get_task(spec["task"]).to_dict()) == get_task(spec["task"])
     assert spec["model"]["out_channels"] == 1 and spec["model"]["in_channels"] == 2
     with pytest.raises(ValueError, match="in_channels"):
         make_run_spec("fedavg", task={"kind": "image_fusion"}, model={**TINY, "in_channels": 3})
 
 
-def test_a_site_learns_to_beat_the_average_on_the_weighted_ssim():
+@pytest.mark.parametrize("weighting", ["image", "pixel"])
+def test_a_site_learns_to_beat_the_average_on_the_weighted_ssim(weighting):
     torch.manual_seed(0)
-    spec = make_run_spec("fedavg", task={"kind": "image_fusion"}, model=TINY)
+    spec = make_run_spec("fedavg", task={"kind": "image_fusion", "weighting": weighting}, model=TINY)
     config = TrainConfig(local_epochs=8, batch_size=8, learning_rate=3e-3, lr_schedule="constant")
     trainer = SiteTrainer(spec, config, _pair_cases(4, 0), _pair_cases(2, 1), device=torch.device("cpu"))
     before = trainer.evaluate(None)

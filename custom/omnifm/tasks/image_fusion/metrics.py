@@ -14,8 +14,8 @@ Per case (all its scored head slices together), with the fused image ``F`` and t
   every fusion that stays between them (the average, max-selection, any per-pixel mix): only the
   split into ``l1_a`` / ``l1_b`` says which source the fused image keeps.
 - ``ssim_w``: the information-weighted SSIM ``mean over slices of sum_k w_k SSIM(F, I_k)``, with
-  the weights ``w`` of the loss (:func:`~omnifm.tasks.image_fusion.loss.information_weights`,
-  computed from the sources alone, so every method is weighted alike) — SSIM weighted by each
+  per-slice gradient-energy weights ``w`` (:func:`~omnifm.tasks.image_fusion.loss.information_weights`,
+  ``weighting="image"``, computed from the sources alone, so every method is weighted alike) — SSIM weighted by each
   source's saliency, in the spirit of Piella and Heijmans' weighted fusion quality index (2003).
   The task's headline (:mod:`omnifm.tasks.image_fusion.task` says why).
 

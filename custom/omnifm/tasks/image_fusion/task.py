@@ -14,7 +14,8 @@ Metrics (:mod:`omnifm.tasks.image_fusion.metrics`): ``mi_a``, ``mi_b``, ``ssim_a
 ``l1_a``, ``l1_b`` against each source, ``mi`` / ``ssim`` / ``l1`` their sum / mean / mean, and the
 same three for the trivial fusions on the same slices: ``*_avg`` ((A + B) / 2) and ``*_max``
 (pixel-wise maximum), and ``ssim_w``, SSIM to each source weighted by that source's information
-weight (the loss's gradient-energy weights, a property of the sources, not of the model).
+weight (per-slice gradient-energy weights at ``tau`` = :data:`METRIC_TEMPERATURE`, whatever the loss
+uses: a property of the sources, not of the model or its training).
 **Headline: ``ssim_w``.** The unweighted mean SSIM asks a PET-MRI fusion to keep as much of a
 blurred PET's structure as of the MRI's anatomy, which no fusion can (it is capped near the
 average's value, and a network that follows the content weights scores below it); MI rewards
@@ -43,11 +44,12 @@ from torch.utils.data import Dataset
 
 from omnifm.tasks.base import Case, Task, fixed_out_channels
 from omnifm.tasks.image_fusion.dataset import FusionSliceDataset, case_sources, is_paired
+from omnifm.tasks.image_fusion.loss import WEIGHTINGS
 from omnifm.tasks.segmentation.task import BRATS_CLASSES
 from omnifm.validation import check_range
 
 LOG = logging.getLogger(__name__)
-_FIELDS = ("kind", "inputs", "min_head_fraction", "mse_weight", "temperature")
+_FIELDS = ("kind", "inputs", "min_head_fraction", "mse_weight", "temperature", "weighting")
 FUSION_INPUTS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("functional_or_ct", ("ct", "pet", "spect")), ("mri", ("t1", "t1ce", "t2", "flair")),
 )
@@ -56,6 +58,7 @@ NETWORK = (*SUMMARY, "mi_a", "mi_b", "ssim_a", "ssim_b", "l1_a", "l1_b")
 BASELINE = tuple(f"{m}_{b}" for b in ("avg", "max") for m in SUMMARY)
 COUNTS = ("cases", "unpaired")
 FIGURE_CASES = 3  # rows of the picture
+METRIC_TEMPERATURE = 2.0  # tau of ssim_w's per-slice weights, whatever the loss is configured with
 
 
 @dataclass(frozen=True)
@@ -67,8 +70,10 @@ class FusionTask(Task):
             ["ct", "pet", "spect"], "mri": ["t1", ...]}``); slot 0 is source A, slot 1 source B.
         min_head_fraction: a slice is used when at least this fraction of it is head.
         mse_weight: ``alpha`` of the loss (U2Fusion's 20).
-        temperature: ``tau`` of the information weights (2: weights proportional to the square root
-            of each source's gradient energy, so a smooth PET or SPECT still gets about a fifth).
+        temperature: ``tau`` of the loss's information weights (2: weights proportional to the square
+            root of each source's gradient energy, so a smooth PET or SPECT still gets about a fifth).
+        weighting: ``image`` (U2Fusion: one weight per source and slice) or ``pixel`` (per pixel, from
+            the local gradient energy); :mod:`omnifm.tasks.image_fusion.loss`.
 
     ``keep_empty_fraction`` (a segmentation setting) has no meaning here and is ignored.
 
@@ -86,6 +91,7 @@ class FusionTask(Task):
     min_head_fraction: float = 0.05
     mse_weight: float = 20.0
     temperature: float = 2.0
+    weighting: str = "image"
 
     def __post_init__(self) -> None:
         from omnifm.tasks.classification.task import _slots
@@ -96,6 +102,8 @@ class FusionTask(Task):
         check_range("min_head_fraction", self.min_head_fraction, 0, 1)
         check_range("mse_weight", self.mse_weight, 0)
         check_range("temperature", self.temperature, 0, low_open=True)
+        if self.weighting not in WEIGHTINGS:
+            raise ValueError(f"weighting must be one of {list(WEIGHTINGS)}, got {self.weighting!r}")
 
     @classmethod
     def from_dict(cls, spec: dict[str, Any]) -> FusionTask:
@@ -107,7 +115,7 @@ class FusionTask(Task):
     def to_dict(self) -> dict[str, Any]:
         return {"kind": self.name, "inputs": {slot: list(kinds) for slot, kinds in self.inputs},
                 "min_head_fraction": self.min_head_fraction, "mse_weight": self.mse_weight,
-                "temperature": self.temperature}
+                "temperature": self.temperature, "weighting": self.weighting}
 
     @property
     def input_slots(self) -> tuple[tuple[str, tuple[str, ...]], ...]:
@@ -143,7 +151,7 @@ class FusionTask(Task):
     def loss(self) -> nn.Module:
         from omnifm.tasks.image_fusion.loss import FusionLoss
 
-        return FusionLoss(self.mse_weight, self.temperature)
+        return FusionLoss(self.mse_weight, self.temperature, self.weighting)
 
     def sources(self, case: Case) -> torch.Tensor:
         """A paired case's sources ``(S, 2, H, W)``: its head slices in ``[0, 1]``."""
@@ -171,7 +179,7 @@ class FusionTask(Task):
             if fused is None or fused.shape[0] == 0:
                 continue
             sources = self.sources(case)
-            weights = information_weights(sources, self.temperature)
+            weights = information_weights(sources, METRIC_TEMPERATURE)  # the scoring weights: fixed, per slice
             scores = fusion_scores(fused, sources, weights)
             for kind, image in baselines(sources).items():
                 trivial = fusion_scores(image, sources, weights)
