@@ -223,10 +223,10 @@ def verify_cases(
     for index, case in enumerate(cases):
         if "images" in case:
             problems, loaded, masked = _check_paired(case, config, mapping, loader, require_label)
-            report.masked += [(index, modality, reason) for modality, reason in masked] if not problems else []
         else:
-            problems, loaded = _check_case(case, config, mapping, loader, require_label)
+            (problems, loaded), masked = _check_case(case, config, mapping, loader, require_label), []
         problems += _duplicate_problem(index, case, first_index)
+        report.masked += [] if problems else [(index, modality, reason) for modality, reason in masked]
         _record(report, index, problems, _kept(loaded, case, config, normalize) if keep_loaded and not problems else None)
         if (index + 1) % _PROGRESS_EVERY == 0 or index + 1 == len(cases):
             logger.info("integrity check: %d/%d cases checked, %d bad", index + 1, len(cases), len(report.bad))
