@@ -253,7 +253,7 @@ class OmniFMExecutor(Executor):
         data = load_site_data(config, workspace.get_root_dir(), site, get_task(spec["task"]))
         log = self.log_warning if data.synthetic else self.log_info
         log(fl_ctx, f"{site} data ({source}): {data.description}" + (" -- NOT patient data" if data.synthetic else ""))
-        if data.skipped:
+        if data.problems:  # skipped cases, and masked modalities of kept paired cases, by case index
             self.log_warning(fl_ctx, f"{site}: the integrity gate skipped {data.skipped} case(s): " + "; ".join(data.problems))
         return data
 
