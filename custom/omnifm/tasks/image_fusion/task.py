@@ -167,7 +167,7 @@ class FusionTask(Task):
         """The ``(S, 1, H, W)`` fused slices in ``[0, 1]``; None for an unpaired case."""
         if not is_paired(case):
             return None
-        return logits.float().clamp(0.0, 1.0).cpu()
+        return logits.detach().float().clamp(0.0, 1.0).cpu()
 
     def score(self, predictions: list[Any], cases: list[Case]) -> dict[str, float]:
         from omnifm.tasks.image_fusion.loss import information_weights
