@@ -1,5 +1,5 @@
 """A task's picture of the final model: the executor sends it with the final metrics, the job summary writes it
-next to the results (``cross_site_val/<site>_<name>``); a task without ``figure`` sends none."""
+next to the results (``cross_site_val/<site>_<name>``); a task that draws none (the default ``figure``) sends none."""
 
 from __future__ import annotations
 
@@ -48,6 +48,9 @@ class _Task:
     def _figure(self, cases, predict, title):
         self.seen = [predict(c) for c in cases]
         return PNG
+
+    def figure(self, cases, predict, title):  # the protocol's default (omnifm.tasks.Task.figure): no picture
+        return None
 
 
 def _trainer(task):

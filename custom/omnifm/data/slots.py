@@ -69,3 +69,27 @@ def to_slots(case: dict[str, np.ndarray], channels: Sequence[str], assignment: d
             slotted[assignment[modality]] = image[j]
             present[assignment[modality]] = 1
     return {**case, "image": slotted, "present": present}
+
+
+def parse_slots(inputs: object) -> Slots:
+    """A task's ``inputs`` setting as slot tuples: two or more named slots, each with known modalities, none shared.
+
+    Raises:
+        ValueError: naming the problem.
+
+    Examples::
+
+        >>> parse_slots({"ct": ["ct"], "mri": ["t1", "t2"]})
+        (('ct', ('ct',)), ('mri', ('t1', 't2')))
+    """
+    from omnifm.data.modalities import MODALITIES
+
+    pairs = list(inputs.items()) if isinstance(inputs, dict) else list(inputs)  # type: ignore[call-overload]
+    slots = tuple((str(slot), tuple(kinds)) for slot, kinds in pairs)
+    listed = [m for _, kinds in slots for m in kinds]
+    if len(slots) < 2 or any(not kinds for _, kinds in slots):
+        raise ValueError(f"task inputs must name two or more slots, each with its modalities; got {inputs!r}")
+    unknown = sorted(set(listed) - set(MODALITIES))
+    if unknown or len(set(listed)) != len(listed):
+        raise ValueError(f"task inputs: unknown {unknown} or repeated modalities in {inputs!r} (known: {list(MODALITIES)})")
+    return slots

@@ -138,14 +138,12 @@ class OmniFMExecutor(Executor):
         return DXO(data_kind=DataKind.METRICS, data=scores, meta={FIGURES: figures} if figures else None).to_shareable()
 
     def _figures(self, trainer: SiteTrainer, bank: KnowledgeBank | None, split: str, fl_ctx: FLContext) -> dict:
-        """``{name: PNG bytes}`` of a task that draws its final model (an optional ``figure(cases, predict, title)``).
+        """``{name: PNG bytes}`` of a task that draws its final model (:meth:`omnifm.tasks.Task.figure`; most do not).
 
         The server's job summary writes them next to the results (``cross_site_val/<site>_<name>``).
         A failing picture is a warning, never a failed evaluation.
         """
-        figure = getattr(trainer.task, "figure", None)
-        if figure is None:
-            return {}
+        figure = trainer.task.figure
         site = fl_ctx.get_identity_name()
         model = trainer.personal_model if trainer.personal_model is not None else trainer.model
         retriever = trainer._retriever(bank, seed=EVAL_SEED)  # the one trainer.evaluate scores with

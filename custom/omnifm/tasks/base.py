@@ -116,6 +116,14 @@ class Task(ABC):
         """
         return {}
 
+    def figure(self, cases: list[Case], predict: Callable[[Case], Any], title: str = "") -> bytes | None:
+        """A PNG of the final model on ``cases`` (``predict(case)``: :meth:`reduce`'s output), or None.
+
+        The executor sends it with the final evaluation and the server's job summary writes it next to
+        the results (``cross_site_val/<site>_<task>_<split>.png``). Default: no picture.
+        """
+        return None
+
     def metric_names(self, scores: dict[str, float]) -> list[str]:
         """The score keys that are metrics (reported per round as ``<name>_global`` / ``<name>_local``)."""
         return [k for k in scores if k != "cases"]

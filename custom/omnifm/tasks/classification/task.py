@@ -75,7 +75,9 @@ class ClsTask(Task):
 
     def __post_init__(self) -> None:
         if self.inputs is not None:
-            object.__setattr__(self, "inputs", _slots(self.inputs))
+            from omnifm.data.slots import parse_slots
+
+            object.__setattr__(self, "inputs", parse_slots(self.inputs))
         if tuple(self.classes) != LOCATION_CLASSES:
             raise ValueError(f"classification classes are fixed by the location rule: {list(LOCATION_CLASSES)}")
         object.__setattr__(self, "classes", tuple(self.classes))
@@ -192,22 +194,3 @@ def _without(case: Case, slot: int) -> Case | None:
     image = np.array(case["image"], copy=True)
     image[slot], present[slot] = 0, 0
     return {**case, "image": image, "present": present}
-
-
-def _slots(inputs: Any) -> tuple[tuple[str, tuple[str, ...]], ...]:
-    """``inputs`` as slot tuples; each slot a name with one or more known modalities, none shared.
-
-    Raises:
-        ValueError: naming the problem.
-    """
-    from omnifm.data.modalities import MODALITIES
-
-    pairs = list(inputs.items()) if isinstance(inputs, dict) else list(inputs)
-    slots = tuple((str(slot), tuple(kinds)) for slot, kinds in pairs)
-    listed = [m for _, kinds in slots for m in kinds]
-    if len(slots) < 2 or any(not kinds for _, kinds in slots):
-        raise ValueError(f"task inputs must name two or more slots, each with its modalities; got {inputs!r}")
-    unknown = sorted(set(listed) - set(MODALITIES))
-    if unknown or len(set(listed)) != len(listed):
-        raise ValueError(f"task inputs: unknown {unknown} or repeated modalities in {inputs!r} (known: {list(MODALITIES)})")
-    return slots

@@ -94,9 +94,9 @@ class FusionTask(Task):
     weighting: str = "image"
 
     def __post_init__(self) -> None:
-        from omnifm.tasks.classification.task import _slots
+        from omnifm.data.slots import parse_slots
 
-        object.__setattr__(self, "inputs", _slots(self.inputs))
+        object.__setattr__(self, "inputs", parse_slots(self.inputs))
         if len(self.inputs) != 2:
             raise ValueError(f"image fusion has two input slots (source A, source B); inputs has {len(self.inputs)}")
         check_range("min_head_fraction", self.min_head_fraction, 0, 1)
