@@ -81,7 +81,7 @@ def test_task_job_runs_out_of_the_box(tmp_path, name):
         assert low <= results[site]["SRV_FL_global_model"][TASK_JOBS[name]] <= high
     assert f"final global model {TASK_JOBS[name]} per site" in log
     if name == "omnifm_cls_fusion":  # site-1 holds paired CT+MRI cases, site-2 MRI only
-        assert "modalities ct+t1ce" in log and "modalities t1ce;" in log
+        assert "modalities ct+t1ce," in log and "modalities t1ce," in log
     if name == "omnifm_fusion":  # paired sites; each site's picture is written next to the results
         assert "modalities ct+t1" in log and "modalities pet+t1" in log
         for site in SITES:
