@@ -28,7 +28,7 @@ import numpy as np
 from omnifm.data.modalities import MODALITIES
 from omnifm.data.phantom.acquisition import Acquisition, acquisition_spacing, site_acquisition
 from omnifm.data.phantom.anatomy import make_phantom_anatomy
-from omnifm.data.phantom.conventions import DEFAULT_SHAPE, _check_format, _check_modality, _check_shape
+from omnifm.data.phantom.conventions import DEFAULT_SHAPE, _check_modality
 from omnifm.data.phantom.render import render_modality
 from omnifm.data.phantom.site_writer import (
     DATALIST_NAME,
@@ -37,9 +37,9 @@ from omnifm.data.phantom.site_writer import (
     _case_rng,
     _write_json,
     read_phantom_manifest,
+    site_request,
 )
 from omnifm.data.phantom.volume_files import _save_nifti, _SeriesInfo, _write_dicom_series
-from omnifm.validation import check_int
 
 _STREAM_PAIRED = 7  # stream of the per-modality render generators (the anatomy uses the site writer's)
 
@@ -101,14 +101,7 @@ def write_paired_phantom_site(
     modalities = [_check_modality(m) for m in modalities]
     if len(modalities) < 2 or len(set(modalities)) != len(modalities):
         raise ValueError(f"a paired phantom needs two or more distinct modalities, got {modalities}")
-    request = {
-        "paired": modalities,
-        "num_cases": check_int("num_cases", num_cases),
-        "seed": check_int("seed", seed, 0),
-        "shape": list(_check_shape(shape)),
-        "site_index": check_int("site_index", site_index, 0),
-        "format": _check_format(fmt),
-    }
+    request = {"paired": modalities, **site_request(num_cases, seed, shape, site_index, fmt)}
     out = Path(out_dir).resolve()
     entries = _entries(modalities, request["num_cases"], request["format"])
     if not _is_current(out, request, entries):

@@ -115,6 +115,17 @@ def _write_case(out: Path, entry: dict[str, str], request: dict[str, Any], acq: 
     return {"id": entry["id"], "tumour_free": anatomy.tumour_free, "label_voxels": counts}
 
 
+def site_request(num_cases: int, seed: int, shape: Sequence[int], site_index: int, fmt: str) -> dict[str, Any]:
+    """The checked arguments every phantom site request holds (the manifest's ``request`` after the modalities)."""
+    return {
+        "num_cases": check_int("num_cases", num_cases),
+        "seed": check_int("seed", seed, 0),
+        "shape": list(_check_shape(shape)),
+        "site_index": check_int("site_index", site_index, 0),
+        "format": _check_format(fmt),
+    }
+
+
 def write_phantom_site(
     out_dir: str | Path,
     modality: str,
@@ -148,14 +159,7 @@ def write_phantom_site(
     Raises:
         ValueError: If an argument is invalid.
     """
-    request = {
-        "modality": _check_modality(modality),
-        "num_cases": check_int("num_cases", num_cases),
-        "seed": check_int("seed", seed, 0),
-        "shape": list(_check_shape(shape)),
-        "site_index": check_int("site_index", site_index, 0),
-        "format": _check_format(fmt),
-    }
+    request = {"modality": _check_modality(modality), **site_request(num_cases, seed, shape, site_index, fmt)}
     out = Path(out_dir).resolve()
     entries = [_relative_paths(i, request["format"]) for i in range(request["num_cases"])]
     result = [_absolute(out, e, request["modality"]) for e in entries]
