@@ -189,7 +189,8 @@ class OmniFMExecutor(Executor):
         )
         if result.diagnostics:
             shown = " ".join(f"{k}={v:.4f}" for k, v in result.diagnostics.items())
-            self.log_info(fl_ctx, f"round {current} {site}: OmniFM diagnostics {shown}")
+            label = "OmniFM diagnostics" if trainer.algorithm.uses_bank else "diagnostics"  # input ablations: any algorithm
+            self.log_info(fl_ctx, f"round {current} {site}: {label} {shown}")
         self._stream(result.metrics, current)
         out = DXO(data_kind=DataKind.WEIGHTS, data=wire.to_numpy(result.weights), meta=wire.result_meta(result))
         out.set_meta_prop(MetaKey.NUM_STEPS_CURRENT_ROUND, result.n_samples)
