@@ -94,7 +94,7 @@ def step_cost(algorithm: str, cache: Path, steps: int, setting: str) -> dict[str
     for i in range(steps + 1):  # interleaved, so a change of the machine's load hits both; step 0 warms up
         for mode, trainer in trainers.items():
             retriever = trainer._retriever(None)
-            batch = next(iter(trainer._loader(i, 0)))
+            batch = next(iter(trainer.round_loader(i, 0)))
             t0 = time.perf_counter()
             if mode == "dp":
                 gens = (torch.Generator().manual_seed(i), torch.Generator().manual_seed(i + 1))
