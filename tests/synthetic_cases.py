@@ -24,6 +24,20 @@ def volumes(n: int, seed: int, contrast: float = 2.0) -> list[dict[str, np.ndarr
     return cases
 
 
+def quadrant_cases(n: int, seed: int, channels: int = 1) -> list[dict[str, np.ndarray]]:
+    """``n`` cases of ``channels``x24x24x4: a box labelled 2 in a random off-centre quadrant of the middle
+    slices, visible (+1) in every channel over Gaussian noise (the classification tests' location task)."""
+    rng = np.random.default_rng(seed)
+    cases = []
+    for _ in range(n):
+        label = np.zeros((1, 24, 24, 4), np.uint8)
+        y, x = rng.choice([3, 15]), rng.choice([3, 15])
+        label[0, y:y + 6, x:x + 6, 1:3] = 2
+        image = rng.normal(0, 0.3, (channels, 24, 24, 4)).astype(np.float32) + label.astype(np.float32)
+        cases.append({"image": image, "label": label})
+    return cases
+
+
 class FakeWorkspace:
     def __init__(self, root):
         self.root = str(root)

@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 import torch
 
+from synthetic_cases import quadrant_cases as _quadrant_cases
+
 from omnifm.algorithms import make_run_spec
 from omnifm.engine import SiteTrainer, TrainConfig
 from omnifm.tasks import get_task
@@ -133,19 +135,6 @@ def test_retrieved_values_change_the_prediction():
         a = model(x, prototypes=s[:, None], spectral_token=s, values=torch.rand(4, 1, model.value_dim) + 0.1).logits
         b = model(x, prototypes=s[:, None], spectral_token=s, values=torch.rand(4, 1, model.value_dim) + 0.1).logits
     assert float((a - b).abs().mean() / a.abs().mean()) > 1e-3
-
-
-def _quadrant_cases(n: int, seed: int) -> list[dict[str, np.ndarray]]:
-    """Cases of 1x24x24x4: a bright box per case at a random off-centre spot in its middle slices."""
-    rng = np.random.default_rng(seed)
-    cases = []
-    for _ in range(n):
-        label = np.zeros((1, 24, 24, 4), np.uint8)
-        y, x = rng.choice([3, 15]), rng.choice([3, 15])
-        label[0, y:y + 6, x:x + 6, 1:3] = 2
-        image = rng.normal(0, 0.3, label.shape).astype(np.float32) + 2.0 * label / 2
-        cases.append({"image": image, "label": label})
-    return cases
 
 
 def test_a_site_learns_the_location_classes():

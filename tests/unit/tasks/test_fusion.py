@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 import torch
 
+from synthetic_cases import quadrant_cases
+
 from omnifm.algorithms import make_run_spec
 from omnifm.engine import SiteTrainer, TrainConfig
 from omnifm.engine.diagnostics import ablation_effect
@@ -121,15 +123,10 @@ def test_the_model_and_the_inputs_go_together():
 
 def _cases(n: int, present: tuple[int, int], seed: int) -> list[dict[str, np.ndarray]]:
     """Slot cases (2x24x24x4): a box in a random quadrant, visible in each present slot, absent slots zero."""
-    rng = np.random.default_rng(seed)
-    cases = []
-    for _ in range(n):
-        label = np.zeros((1, 24, 24, 4), np.uint8)
-        y, x = rng.choice([3, 15]), rng.choice([3, 15])
-        label[0, y:y + 6, x:x + 6, 1:3] = 2
-        image = rng.normal(0, 0.3, (2, 24, 24, 4)).astype(np.float32) + label.astype(np.float32)
-        image[[s for s, p in enumerate(present) if not p]] = 0
-        cases.append({"image": image, "label": label, "present": np.array(present, np.uint8)})
+    cases = quadrant_cases(n, seed, channels=2)
+    for case in cases:
+        case["image"][[s for s, p in enumerate(present) if not p]] = 0
+        case["present"] = np.array(present, np.uint8)
     return cases
 
 
