@@ -141,7 +141,8 @@ def _verified_site_data(config: SiteConfig, task: Task, synthetic: bool) -> Site
     report = verify_cases(cases, config, list(task.label_classes), keep_loaded=True, normalize=False)
     if not report.usable:
         raise SiteConfigError("no usable cases at this site:\n" + "\n".join(report.lines()))
-    volumes = [_for_task(report.loaded[i], cases[i], config, task) for i in report.good]
+    slots = None if task.input_slots is None else assign_slots(config.modalities, task.input_slots)
+    volumes = [_for_task(report.loaded[i], cases[i], config, slots, len(task.input_slots or ())) for i in report.good]
     train_idx, val_idx, test_idx = split_cases(len(volumes), config.val_fraction, config.split_seed, config.test_fraction)
     kind = "SYNTHETIC phantom" if synthetic else "site data"
     counts = f"{len(train_idx)} train / {len(val_idx)} val / {len(test_idx)} test cases"
@@ -156,21 +157,23 @@ def _verified_site_data(config: SiteConfig, task: Task, synthetic: bool) -> Site
     )
 
 
-def _for_task(loaded: dict[str, np.ndarray], case: dict, config: SiteConfig, task: Task) -> dict[str, np.ndarray]:
-    """A good case as ``task`` reads it: normalised per modality, in the task's input slots if it has them.
+def _for_task(loaded: dict[str, np.ndarray], case: dict, config: SiteConfig,
+              slots: dict[str, int] | None, num_slots: int) -> dict[str, np.ndarray]:
+    """A good case as the task reads it: normalised per modality, placed in the task's input slots
+    (``slots``: site modality -> slot of ``num_slots``, :func:`~omnifm.data.slots.assign_slots`; None: one
+    image per case).
 
     Raises:
-        SiteConfigError: a paired case for a task that reads one image, or modalities the slots cannot take.
+        SiteConfigError: a paired case for a task that reads one image.
     """
     channels = case_modalities(case, config)
     volume = normalized_case(loaded, case.get("modality"), config.ct_window, channels)
-    if task.input_slots is None:
+    if slots is None:
         if channels is not None:
             raise SiteConfigError(
                 'the datalist has paired cases ("images": several modalities per case) but this job\'s model reads '
                 'one image per case; list one "image" per case, or use a multi-modality model (e.g. the '
                 'classification task with "model": {"name": "ct_mri_fusion"})')
         return volume
-    assignment = assign_slots(config.modalities, task.input_slots)
-    return to_slots(volume, channels or [case["modality"]], assignment, len(task.input_slots))
+    return to_slots(volume, channels or [case["modality"]], slots, num_slots)
 

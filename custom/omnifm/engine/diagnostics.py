@@ -101,19 +101,25 @@ def ablation_effect(
     """``ablate_<name>_<headline>_delta`` for each of the task's ablations (see the module docstring).
 
     Both scores are taken on the same cases: those the ablation applies to (it returns a case, not None).
+    Each case's unablated prediction is computed once, whatever the number of ablations.
     """
     from omnifm.engine.evaluate import predict_case
 
-    out = {}
-    if not volumes:
-        return out
+    ablations = task.ablations()
+    if not volumes or not ablations:
+        return {}
     model.eval()
-    for name, ablate in task.ablations().items():
-        pairs = [(case, ablated) for case in volumes if (ablated := ablate(case)) is not None]
+    full: dict[int, object] = {}
+    out = {}
+    for name, ablate in ablations.items():
+        pairs = [(i, ablated) for i, case in enumerate(volumes) if (ablated := ablate(case)) is not None]
         if not pairs:
             continue
-        cases, ablated = [p[0] for p in pairs], [p[1] for p in pairs]
-        full = task.score([predict_case(model, c, device, retriever, task) for c in cases], cases)[task.headline]
-        less = task.score([predict_case(model, c, device, retriever, task) for c in ablated], ablated)[task.headline]
-        out[f"ablate_{name}_{task.headline}_delta"] = float(full - less)
+        for i, _ in pairs:
+            if i not in full:
+                full[i] = predict_case(model, volumes[i], device, retriever, task)
+        cases, ablated = [volumes[i] for i, _ in pairs], [a for _, a in pairs]
+        score_full = task.score([full[i] for i, _ in pairs], cases)[task.headline]
+        score_less = task.score([predict_case(model, c, device, retriever, task) for c in ablated], ablated)[task.headline]
+        out[f"ablate_{name}_{task.headline}_delta"] = float(score_full - score_less)
     return out
