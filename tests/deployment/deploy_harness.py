@@ -80,6 +80,9 @@ def kit_env() -> dict[str, str]:
     env = dict(os.environ)
     env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"
     env.pop("PYTHONPATH", None)
+    # the server and every site run on this one machine: one PyTorch thread each (not one per core
+    # each), as tests/integration/test_simulator.py's simulator_env does for the simulator's clients
+    env.setdefault("OMP_NUM_THREADS", "1")
     return env
 
 

@@ -22,6 +22,9 @@ import torch
 
 from omnifm.knowledge import KnowledgeBank
 
+sys.path.insert(0, str(Path(__file__).parent))
+from test_simulator import simulator_env  # noqa: E402  (same folder)
+
 JOB = Path(__file__).resolve().parents[2] / "jobs" / "omnifm_seg"
 N_SITES = 16
 SITES = [f"site-{i + 1}" for i in range(N_SITES)]
@@ -54,7 +57,7 @@ def test_sixteen_sites_run_to_completion(tmp_path):
     start = time.perf_counter()
     cmd = [sys.executable, "-m", "nvflare.cli", "simulator", str(job), "-w", str(tmp_path / "ws"),
            "-n", str(N_SITES), "-t", str(N_SITES)]
-    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=1200, env=dict(os.environ))
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=1200, env=simulator_env(N_SITES))
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log[-4000:]
     run = tmp_path / "ws" / "server" / "simulate_job"

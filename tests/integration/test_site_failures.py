@@ -19,6 +19,9 @@ from pathlib import Path
 import pytest
 import torch
 
+sys.path.insert(0, str(Path(__file__).parent))
+from test_simulator import simulator_env  # noqa: E402  (same folder)
+
 JOB = Path(__file__).resolve().parents[2] / "jobs" / "omnifm_seg"
 SITES = ["site-1", "site-2", "site-3"]
 BAD = "site-3"
@@ -53,7 +56,7 @@ def _shrink(job: Path, rounds: int = 2) -> None:
 
 def _simulate(job: Path, workspace: Path, threads: int) -> tuple[int, str]:
     cmd = [sys.executable, "-m", "nvflare.cli", "simulator", str(job), "-w", str(workspace), "-t", str(threads)]
-    proc = subprocess.run(cmd, cwd=job.parent, capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(cmd, cwd=job.parent, capture_output=True, text=True, timeout=900, env=simulator_env(threads))
     return proc.returncode, proc.stdout + proc.stderr
 
 

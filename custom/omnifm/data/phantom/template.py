@@ -1,15 +1,34 @@
 """The anatomy template: nilearn's packaged MNI152 2 mm grey/white-matter maps and brain mask,
-padded, with the signed distance to the intracranial envelope; prepared once per process."""
+padded, with the signed distance to the intracranial envelope; prepared once per process.
+
+Preparing it takes about 5 s of CPU (nilearn resamples its templates, SciPy computes the distance
+transform), and every process that draws a phantom needs it: each FLARE simulator worker, each
+benchmark run, each test process. The prepared arrays are therefore kept in a file,
+``<cache dir>/mni152_template-<key>.npz``, read back in milliseconds and bit-identical to a fresh
+preparation. The cache dir is ``$OMNIFM_CACHE_DIR`` if set (empty: no file cache), else
+``$XDG_CACHE_HOME/omnifm`` or ``~/.cache/omnifm``; the key covers :data:`TEMPLATE_VERSION`, the
+padding and the nilearn, SciPy and NumPy versions. An unreadable, foreign or unwritable cache is
+ignored (the template is prepared in memory). Only nilearn's public MNI templates are stored there,
+never site data.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import logging
+import os
+import tempfile
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 from scipy import ndimage as ndi
 
+LOG = logging.getLogger(__name__)
 _TEMPLATE_PAD = 10  # template voxels of padding, room for the skull and scalp shells
+TEMPLATE_VERSION = 1  # bump when the preparation below changes (the file cache's key)
+_FIELDS = ("channels", "origin", "voxel", "centre", "z_range", "candidates")
 
 
 @dataclass(frozen=True, eq=False)
@@ -60,9 +79,64 @@ def _envelope_distance(mask: np.ndarray, voxel: float) -> np.ndarray:
     return ((outside - inside) * voxel).astype(np.float32)
 
 
+def cache_dir() -> Path | None:
+    """Where prepared templates are kept (module docstring); None: no file cache."""
+    configured = os.environ.get("OMNIFM_CACHE_DIR")
+    if configured is not None:
+        return Path(configured) if configured.strip() else None
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "omnifm"
+
+
+def _cache_file(folder: Path) -> Path:
+    import nilearn
+    import scipy
+
+    key = f"{TEMPLATE_VERSION}|{_TEMPLATE_PAD}|{nilearn.__version__}|{scipy.__version__}|{np.__version__}"
+    return folder / f"mni152_template-{hashlib.sha256(key.encode()).hexdigest()[:16]}.npz"
+
+
+def _read_cached(path: Path) -> _Template | None:
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            fields = {name: np.array(data[name]) for name in _FIELDS}
+    except Exception as err:  # noqa: BLE001 - any unreadable or foreign file: prepare afresh
+        if path.exists():
+            LOG.warning("ignoring the unreadable template cache %s (%s); preparing the template afresh", path, err)
+        return None
+    fields["channels"].setflags(write=False)
+    return _Template(fields["channels"], fields["origin"], float(fields["voxel"]), fields["centre"],
+                     (float(fields["z_range"][0]), float(fields["z_range"][1])), fields["candidates"])
+
+
+def _write_cached(path: Path, template: _Template) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.stem, suffix=".tmp")
+        with os.fdopen(handle, "wb") as out:
+            np.savez(out, **{name: np.asarray(getattr(template, name)) for name in _FIELDS})
+        os.replace(tmp, path)
+    except OSError as err:
+        LOG.info("not caching the MNI template in %s (%s)", path.parent, err)
+        if "tmp" in locals():
+            Path(tmp).unlink(missing_ok=True)
+
+
 @lru_cache(maxsize=1)
 def _template() -> _Template:
-    """Load and prepare the MNI152 anatomy once per process."""
+    """The MNI152 anatomy: once per process, from the file cache when it holds it (module docstring)."""
+    folder = cache_dir()
+    path = _cache_file(folder) if folder is not None else None
+    template = _read_cached(path) if path is not None else None
+    if template is None:
+        template = _prepare_template()
+        if path is not None:
+            _write_cached(path, template)
+    return template
+
+
+def _prepare_template() -> _Template:
+    """Load and prepare the MNI152 anatomy."""
     gm, wm, mask, affine = _load_mni152()
     pad = _TEMPLATE_PAD
     gm, wm, mask = (np.pad(a, pad) for a in (gm, wm, mask))
