@@ -17,6 +17,7 @@ TASKS: dict[str, str] = {
     "classification": "omnifm.tasks.classification:ClsTask",
     "super_resolution": "omnifm.tasks.super_resolution:SRTask",
     "image_fusion": "omnifm.tasks.image_fusion:FusionTask",
+    "vqa": "omnifm.tasks.vqa:VQATask",
 }
 DEFAULT_TASK = "segmentation"
 
