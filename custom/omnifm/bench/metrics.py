@@ -34,9 +34,11 @@ DEFAULT_HEADLINE = task_class(DEFAULT_TASK).headline  # the headline of records 
 
 # How tables name a metric; a key not listed is shown as it is (a headline's sub-metric
 # ``<headline>_<X>`` as ``X``).
-LABELS = {"dice": "Dice", "accuracy": "accuracy", "macro_f1": "macro-F1", "auc": "AUC"}
+LABELS = {"dice": "Dice", "accuracy": "accuracy", "macro_f1": "macro-F1", "auc": "AUC",
+          "ssim_w_avg": "ssim_w of (A+B)/2", "ssim_w_max": "ssim_w of max(A,B)"}
 # Metrics the tables show per task (the JSON and CSV keep every metric); a task not listed shows all.
-SHOWN = {"classification": ("accuracy", "macro_f1", "auc")}
+SHOWN = {"classification": ("accuracy", "macro_f1", "auc"),
+         "image_fusion": ("ssim_w", "mi", "ssim", "l1", "ssim_w_avg", "ssim_w_max")}
 
 
 def task_name(run: Mapping[str, Any]) -> str:

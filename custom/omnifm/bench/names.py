@@ -7,6 +7,6 @@ checks when it is imported.
 
 from __future__ import annotations
 
-SETTINGS = ("cross-modality", "cross-modality+t1", "same-modality", "dirichlet", "same-modality-t2")
+SETTINGS = ("cross-modality", "cross-modality+t1", "same-modality", "dirichlet", "same-modality-t2", "fusion-pairs")
 GROUPS = ("main", "ablation", "sensitivity")
-PRESET_NAMES = ("cls-quick", "full", "quick")
+PRESET_NAMES = ("cls-quick", "full", "fusion-quick", "quick")

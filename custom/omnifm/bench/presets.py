@@ -22,6 +22,13 @@ cases and splits: the task ``{"name": "classification", "class_skew": alpha}`` f
 ResNet-18 topology (:data:`CLS_SPEC_ARGS`). It tunes the learning rate the same way, in its
 ``tuning_task`` at full participation.
 
+``fusion-quick`` is the image-fusion benchmark (paper Table 7) on the ``fusion-pairs`` federation
+(CT-, PET- and SPECT-with-MRI sites, as ``jobs/omnifm_fusion``): the methods of Table 7 that run
+here (FedAvg, FedProx, Ditto, FedDyn, MOON, OmniFM) and the references Local and Central, the
+fusion job's task, network and training (:data:`FUSION_SPEC_ARGS`, :data:`FUSION_TRAIN`), ranked by
+the task's headline ``ssim_w``; the average and max-selection fusions of the same slices are in
+every record beside it (``ssim_w_avg``, ``ssim_w_max``).
+
 The algorithm lists are plain tuples below (:data:`FULL_ALGORITHMS`, :data:`QUICK_ALGORITHMS`);
 edit them there. Every name must be in :data:`omnifm.algorithms.ALGORITHMS`; a missing one stops
 the grid with the list of known names.
@@ -82,6 +89,22 @@ CLASS_SKEWS = (0.5, 0.0)  # Dirichlet alpha of the label skew across sites (0: n
 # the job's batch (jobs/omnifm_cls); a grid one step below LR_GRID: at 1e-1 OmniFM's tokens collapsed on the tuning seed
 CLS_TRAIN: dict[str, Any] = {"local_epochs": 2, "batch_size": 32, "learning_rate": 1e-2}
 CLS_LR_GRID = (1e-2, 3e-2, 1e-1)
+
+# ---- image fusion (fusion-quick) -----------------------------------------------------------------
+# jobs/omnifm_fusion's persistor args (tests/unit/bench/test_bench_presets.py keeps them equal); the task's
+# other settings (inputs, min_head_fraction, mse_weight, weighting) are its defaults, which the job states
+FUSION_TASK: dict[str, Any] = {"kind": "image_fusion", "temperature": 4.0}
+FUSION_SPEC_ARGS: dict[str, Any] = {
+    **SPEC_ARGS,
+    "task": FUSION_TASK,
+    "model": {"spatial_dims": 2, "in_channels": 2, "channels": 32, "growth": 8, "dense_layers": 3, "shuffle": 8},
+    "omnifm": {"spectral_dim": 32, "num_suffix_tokens": 4, "fusion_heads": 1},
+}
+FUSION_ALGORITHMS = ("omnifm", "fedavg", "fedprox", "ditto", "feddyn", "moon", "local", "central")
+FUSION_TRAIN: dict[str, Any] = {"local_epochs": 2, "batch_size": 16, "learning_rate": 3e-3}  # the fusion job's
+FUSION_LR_GRID = (1e-3, 3e-3, 1e-2)
+# 3 sites (one per source modality) x 10 cases of the job's 64x64x12: 4 train / 2 validation / 4 test
+FUSION_DATA = DataConfig(sites=3, cases=10, shape=(64, 64, 12), val_fraction=0.2, test_fraction=0.4, min_cases=4)
 
 # The data-scarce regime: 4 training cases per site, 3 validation, 7 test (benchmarks/README.md, "Headroom
 # pilot": Central - Local +0.063 test Dice over 2 seeds here; 48x48 gave +0.056 at ~3x the cost, 2 training
@@ -205,6 +228,20 @@ PRESETS: dict[str, Preset] = {
         task_variants=tuple({"name": "classification", "class_skew": a} for a in CLASS_SKEWS),
         participations=(1.0, 0.5),
         tuning_task={"name": "classification", "class_skew": 0.5},
+    ),
+    "fusion-quick": Preset(
+        name="fusion-quick",
+        algorithms=FUSION_ALGORITHMS,
+        settings=("fusion-pairs",),
+        seeds=(0, 1, 2),
+        rounds=6,
+        data=FUSION_DATA,
+        train=dict(FUSION_TRAIN),
+        spec_args=dict(FUSION_SPEC_ARGS),
+        lr_grid=FUSION_LR_GRID,
+        tuning_seeds=(100,),
+        tuning_setting="fusion-pairs",
+        last_k=2,
     ),
 }
 

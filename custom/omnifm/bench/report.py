@@ -405,7 +405,7 @@ def markdown(runs: list[dict[str, Any]], last_k: int = LAST_K) -> str:
     for group, title in (("ablation", "Ablations (cross-modality)"), ("sensitivity", "Sensitivity: lambda and top-k (cross-modality)")):
         if any(k[0] == group for k in summary):
             parts += [f"### {title}", "", ablation_table(reported, group), "", comparison_table(reported, "cross-modality", group), ""]
-    primary = _primary(sections)
+    primary = _primary(sections) or sections[:1]  # a grid without the primary setting (fusion-pairs): its first
     for setting in primary:
         diagnostics = diagnostics_table(reported, setting)
         if diagnostics:

@@ -20,6 +20,9 @@ benchmark site sees exactly the arrays a simulated FLARE client would see. The t
   site picks that many tumour / tumour-free cases from a larger phantom pool rendered in its own
   modality. Every site keeps at least one tumour case in training, validation and test (else its
   Dice is undefined); the achieved sizes and fractions are reported, not only the drawn ones.
+- ``fusion-pairs``: the image-fusion federation of ``jobs/omnifm_fusion``: site ``k`` holds paired
+  cases (one anatomy rendered in two modalities) of :data:`FUSION_SOURCES` ``[k mod 3]`` (CT, PET,
+  SPECT) with native T1 MRI. Only a task with input slots (``image_fusion``) can read it.
 """
 
 from __future__ import annotations
@@ -41,6 +44,9 @@ from omnifm.tasks import Task
 from omnifm.validation import check_int, check_range
 
 HARD_MODALITY = "t1"
+FUSION_SOURCES = ("ct", "pet", "spect")  # fusion-pairs: site k's source A (source B: FUSION_MRI), as in jobs/omnifm_fusion
+FUSION_MRI = "t1"
+PAIRED_SETTINGS = ("fusion-pairs",)
 _SAME_MODALITY = {"same-modality": "t1ce", "same-modality-t2": "t2"}
 DIRICHLET_DATALIST = "datalist_dirichlet.json"
 _DIRICHLET_STREAM = 5  # seed-sequence tag: independent of the phantom's own random streams
@@ -119,6 +125,9 @@ def load_federation(
         val / test case counts and tumour-case counts (safe to log).
     """
     workspace = Path(root) / check_setting(setting) / f"seed-{check_int('seed', seed, 0)}"
+    if setting in PAIRED_SETTINGS and task.input_slots is None:
+        raise ValueError(f"the {setting} setting holds paired cases (two modalities per case) but the {task.name} task "
+                         "reads one image per case; use a task with input slots (image_fusion)")
     configs = _site_configs(setting, data, seed, workspace)
     loaded = {site: load_site_data(config, workspace, site, task) for site, config in configs.items()}
     return loaded, {site: _summary(configs[site], loaded[site]) for site in loaded}
@@ -135,6 +144,9 @@ def _site_configs(setting: str, data: DataConfig, seed: int, workspace: Path) ->
     if setting in _SAME_MODALITY:
         modality = _SAME_MODALITY[setting]
         return {site: dataclasses.replace(config, modalities=(modality,)) for site, config in configs.items()}
+    if setting == "fusion-pairs":
+        return {site: dataclasses.replace(config, modalities=(FUSION_SOURCES[i % len(FUSION_SOURCES)], FUSION_MRI))
+                for i, (site, config) in enumerate(configs.items())}
     if setting == "dirichlet":
         plan = dirichlet_plan(data.sites, data.cases, data.alpha, seed, data.min_cases)
         return {

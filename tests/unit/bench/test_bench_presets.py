@@ -136,3 +136,27 @@ def test_classification_preset_crosses_class_skew_and_participation():
     assert {r.seed for r in tuning}.isdisjoint({r.seed for r in grid})
     assert all(r.train["learning_rate"] == 0.03 for r in grid)
     assert set(customize(preset, participations=[0.2]).participations) == {0.2}
+
+
+def test_the_fusion_preset_runs_the_fusion_job_as_shipped():
+    """fusion-quick's task, network, OmniFM sizes and training are jobs/omnifm_fusion's (no drift between the two)."""
+    from pathlib import Path
+
+    from omnifm.bench.presets import FUSION_ALGORITHMS
+
+    job = Path(__file__).resolve().parents[3] / "jobs" / "omnifm_fusion" / "app" / "config"
+    server = json.loads((job / "config_fed_server.json").read_text())
+    persistor = next(c for c in server["components"] if c["id"] == "persistor")["args"]
+    executor = json.loads((job / "config_fed_client.json").read_text())["executors"][0]["executor"]["args"]
+    preset = get_preset("fusion-quick")
+    assert get_task(preset.spec_args["task"]) == get_task(persistor["task"])
+    assert preset.spec_args["model"] == persistor["model"] and preset.spec_args["omnifm"] == persistor["omnifm"]
+    assert {k: executor[k] for k in preset.train} == preset.train
+    assert tuple(executor["phantom_shape"]) == preset.data.shape
+    grid = build_grid(preset, {a: 3e-3 for a in preset.algorithms})
+    assert {r.setting for r in grid} == {"fusion-pairs"} and {r.algorithm for r in grid} == set(FUSION_ALGORITHMS)
+    assert {"fedavg", "fedprox", "ditto", "feddyn", "moon", "omnifm"} <= set(FUSION_ALGORITHMS), "paper Table 7's methods"
+    from omnifm.bench.metrics import section
+
+    assert {section(r.to_dict()) for r in grid} == {"fusion-pairs [image_fusion, temperature=4]"}, "short section names"
+    assert not set(preset.tuning_seeds) & set(preset.seeds)

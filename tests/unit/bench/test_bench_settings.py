@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from omnifm.bench.settings import SETTINGS, DataConfig, check_setting, dirichlet_plan, load_federation, pick_cases
+from omnifm.bench.settings import PAIRED_SETTINGS, SETTINGS, DataConfig, check_setting, dirichlet_plan, load_federation, pick_cases
 from omnifm.data.loading import split_cases
 from omnifm.tasks.segmentation import SegTask
 
@@ -73,7 +73,7 @@ def federations(tmp_path_factory):
     root = tmp_path_factory.mktemp("bench_cache")
     data = DataConfig(sites=3, cases=4, shape=(16, 16, 8), min_cases=2, pool_factor=4, test_fraction=0.0)
     task = SegTask.from_dict(None)
-    return {s: load_federation(s, data, 0, root, task) for s in SETTINGS}
+    return {s: load_federation(s, data, 0, root, task) for s in SETTINGS if s not in PAIRED_SETTINGS}
 
 
 def test_settings_give_the_promised_modalities(federations):
@@ -104,3 +104,15 @@ def test_dirichlet_sites_sum_to_the_budget_and_keep_tumours_in_val(federations):
     _, summary = federations["dirichlet"]
     assert sum(v["train_cases"] + v["val_cases"] for v in summary.values()) == 3 * 4
     assert all(v["val_tumour_cases"] >= 1 and v["train_tumour_cases"] >= 1 for v in summary.values())
+
+
+def test_the_fusion_setting_gives_paired_sites_and_refuses_a_single_image_task(tmp_path):
+    from omnifm.tasks.image_fusion import FusionTask
+
+    data = DataConfig(sites=3, cases=4, shape=(16, 16, 8), min_cases=2, test_fraction=0.0)
+    sites, summary = load_federation("fusion-pairs", data, 0, tmp_path, FusionTask())
+    assert [summary[s]["modality"] for s in sorted(summary)] == ["ct+t1", "pet+t1", "spect+t1"]
+    for site in sites.values():
+        assert all(case["image"].shape[0] == 2 and case["present"].tolist() == [1, 1] for case in site.train + site.val)
+    with pytest.raises(ValueError, match="fusion-pairs setting holds paired cases.*input slots"):
+        load_federation("fusion-pairs", data, 0, tmp_path, SegTask.from_dict(None))
