@@ -7,6 +7,7 @@ checks when it is imported.
 
 from __future__ import annotations
 
-SETTINGS = ("cross-modality", "cross-modality+t1", "same-modality", "dirichlet", "same-modality-t2", "fusion-pairs")
+SETTINGS = ("cross-modality", "cross-modality+t1", "same-modality", "dirichlet", "same-modality-t2", "fusion-pairs",
+            "modality-clients")
 GROUPS = ("main", "ablation", "sensitivity")
 PRESET_NAMES = ("cls-quick", "full", "fusion-quick", "quick")

@@ -23,6 +23,8 @@ benchmark site sees exactly the arrays a simulated FLARE client would see. The t
 - ``fusion-pairs``: the image-fusion federation of ``jobs/omnifm_fusion``: site ``k`` holds paired
   cases (one anatomy rendered in two modalities) of :data:`FUSION_SOURCES` ``[k mod 3]`` (CT, PET,
   SPECT) with native T1 MRI. Only a task with input slots (``image_fusion``) can read it.
+- ``modality-clients``: the paper's Task 2 (modality-specific clients, ``jobs/omnifm_vqa``): site
+  ``k`` images :data:`MODALITY_CLIENTS` ``[k mod 6]`` (T1CE, T2, FLAIR, CT, PET, SPECT).
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ HARD_MODALITY = "t1"
 FUSION_SOURCES = ("ct", "pet", "spect")  # fusion-pairs: site k's source A (source B: FUSION_MRI), as in jobs/omnifm_fusion
 FUSION_MRI = "t1"
 PAIRED_SETTINGS = ("fusion-pairs",)
+MODALITY_CLIENTS = ("t1ce", "t2", "flair", "ct", "pet", "spect")  # modality-clients: site k's, as in jobs/omnifm_vqa
 _SAME_MODALITY = {"same-modality": "t1ce", "same-modality-t2": "t2"}
 DIRICHLET_DATALIST = "datalist_dirichlet.json"
 _DIRICHLET_STREAM = 5  # seed-sequence tag: independent of the phantom's own random streams
@@ -144,6 +147,9 @@ def _site_configs(setting: str, data: DataConfig, seed: int, workspace: Path) ->
     if setting in _SAME_MODALITY:
         modality = _SAME_MODALITY[setting]
         return {site: dataclasses.replace(config, modalities=(modality,)) for site, config in configs.items()}
+    if setting == "modality-clients":
+        return {site: dataclasses.replace(config, modalities=(MODALITY_CLIENTS[i % len(MODALITY_CLIENTS)],))
+                for i, (site, config) in enumerate(configs.items())}
     if setting == "fusion-pairs":
         return {site: dataclasses.replace(config, modalities=(FUSION_SOURCES[i % len(FUSION_SOURCES)], FUSION_MRI))
                 for i, (site, config) in enumerate(configs.items())}
