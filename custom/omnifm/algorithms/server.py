@@ -95,10 +95,20 @@ def to_plain(value: Any) -> Any:
     return value
 
 
-def initial_global(spec: dict[str, Any], bank_args: dict[str, Any] | None = None) -> tuple[dict[str, np.ndarray], dict]:
-    """Round-0 global weights and meta for ``spec`` (the spec's seeded initial model)."""
+def initial_global(spec: dict[str, Any], bank_args: dict[str, Any] | None = None,
+                   init_checkpoint: str | None = None) -> tuple[dict[str, np.ndarray], dict]:
+    """Round-0 global weights and meta for ``spec`` (the spec's seeded initial model).
+
+    ``init_checkpoint``: a local checkpoint file whose tensors replace the seeded ones
+    (:mod:`omnifm.algorithms.init_checkpoint`; raises ``CheckpointError`` naming the file when it is
+    missing or does not fit the spec's model).
+    """
     algo = get_algorithm(spec["algorithm"])
     model = build_model(spec)
+    if init_checkpoint:
+        from omnifm.algorithms.init_checkpoint import load_init_checkpoint
+
+        load_init_checkpoint(model, init_checkpoint)
     weights = {k: v.numpy().astype(np.float32) for k, v in shared_state(model, algo).items()}
     rule = server_rule(algo)
     if rule is not None:

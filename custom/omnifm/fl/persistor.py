@@ -109,6 +109,10 @@ class OmniFMPersistor(ModelPersistor):
         bank: :class:`~omnifm.knowledge.KnowledgeBank` arguments (``rho``, ``delta``, ``prune_window``, ``max_size``).
         source_dir: start from a previous job's saved model and bank (folder holding ``FL_global_model.pt``);
             a relative path is taken from the server's workspace root.
+        init_checkpoint: start the federation (round 0, empty bank) from the model weights in this local
+            file instead of the seeded initial model (e.g. one made by ``omnifm-pretrain``, see
+            docs/FEDUNETMM.md; :mod:`omnifm.algorithms.init_checkpoint`); a relative path is taken from
+            the server's workspace root. Not together with ``source_dir`` (which resumes a job).
     """
 
     def __init__(
@@ -130,8 +134,12 @@ class OmniFMPersistor(ModelPersistor):
         moon_tau: float = 0.5,
         bank: dict | None = None,
         source_dir: str = "",
+        init_checkpoint: str = "",
     ) -> None:
         super().__init__()
+        if source_dir and init_checkpoint:
+            raise ValueError("set one of source_dir (resume a job's saved model and bank) and init_checkpoint "
+                             "(start from a checkpoint's weights), not both")
         self.spec = make_run_spec(
             algorithm=algorithm, task=task, model=model, omnifm=omnifm, top_k=top_k,
             align_weight=align_weight, num_prototypes=num_prototypes, prox_mu=prox_mu, seed=seed,
@@ -144,6 +152,7 @@ class OmniFMPersistor(ModelPersistor):
         except TypeError as err:
             raise ValueError(f"bad bank arguments {self.bank_args}: {err}") from None
         self.source_dir = source_dir
+        self.init_checkpoint = init_checkpoint
 
     def _source_folder(self, fl_ctx: FLContext, source_dir: str) -> Path:
         folder = Path(source_dir)
@@ -162,7 +171,10 @@ class OmniFMPersistor(ModelPersistor):
         app_root = fl_ctx.get_prop(FLContextKey.APP_ROOT)
         source = self._source_folder(fl_ctx, self.source_dir) if self.source_dir else None
         self._clean_temps(fl_ctx, Path(app_root) if app_root else None, source)
-        initial, meta = initial_global(self.spec, self.bank_args)  # the same round-0 state as the benchmark
+        init = str(self._source_folder(fl_ctx, self.init_checkpoint)) if self.init_checkpoint else None
+        initial, meta = initial_global(self.spec, self.bank_args, init)  # the same round-0 state as the benchmark
+        if init:
+            self.log_info(fl_ctx, f"initial global model from init_checkpoint {init}")
         weights = wire.to_torch(initial)
         bank = KnowledgeBank.from_plain(meta[wire.BANK]) if meta[wire.BANK] else None
         if self.source_dir:
