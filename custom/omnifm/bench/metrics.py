@@ -38,7 +38,9 @@ LABELS = {"dice": "Dice", "accuracy": "accuracy", "macro_f1": "macro-F1", "auc":
           "ssim_w_avg": "ssim_w of (A+B)/2", "ssim_w_max": "ssim_w of max(A,B)"}
 # Metrics the tables show per task (the JSON and CSV keep every metric); a task not listed shows all.
 SHOWN = {"classification": ("accuracy", "macro_f1", "auc"),
-         "image_fusion": ("ssim_w", "mi", "ssim", "l1", "ssim_w_avg", "ssim_w_max")}
+         "image_fusion": ("ssim_w", "mi", "ssim", "l1", "ssim_w_avg", "ssim_w_max"),
+         "vqa": ("accuracy", "majority", *(f"accuracy_{t}" for t in ("modality", "tumour", "hemisphere", "rim", "oedema", "size")),
+                 "accuracy_unanswerable")}
 
 
 def task_name(run: Mapping[str, Any]) -> str:

@@ -10,4 +10,4 @@ from __future__ import annotations
 SETTINGS = ("cross-modality", "cross-modality+t1", "same-modality", "dirichlet", "same-modality-t2", "fusion-pairs",
             "modality-clients")
 GROUPS = ("main", "ablation", "sensitivity")
-PRESET_NAMES = ("cls-quick", "full", "fusion-quick", "quick")
+PRESET_NAMES = ("cls-quick", "full", "fusion-quick", "quick", "vqa-quick")

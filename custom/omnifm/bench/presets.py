@@ -29,6 +29,13 @@ fusion job's task, network and training (:data:`FUSION_SPEC_ARGS`, :data:`FUSION
 the task's headline ``ssim_w``; the average and max-selection fusions of the same slices are in
 every record beside it (``ssim_w_avg``, ``ssim_w_max``).
 
+``vqa-quick`` is the VQA benchmark (paper section 4.3, Task 2) on the ``modality-clients``
+federation (one site per modality: T1CE, T2, FLAIR, CT, PET, SPECT, as ``jobs/omnifm_vqa``): the
+methods the issue names for it (FedAvg, FedProx, FedDyn, FedPer, OmniFM) and Local and Central,
+the VQA job's task, network and training (:data:`VQA_SPEC_ARGS`, :data:`VQA_TRAIN`), ranked by
+the task's headline ``accuracy`` (answerable questions); the constant-answer baseline
+``majority`` is in every record beside it.
+
 The algorithm lists are plain tuples below (:data:`FULL_ALGORITHMS`, :data:`QUICK_ALGORITHMS`);
 edit them there. Every name must be in :data:`omnifm.algorithms.ALGORITHMS`; a missing one stops
 the grid with the list of known names.
@@ -105,6 +112,22 @@ FUSION_TRAIN: dict[str, Any] = {"local_epochs": 2, "batch_size": 16, "learning_r
 FUSION_LR_GRID = (1e-3, 3e-3, 1e-2)
 # 3 sites (one per source modality) x 10 cases of the job's 64x64x12: 4 train / 2 validation / 4 test
 FUSION_DATA = DataConfig(sites=3, cases=10, shape=(64, 64, 12), val_fraction=0.2, test_fraction=0.4, min_cases=4)
+
+# ---- VQA (vqa-quick) ------------------------------------------------------------------------------
+# jobs/omnifm_vqa's persistor args (tests/unit/bench/test_bench_presets.py keeps them equal)
+VQA_SPEC_ARGS: dict[str, Any] = {
+    **SPEC_ARGS,
+    "task": {"kind": "vqa", "mirror": True},
+    "model": {"layers": [2, 2, 2, 2], "block_inplanes": [8, 16, 32, 64], "norm": "instance_affine", "stem_stride": 2,
+              "head_grid": 2, "embed_dim": 32, "hidden": 64},
+    "omnifm": {"spectral_dim": 32, "num_suffix_tokens": 4},
+}
+VQA_ALGORITHMS = ("omnifm", "fedavg", "fedprox", "feddyn", "fedper", "local", "central")
+VQA_TRAIN: dict[str, Any] = {"local_epochs": 2, "batch_size": 32, "learning_rate": 3e-3}  # the VQA job's
+VQA_LR_GRID = (1e-3, 3e-3, 1e-2)
+# 6 sites (one per modality) x 16 cases of the job's 64x64x8: 6 train / 4 validation / 6 test (slices are the unit;
+# with 2 validation cases a site could have no slice to ask about)
+VQA_DATA = DataConfig(sites=6, cases=16, shape=(64, 64, 8), val_fraction=0.25, test_fraction=0.375, min_cases=4)
 
 # The data-scarce regime: 4 training cases per site, 3 validation, 7 test (benchmarks/README.md, "Headroom
 # pilot": Central - Local +0.063 test Dice over 2 seeds here; 48x48 gave +0.056 at ~3x the cost, 2 training
@@ -241,6 +264,20 @@ PRESETS: dict[str, Preset] = {
         lr_grid=FUSION_LR_GRID,
         tuning_seeds=(100,),
         tuning_setting="fusion-pairs",
+        last_k=2,
+    ),
+    "vqa-quick": Preset(
+        name="vqa-quick",
+        algorithms=VQA_ALGORITHMS,
+        settings=("modality-clients",),
+        seeds=(0, 1, 2),
+        rounds=4,
+        data=VQA_DATA,
+        train=dict(VQA_TRAIN),
+        spec_args=dict(VQA_SPEC_ARGS),
+        lr_grid=VQA_LR_GRID,
+        tuning_seeds=(100,),
+        tuning_setting="modality-clients",
         last_k=2,
     ),
 }

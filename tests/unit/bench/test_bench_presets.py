@@ -160,3 +160,24 @@ def test_the_fusion_preset_runs_the_fusion_job_as_shipped():
 
     assert {section(r.to_dict()) for r in grid} == {"fusion-pairs [image_fusion, temperature=4]"}, "short section names"
     assert not set(preset.tuning_seeds) & set(preset.seeds)
+
+
+def test_the_vqa_preset_runs_the_vqa_job_as_shipped():
+    """vqa-quick's task, network, OmniFM sizes and training are jobs/omnifm_vqa's; one site per modality."""
+    from pathlib import Path
+
+    from omnifm.bench.presets import VQA_ALGORITHMS
+    from omnifm.bench.settings import MODALITY_CLIENTS
+
+    job = Path(__file__).resolve().parents[3] / "jobs" / "omnifm_vqa" / "app" / "config"
+    server = json.loads((job / "config_fed_server.json").read_text())
+    persistor = next(c for c in server["components"] if c["id"] == "persistor")["args"]
+    client = json.loads((job / "config_fed_client.json").read_text())["executors"][0]["executor"]["args"]
+    preset = get_preset("vqa-quick")
+    assert get_task(preset.spec_args["task"]) == get_task(persistor["task"])
+    assert preset.spec_args["model"] == persistor["model"] and preset.spec_args["omnifm"] == persistor["omnifm"]
+    assert {k: client[k] for k in preset.train} == preset.train
+    assert tuple(client["phantom_shape"]) == preset.data.shape
+    assert [client["phantom_modalities"][f"site-{i + 1}"] for i in range(6)] == [[m] for m in MODALITY_CLIENTS]
+    assert preset.data.sites == len(MODALITY_CLIENTS) and preset.settings == ("modality-clients",)
+    assert {"fedavg", "fedprox", "feddyn", "fedper", "omnifm"} <= set(VQA_ALGORITHMS), "the issue's VQA methods"
