@@ -270,3 +270,23 @@ def test_init_checkpoint_refuses_a_missing_or_misfitting_file(tmp_path):
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError, match=r"junk\.pt"):
         initial_global(spec, {}, str(tmp_path / "junk.pt"))
+
+
+def test_omnifm_pretrain_writes_a_checkpoint_the_job_starts_from(tmp_path):
+    """The documented way to make an init_checkpoint: the job's spec, held-out phantom subjects, one line per epoch."""
+    from pathlib import Path
+
+    from omnifm.algorithms import initial_global
+    from omnifm.tasks.segmentation.pretrain import job_spec, pretrain
+
+    job = Path(__file__).resolve().parents[3] / "jobs" / "omnifm_seg_fedunetmm"
+    spec = job_spec(job)
+    assert spec["model"]["kind"] == "fedunetmm" and get_task(spec["task"]).input_slots == MR_SEQUENCE_INPUTS
+    lines: list[str] = []
+    out = tmp_path / "init.pt"
+    summary = pretrain(spec, out, epochs=2, cases=4, shape=(32, 32, 8), workdir=tmp_path / "phantom", print_fn=lines.append)
+    assert [line.split(":")[0] for line in lines[1:3]] == ["epoch 1/2", "epoch 2/2"] and lines[-1].startswith("wrote ")
+    assert summary["modalities"] == list(MR_SEQUENCES) and summary["site_index"] == 9 and summary["seed"] == 7
+    started, _ = initial_global(spec, {}, str(out))
+    seeded, _ = initial_global(spec, {})
+    assert any(not np.array_equal(started[k], seeded[k]) for k in seeded)
