@@ -97,10 +97,12 @@ def pretrain(spec: dict[str, Any], out: str | Path, *, epochs: int = 6, cases: i
 
 def federate(spec: dict[str, Any], sites: dict[str, list[str]], rounds: int, *, init_checkpoint: str | None = None,
              cases: int = 12, shape: tuple[int, int, int] = (64, 64, 16), local_epochs: int = 2, batch_size: int = 16,
-             learning_rate: float = 3e-3, workdir: str | Path = "/tmp/omnifm_federate", print_fn=print) -> list[dict]:
+             learning_rate: float = 3e-3, seed: int = 0, workdir: str | Path = "/tmp/omnifm_federate",
+             print_fn=print) -> list[dict]:
     """An in-process federation of simulated phantom sites (the round protocol of :mod:`omnifm.algorithms.server`,
     as the FLARE job runs it): ``sites`` maps a site name to its sequences, the phantom and training settings are
-    the executor's. Returns per round the mean and per-site validation ``dice`` of the global model as each site
+    the executor's (``seed``: the sites' data-order seed; the phantom and the splits stay at the simulator's 0).
+    Returns per round the mean and per-site validation ``dice`` of the global model as each site
     received it (round ``r``: after ``r`` rounds; the last entry is the final global model).
     """
     import torch
@@ -112,7 +114,7 @@ def federate(spec: dict[str, Any], sites: dict[str, list[str]], rounds: int, *, 
     from omnifm.tasks import get_task
 
     task = get_task(spec["task"])
-    config = TrainConfig(local_epochs=local_epochs, batch_size=batch_size, learning_rate=learning_rate)
+    config = TrainConfig(local_epochs=local_epochs, batch_size=batch_size, learning_rate=learning_rate, seed=seed)
     trainers = {}
     for site, modalities in sites.items():
         data = load_site_data(simulator_config(site, cases, tuple(shape), 0.25, 0, modalities=modalities), workdir,
