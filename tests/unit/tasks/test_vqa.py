@@ -298,7 +298,7 @@ def test_a_small_site_learns_the_image_dependent_questions_beyond_the_majority(o
     torch.manual_seed(0)
     spec = make_run_spec("fedavg", task={"kind": "vqa"}, model=TINY)
     train, val = _site(16, 0), _site(8, 1)
-    trainer = SiteTrainer(spec, TrainConfig(local_epochs=3, batch_size=16, learning_rate=1e-2), train, val,
+    trainer = SiteTrainer(spec, TrainConfig(local_epochs=2, batch_size=16, learning_rate=1e-2), train, val,
                           device=torch.device("cpu"))
     for round_num in range(2):
         trainer.train_round(None, round_num, {}, 2)

@@ -198,13 +198,15 @@ def slice_answers(
     return slices, answers
 
 
-def template_choice(label: np.ndarray, slices: np.ndarray, seed: int, variant: int = 0) -> np.ndarray:
+def template_choice(content: np.ndarray, slices: np.ndarray, seed: int, variant: int = 0) -> np.ndarray:
     """``(N, len(QUESTION_TYPES))`` template index per asked slice and type, seeded by the case's content.
 
-    The same case, seed and variant always get the same templates (whatever the order of the
-    site's cases); over a site's slices every template of a type is used.
+    ``content`` is the case's image (not its label: every tumour-free label is the same all-zero
+    volume, so label-seeded templates would repeat one pattern in every tumour-free case, and the
+    template alone would hint at the answer). The same case, seed and variant always get the same
+    templates, whatever the order of the site's cases; over a site's slices every template is used.
     """
-    digest = zlib.crc32(np.ascontiguousarray(label).tobytes())
+    digest = zlib.crc32(np.ascontiguousarray(content).tobytes())
     rng = np.random.default_rng([int(seed), digest, int(variant)])
     counts = np.array([len(TEMPLATES[t]) for t in QUESTION_TYPES])
     return (rng.random((len(slices), len(counts))) * counts).astype(np.int64)

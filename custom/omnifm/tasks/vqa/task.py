@@ -142,7 +142,7 @@ class VQATask(Task):
         """``(slices, answers (N, Q), word ids (N, Q, L))`` of one case; ``variant`` redraws the templates."""
         slices, answers = slice_answers(case["label"], case_modality(case), self.min_area, self.margin,
                                         self.rim_area, self.oedema_ratio, self.size_bins)
-        templates = template_choice(case["label"], slices, self.template_seed, variant)
+        templates = template_choice(case_image(case), slices, self.template_seed, variant)
         return slices, answers, question_tokens(templates, answers)
 
     def dataset(self, cases: list[Case], keep_empty_fraction: float, seed: int, site: str = "") -> Dataset:
