@@ -29,7 +29,8 @@ def _normalized(config: dict) -> dict:
 
 
 @pytest.mark.parametrize(
-    "name", ["omnifm_seg", "omnifm_seg_q8", "omnifm_seg_dp", "omnifm_seg_he", "omnifm_cls", "omnifm_cls_fusion", "omnifm_sr", "omnifm_fusion"]
+    "name", ["omnifm_seg", "omnifm_seg_q8", "omnifm_seg_dp", "omnifm_seg_he", "omnifm_cls", "omnifm_cls_fusion", "omnifm_sr", "omnifm_fusion",
+             "omnifm_seg_fedunetmm", "omnifm_vqa"]
 )
 def test_exported_job_equals_the_job_folder(tmp_path, name):
     if name.endswith("_he"):

@@ -71,12 +71,15 @@ def _run(
     return tmp_path / "ws", log
 
 
-TASK_JOBS = {"omnifm_cls": "accuracy", "omnifm_cls_fusion": "accuracy", "omnifm_sr": "psnr", "omnifm_fusion": "ssim_w"}  # every job of a task other than segmentation: its headline metric
-HEADLINE_RANGE = {"accuracy": (0.0, 1.0), "psnr": (0.0, 100.0), "ssim_w": (-1.0, 1.0)}  # valid values (PSNR: dB of [0, 1] slices)
+# every job of another task or model than the UNet segmentation job and its variants: its headline metric
+TASK_JOBS = {"omnifm_cls": "accuracy", "omnifm_cls_fusion": "accuracy", "omnifm_sr": "psnr", "omnifm_fusion": "ssim_w",
+             "omnifm_seg_fedunetmm": "dice", "omnifm_vqa": "accuracy"}
+HEADLINE_RANGE = {"accuracy": (0.0, 1.0), "psnr": (0.0, 100.0), "ssim_w": (-1.0, 1.0), "dice": (0.0, 1.0)}  # valid values (PSNR: dB of [0, 1] slices)
+SEG_VARIANTS = {"omnifm_seg", "omnifm_seg_q8", "omnifm_seg_dp", "omnifm_seg_he"}  # the UNet job; covered by the tests below
 
 
 def test_every_task_job_is_covered():
-    jobs = {p.parent.name for p in JOB.parent.glob("*/meta.json") if not p.parent.name.startswith("omnifm_seg")}
+    jobs = {p.parent.name for p in JOB.parent.glob("*/meta.json") if p.parent.name not in SEG_VARIANTS}
     assert jobs == set(TASK_JOBS), "add the new task job to TASK_JOBS (it must run through the simulator)"
 
 
@@ -95,6 +98,8 @@ def test_task_job_runs_out_of_the_box(tmp_path, name):
     assert f"final global model {TASK_JOBS[name]} per site" in log
     if name == "omnifm_cls_fusion":  # site-1 holds paired CT+MRI cases, site-2 MRI only
         assert "modalities ct+t1ce," in log and "modalities t1ce," in log
+    if name == "omnifm_seg_fedunetmm":  # sites hold different subsets of the four MR sequences
+        assert "modalities t1+t1ce+t2+flair," in log and "modalities t1ce+t2+flair," in log
     if name == "omnifm_fusion":  # paired sites; each site's picture is written next to the results
         assert "modalities ct+t1" in log and "modalities pet+t1" in log
         for site in SITES:
