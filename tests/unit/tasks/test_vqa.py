@@ -106,6 +106,16 @@ def test_every_template_of_every_type_becomes_its_question():
             assert [VOCABULARY[i] for i in ids if i] == words(template)
 
 
+def test_templates_do_not_repeat_across_cases_with_the_same_label():
+    """Every tumour-free case has the same all-zero label: its templates must still be its own draw, or the
+    template pattern would tell a tumour-free case from the others without the image."""
+    task, label = VQATask(), _label([], depth=8)
+    draws = {tuple(task.case_questions(_case(label, "t2", seed=s))[2][:, T["tumour"], 0]) for s in range(6)}
+    assert len(draws) > 1
+    case = _case(label, "t2", seed=0)
+    assert np.array_equal(task.case_questions(case)[2], task.case_questions({**case})[2]), "not deterministic"
+
+
 # ---- vocabulary and tokeniser ----------------------------------------------------------------------------------
 
 
