@@ -160,3 +160,33 @@ def fixed_out_channels(model: dict[str, Any], count: int, follows: str) -> dict[
         raise ValueError(f"model.out_channels is {model['out_channels']} but the task has {count} {follows}; "
                          f"drop out_channels, it follows the {follows}")
     return model
+
+
+def model_kind(
+    model: dict[str, Any], task: str, kinds: tuple[str, ...], multi_input: str,
+    inputs: tuple[tuple[str, tuple[str, ...]], ...] | None, example: str,
+) -> tuple[dict[str, Any], str]:
+    """``(model, kind)``: the model arguments with the ``name`` alias turned into ``kind``, and the kind.
+
+    ``kinds[0]`` is the default; ``multi_input`` is the kind that reads the task's input slots, and
+    it goes together with them (each is refused without the other, with a message naming
+    ``example``, the slots the task would take).
+
+    Raises:
+        ValueError: an unknown kind, or a kind and ``inputs`` that do not go together.
+
+    Examples::
+
+        >>> model_kind({"name": "b"}, "demo", ("a", "b"), "b", (("x", ("ct",)),), "")
+        ({'kind': 'b'}, 'b')
+    """
+    model = dict(model)
+    if "name" in model:  # the alias (FLARE job configs use "kind": a dict with "name" is a class to build)
+        model.setdefault("kind", model.pop("name"))
+    kind = model.get("kind", kinds[0])
+    if kind not in kinds:
+        raise ValueError(f"unknown {task} model {kind!r}; choose one of {list(kinds)}")
+    if (kind == multi_input) != (inputs is not None):
+        raise ValueError(f"model {kind!r} " + (f"needs the task's \"inputs\" slots, e.g. {example}" if inputs is None else
+                         f'reads one image: drop the task\'s "inputs" or use model "{multi_input}"'))
+    return model, kind

@@ -138,46 +138,44 @@ def test_classification_preset_crosses_class_skew_and_participation():
     assert set(customize(preset, participations=[0.2]).participations) == {0.2}
 
 
-def test_the_fusion_preset_runs_the_fusion_job_as_shipped():
-    """fusion-quick's task, network, OmniFM sizes and training are jobs/omnifm_fusion's (no drift between the two)."""
+
+def _assert_preset_runs_the_job(preset_name: str, job_name: str) -> dict:
+    """The preset's task, network, OmniFM sizes and training are the job's; returns the job's executor args."""
     from pathlib import Path
 
-    from omnifm.bench.presets import FUSION_ALGORITHMS
-
-    job = Path(__file__).resolve().parents[3] / "jobs" / "omnifm_fusion" / "app" / "config"
+    job = Path(__file__).resolve().parents[3] / "jobs" / job_name / "app" / "config"
     server = json.loads((job / "config_fed_server.json").read_text())
     persistor = next(c for c in server["components"] if c["id"] == "persistor")["args"]
     executor = json.loads((job / "config_fed_client.json").read_text())["executors"][0]["executor"]["args"]
-    preset = get_preset("fusion-quick")
+    preset = get_preset(preset_name)
     assert get_task(preset.spec_args["task"]) == get_task(persistor["task"])
     assert preset.spec_args["model"] == persistor["model"] and preset.spec_args["omnifm"] == persistor["omnifm"]
     assert {k: executor[k] for k in preset.train} == preset.train
     assert tuple(executor["phantom_shape"]) == preset.data.shape
+    assert not set(preset.tuning_seeds) & set(preset.seeds)
+    return executor
+
+
+def test_the_fusion_preset_runs_the_fusion_job_as_shipped():
+    """fusion-quick is jobs/omnifm_fusion (no drift between the two), with paper Table 7's methods."""
+    from omnifm.bench.metrics import section
+    from omnifm.bench.presets import FUSION_ALGORITHMS
+
+    _assert_preset_runs_the_job("fusion-quick", "omnifm_fusion")
+    preset = get_preset("fusion-quick")
     grid = build_grid(preset, {a: 3e-3 for a in preset.algorithms})
     assert {r.setting for r in grid} == {"fusion-pairs"} and {r.algorithm for r in grid} == set(FUSION_ALGORITHMS)
     assert {"fedavg", "fedprox", "ditto", "feddyn", "moon", "omnifm"} <= set(FUSION_ALGORITHMS), "paper Table 7's methods"
-    from omnifm.bench.metrics import section
-
     assert {section(r.to_dict()) for r in grid} == {"fusion-pairs [image_fusion, temperature=4]"}, "short section names"
-    assert not set(preset.tuning_seeds) & set(preset.seeds)
 
 
 def test_the_vqa_preset_runs_the_vqa_job_as_shipped():
-    """vqa-quick's task, network, OmniFM sizes and training are jobs/omnifm_vqa's; one site per modality."""
-    from pathlib import Path
-
+    """vqa-quick is jobs/omnifm_vqa, one site per modality, with the issue's VQA methods."""
     from omnifm.bench.presets import VQA_ALGORITHMS
     from omnifm.bench.settings import MODALITY_CLIENTS
 
-    job = Path(__file__).resolve().parents[3] / "jobs" / "omnifm_vqa" / "app" / "config"
-    server = json.loads((job / "config_fed_server.json").read_text())
-    persistor = next(c for c in server["components"] if c["id"] == "persistor")["args"]
-    client = json.loads((job / "config_fed_client.json").read_text())["executors"][0]["executor"]["args"]
+    executor = _assert_preset_runs_the_job("vqa-quick", "omnifm_vqa")
     preset = get_preset("vqa-quick")
-    assert get_task(preset.spec_args["task"]) == get_task(persistor["task"])
-    assert preset.spec_args["model"] == persistor["model"] and preset.spec_args["omnifm"] == persistor["omnifm"]
-    assert {k: client[k] for k in preset.train} == preset.train
-    assert tuple(client["phantom_shape"]) == preset.data.shape
-    assert [client["phantom_modalities"][f"site-{i + 1}"] for i in range(6)] == [[m] for m in MODALITY_CLIENTS]
+    assert [executor["phantom_modalities"][f"site-{i + 1}"] for i in range(6)] == [[m] for m in MODALITY_CLIENTS]
     assert preset.data.sites == len(MODALITY_CLIENTS) and preset.settings == ("modality-clients",)
     assert {"fedavg", "fedprox", "feddyn", "fedper", "omnifm"} <= set(VQA_ALGORITHMS), "the issue's VQA methods"

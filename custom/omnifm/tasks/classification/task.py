@@ -29,7 +29,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from omnifm.data.loading import volume_slices
-from omnifm.tasks.base import Case, Task, fixed_out_channels
+from omnifm.tasks.base import Case, Task, fixed_out_channels, model_kind
 from omnifm.tasks.classification.dataset import LabelledSliceDataset, skew_fractions
 from omnifm.tasks.classification.labels import LOCATION_CLASSES, slice_classes
 from omnifm.tasks.segmentation.task import BRATS_CLASSES
@@ -110,16 +110,8 @@ class ClsTask(Task):
         return len(self.classes)
 
     def check_model(self, model: dict[str, Any]) -> dict[str, Any]:
-        model = dict(model)
-        if "name" in model:  # the alias (FLARE job configs use "kind")
-            model.setdefault("kind", model.pop("name"))
-        kind = model.get("kind", "resnet")
-        if kind not in _MODEL_KINDS:
-            raise ValueError(f"unknown classification model {kind!r}; choose one of {list(_MODEL_KINDS)}")
-        if (kind == "ct_mri_fusion") != (self.inputs is not None):
-            raise ValueError(f"model {kind!r} " + ("needs the task's \"inputs\" slots, e.g. "
-                             f"{ {s: list(k) for s, k in CT_MRI_INPUTS} }" if self.inputs is None else
-                             'reads one image: drop the task\'s "inputs" or use model "ct_mri_fusion"'))
+        model, kind = model_kind(model, "classification", _MODEL_KINDS, "ct_mri_fusion", self.inputs,
+                                 str({s: list(k) for s, k in CT_MRI_INPUTS}))
         if kind == "ct_mri_fusion" and len(self.inputs) != 2:
             raise ValueError(f"model 'ct_mri_fusion' has two input slots (CT, MRI); task inputs has {len(self.inputs)}")
         return fixed_out_channels(model, len(self.classes), "classes")

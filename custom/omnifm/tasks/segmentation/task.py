@@ -26,7 +26,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from omnifm.data.loading import SliceDataset, volume_slices
-from omnifm.tasks.base import Case, Task, fixed_out_channels
+from omnifm.tasks.base import Case, Task, fixed_out_channels, model_kind
 
 BRATS_CLASSES = ("background", "necrotic", "edema", "enhancing")
 BRATS_REGIONS = {"WT": ("necrotic", "edema", "enhancing"), "TC": ("necrotic", "enhancing"), "ET": ("enhancing",)}
@@ -112,16 +112,8 @@ class SegTask(Task):
         return len(self.classes)
 
     def check_model(self, model: dict[str, Any]) -> dict[str, Any]:
-        model = dict(model)
-        if "name" in model:  # the alias (FLARE job configs use "kind")
-            model.setdefault("kind", model.pop("name"))
-        kind = model.get("kind", "unet")
-        if kind not in _MODEL_KINDS:
-            raise ValueError(f"unknown segmentation model {kind!r}; choose one of {list(_MODEL_KINDS)}")
-        if (kind == "fedunetmm") != (self.inputs is not None):
-            raise ValueError(f"model {kind!r} " + ("needs the task's \"inputs\" slots, one per MR sequence, e.g. "
-                             f"{ {s: list(k) for s, k in MR_SEQUENCE_INPUTS} }" if self.inputs is None else
-                             'reads one image: drop the task\'s "inputs" or use model "fedunetmm"'))
+        model, kind = model_kind(model, "segmentation", _MODEL_KINDS, "fedunetmm", self.inputs,
+                                 f"one per MR sequence, {({s: list(k) for s, k in MR_SEQUENCE_INPUTS})}")
         if kind == "unet":
             model.pop("kind", None)  # the UNet's spec stays as it always was
         model = fixed_out_channels(model, len(self.classes), "classes")
