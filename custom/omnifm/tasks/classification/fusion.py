@@ -42,6 +42,16 @@ def with_presence(image: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
     return torch.cat([image * planes, planes], dim=-3)
 
 
+def case_with_presence(case: dict) -> dict:
+    """A slotted case ``{"image": (S, H, W, D), "present": (S,), ...}`` with its images followed by one
+    presence plane per slot (``image`` ``(2S, H, W, D)``), the input a multi-input task's model reads."""
+    import numpy as np
+
+    image = torch.from_numpy(np.ascontiguousarray(np.moveaxis(case["image"], -1, 0)))  # (D, S, H, W)
+    planes = with_presence(image, torch.from_numpy(np.asarray(case["present"])))
+    return {**case, "image": np.ascontiguousarray(np.moveaxis(planes.numpy(), 0, -1))}
+
+
 def presence(x: torch.Tensor, slots: int) -> torch.Tensor:
     """``(B, S)`` bool: which slots of a ``(B, 2S, H, W)`` input hold an image.
 

@@ -143,11 +143,9 @@ class ClsTask(Task):
         """The case as the model reads it: with its presence planes when the task has input slots."""
         if self.inputs is None:
             return case
-        from omnifm.tasks.classification.fusion import with_presence
+        from omnifm.tasks.classification.fusion import case_with_presence  # the fusion classifier's planes
 
-        image = torch.from_numpy(np.ascontiguousarray(np.moveaxis(case["image"], -1, 0)))  # (D, S, H, W)
-        planes = with_presence(image, torch.from_numpy(np.asarray(case["present"])))
-        return {**case, "image": np.ascontiguousarray(np.moveaxis(planes.numpy(), 0, -1))}
+        return case_with_presence(case)
 
     def value_map(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         image = batch["image"]

@@ -18,8 +18,6 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any, ClassVar
 
-import numpy as np
-
 import torch
 from monai.losses import DiceCELoss
 from torch import nn
@@ -143,11 +141,9 @@ class SegTask(Task):
         """The case as the model reads it: with its presence planes when the task has input slots."""
         if self.inputs is None:
             return case
-        from omnifm.tasks.classification.fusion import with_presence  # the fusion classifier's planes
+        from omnifm.tasks.classification.fusion import case_with_presence  # the fusion classifier's planes
 
-        image = torch.from_numpy(np.ascontiguousarray(np.moveaxis(case["image"], -1, 0)))  # (D, S, H, W)
-        planes = with_presence(image, torch.from_numpy(np.asarray(case["present"])))
-        return {**case, "image": np.ascontiguousarray(np.moveaxis(planes.numpy(), 0, -1))}
+        return case_with_presence(case)
 
     def ablations(self) -> dict[str, Callable[[Case], Case | None]]:
         """With input slots: ``without_<slot>``, the sequence masked in cases that have it and another one."""
