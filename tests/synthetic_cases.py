@@ -57,3 +57,17 @@ class FakeEngine:
 
     def __getattr__(self, name):  # fire_event etc.
         return lambda *args, **kwargs: None
+
+
+def assert_each_present_slot_reaches(logits, x, present, names) -> None:
+    """For each present slot ``s`` of ``x`` (``(B, 2S, H, W)``: images then presence planes), noise in its
+    image must change ``logits(x)`` (by more than 1e-4); ``names[s]`` names the slot in the failure."""
+    import torch
+
+    with torch.no_grad():
+        base = logits(x)
+        for s, p in enumerate(present):
+            if p:
+                changed = x.clone()
+                changed[:, s] = torch.randn_like(changed[:, s])
+                assert (base - logits(changed)).abs().max() > 1e-4, f"{names[s]} does not reach the logits"
