@@ -49,12 +49,11 @@ JOB = Path(__file__).resolve().parents[1] / "jobs" / "omnifm_seg" / "app" / "con
 
 def job_spec() -> tuple[dict[str, Any], dict[str, Any]]:
     """The shipped job's run spec and bank args (from the persistor's args)."""
-    server = json.loads(JOB.read_text())
-    args = dict(next(c for c in server["components"] if c["id"] == "persistor")["args"])
-    args["algorithm"] = server["algorithm"]
-    bank = args.pop("bank")
     from omnifm.algorithms import make_run_spec
+    from omnifm.algorithms.spec import job_persistor_args
 
+    _, args = job_persistor_args(JOB.parents[2])
+    bank = args.pop("bank")
     return make_run_spec(**args), bank
 
 

@@ -7,6 +7,9 @@ place where they are set.
 
 from __future__ import annotations
 
+import json
+import re
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -121,3 +124,28 @@ def shared_state(model: nn.Module, algo: Algorithm) -> dict[str, torch.Tensor]:
     """Detached CPU copies of the algorithm's shared parameters, in model order."""
     params = dict(model.named_parameters())
     return {name: params[name].detach().cpu().clone() for name in algo.shared_parameter_names(model)}
+
+
+SERVER_CONFIG = "app/config/config_fed_server.json"  # of a job folder
+
+
+def job_persistor_args(job: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(server config, persistor args)`` of a job folder, ``"{name}"`` placeholders filled from the server
+    config's top level (as FLARE fills them, e.g. ``"algorithm": "{algorithm}"``).
+
+    Raises:
+        ValueError: no component with id ``persistor``, or a placeholder the server config does not define.
+    """
+    path = Path(job) / SERVER_CONFIG
+    server = json.loads(path.read_text(encoding="utf-8"))
+    found = [c.get("args", {}) for c in server.get("components", []) if c.get("id") == "persistor"]
+    if not found:
+        raise ValueError(f"{path}: no component with id 'persistor'")
+
+    def fill(key: str, value: Any) -> Any:
+        match = re.fullmatch(r"\{(\w+)\}", value) if isinstance(value, str) else None
+        if match and match.group(1) not in server:
+            raise ValueError(f"{path}: persistor argument {key} is {value!r} but the config defines no {match.group(1)!r}")
+        return server[match.group(1)] if match else value
+
+    return server, {k: fill(k, v) for k, v in found[0].items()}

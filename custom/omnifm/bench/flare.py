@@ -24,6 +24,7 @@ from typing import Any
 
 from omnifm.algorithms import build_model, initial_global
 from omnifm.algorithms.server import CONTROL_PREFIX
+from omnifm.algorithms.spec import job_persistor_args
 from omnifm.bench.record import git_info, machine_info, write_json
 from omnifm.bench.runner import RunConfig, run_one
 from omnifm.bench.settings import DataConfig, site_names
@@ -116,10 +117,8 @@ def inprocess_config(job: str | Path, seed: int = 0, group: str = "parity") -> R
             (a ``seed`` different from ``seed``, another ``val_fraction``), naming them.
     """
     job = Path(job)
-    server = json.loads((job / SERVER_CONFIG).read_text())
+    server, persistor = job_persistor_args(job)
     client = json.loads((job / CLIENT_CONFIG).read_text())
-    persistor = next(c["args"] for c in server["components"] if c["id"] == "persistor")
-    persistor = {k: (server[v[1:-1]] if isinstance(v, str) and v.startswith("{") else v) for k, v in persistor.items()}
     executor = client["executors"][0]["executor"]["args"]
     mismatched = [k for k, v in (("seed", persistor.get("seed", 0)), ("executor seed", executor.get("seed", 0))) if v != seed]
     if executor.get("val_fraction", 0.25) != 0.25:

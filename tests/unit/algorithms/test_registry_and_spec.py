@@ -108,3 +108,23 @@ def test_strategy_files_are_named_by_the_registry():
     assert (get_algorithm("fedrep").rule, get_algorithm("feddyn").rule, get_algorithm("fedper").rule) == ("fedrep", "feddyn", "")
     assert get_algorithm("fedrep").personal == get_algorithm("fedper").personal, "FedRep's head is FedPer's decoder"
     assert not get_algorithm("feddyn").personal and not get_algorithm("fedper-fusion").uses_bank
+
+
+def test_job_persistor_args_fill_placeholders_and_name_what_is_missing(tmp_path):
+    import json
+
+    from omnifm.algorithms.spec import job_persistor_args
+
+    config = tmp_path / "app" / "config"
+    config.mkdir(parents=True)
+    server = {"algorithm": "fedavg", "components": [{"id": "persistor", "args": {"algorithm": "{algorithm}", "seed": 3}}]}
+    (config / "config_fed_server.json").write_text(json.dumps(server))
+    assert job_persistor_args(tmp_path)[1] == {"algorithm": "fedavg", "seed": 3}
+    server["components"][0]["args"]["top_k"] = "{top_k}"
+    (config / "config_fed_server.json").write_text(json.dumps(server))
+    with pytest.raises(ValueError, match="persistor argument top_k is '\\{top_k\\}' but the config defines no 'top_k'"):
+        job_persistor_args(tmp_path)
+    server["components"] = []
+    (config / "config_fed_server.json").write_text(json.dumps(server))
+    with pytest.raises(ValueError, match="no component with id 'persistor'"):
+        job_persistor_args(tmp_path)

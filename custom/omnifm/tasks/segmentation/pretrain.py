@@ -20,32 +20,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-PERSISTOR = "omnifm.fl.persistor.OmniFMPersistor"
 _SPEC_ARGS = ("task", "model", "omnifm", "top_k", "align_weight", "num_prototypes", "prox_mu", "seed")
 
 
 def job_spec(job: str | Path) -> dict[str, Any]:
     """The run spec of a job folder's server config (its persistor's arguments, ``{var}`` placeholders filled)."""
     from omnifm.algorithms import make_run_spec
+    from omnifm.algorithms.spec import job_persistor_args
 
-    config = json.loads((Path(job) / "app" / "config" / "config_fed_server.json").read_text(encoding="utf-8"))
-    persistors = [c for c in config.get("components", []) if c.get("path") == PERSISTOR]
-    if not persistors:
-        raise ValueError(f"{job}: the server config has no {PERSISTOR} component")
-    args = dict(persistors[0].get("args", {}))
-
-    def fill(value: Any) -> Any:
-        match = re.fullmatch(r"\{(\w+)\}", value) if isinstance(value, str) else None
-        return config[match.group(1)] if match and match.group(1) in config else value
-
-    algorithm = fill(args.get("algorithm", "omnifm"))
-    return make_run_spec(algorithm=algorithm, **{k: fill(args[k]) for k in _SPEC_ARGS if k in args})
+    _, args = job_persistor_args(job)
+    return make_run_spec(algorithm=args.get("algorithm", "omnifm"), **{k: args[k] for k in _SPEC_ARGS if k in args})
 
 
 def pretrain(spec: dict[str, Any], out: str | Path, *, epochs: int = 6, cases: int = 16, seed: int = 7,
