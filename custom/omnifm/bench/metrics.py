@@ -118,15 +118,47 @@ def section(config: Mapping[str, Any]) -> str:
 
 
 def scenario_parts(config: Mapping[str, Any]) -> list[str]:
-    """What sets a run apart from a segmentation run of its setting: task, task settings, participation."""
+    """What sets a run apart from a segmentation run of its setting: task, task settings, participation.
+
+    A segmentation task's ``classes`` / ``regions`` equal to the default task's are left out; a mapping
+    or list setting is shown by its entries (``inputs`` of FedUNetMM: ``inputs=t1+t1ce+t2+flair``).
+
+    Examples::
+
+        >>> scenario_parts({"spec_args": {"task": {"kind": "segmentation", "inputs": {"t1": ["t1"], "t2": ["t2"]}}}})
+        ['inputs=t1+t2']
+    """
     task = (config.get("spec_args") or {}).get("task")
     parts = []
     if _spec_task_name(task) != DEFAULT_TASK:
         parts.append(_spec_task_name(task))
     if isinstance(task, Mapping):
-        parts += [f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
-                  for k, v in task.items() if k not in ("kind", "name")]
+        default = _DEFAULT_TASK_SETTINGS if _spec_task_name(task) == DEFAULT_TASK else {}
+        parts += [f"{k}={_setting_text(v)}" for k, v in task.items()
+                  if k not in ("kind", "name") and not (k in default and _plain(v) == default[k])]
     participation = float(config.get("participation", 1.0))
     if not math.isclose(participation, 1.0):
         parts.append(f"participation={participation:g}")
     return parts
+
+
+def _setting_text(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, Mapping):
+        return "+".join(str(k) for k in value)
+    if isinstance(value, (list, tuple)):
+        return "+".join(str(v[0] if isinstance(v, (list, tuple)) and v else v) for v in value)
+    return str(value)
+
+
+def _plain(value: Any) -> Any:
+    """JSON-like value with tuples as lists (for comparing a task setting with the default's)."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+_DEFAULT_TASK_SETTINGS = _plain(task_class(DEFAULT_TASK).from_dict(None).to_dict())

@@ -36,6 +36,16 @@ the VQA job's task, network and training (:data:`VQA_SPEC_ARGS`, :data:`VQA_TRAI
 the task's headline ``accuracy`` (answerable questions); the constant-answer baseline
 ``majority`` is in every record beside it.
 
+``fedunetmm-quick`` is FedUNetMM (seed 004) against the single-sequence UNet: the same three sites,
+cases, splits and seeds in two settings, ``sequence-subsets`` (each site reads every MR sequence it
+holds, ``jobs/omnifm_seg_fedunetmm``'s subsets, with the job's FedUNetMM: :data:`FEDUNETMM_SPEC_ARGS`)
+and ``sequence-subsets-flair`` (each site reads only FLAIR, the one sequence every subset has, with
+the default segmentation job's UNet: :data:`UNET_SPEC_ARGS`), under FedAvg and OmniFM with Local and
+Central as references. The run spec differs per setting (``setting_spec_args``); the learning rate
+is tuned per algorithm *and setting* (``tuning_settings``), so each network gets its own; training
+(:data:`FEDUNETMM_TRAIN`, the FedUNetMM job's), rounds and data are shared. The report adds a paired
+table of each method across the two settings (:data:`omnifm.bench.settings.BASELINE_SETTINGS`).
+
 The algorithm lists are plain tuples below (:data:`FULL_ALGORITHMS`, :data:`QUICK_ALGORITHMS`);
 edit them there. Every name must be in :data:`omnifm.algorithms.ALGORITHMS`; a missing one stops
 the grid with the list of known names.
@@ -52,6 +62,7 @@ from omnifm.algorithms import ALGORITHMS
 from omnifm.bench.names import GROUPS, PRESET_NAMES
 from omnifm.bench.runner import RunConfig
 from omnifm.bench.settings import DataConfig, check_setting
+from omnifm.bench.tune import tuning_key
 from omnifm.tasks.classification.network import DEFAULT_CLS_MODEL
 
 # The default job's model and OmniFM hyper-parameters (jobs/omnifm_seg/app/config/config_fed_server.json).
@@ -129,6 +140,28 @@ VQA_LR_GRID = (1e-3, 3e-3, 1e-2)
 # with 2 validation cases a site could have no slice to ask about)
 VQA_DATA = DataConfig(sites=6, cases=16, shape=(64, 64, 8), val_fraction=0.25, test_fraction=0.375, min_cases=4)
 
+# ---- FedUNetMM vs the single-sequence UNet (fedunetmm-quick) ----------------------------------------
+# jobs/omnifm_seg_fedunetmm's persistor args (tests/unit/bench/test_bench_fedunetmm.py keeps them equal)
+SEG_TASK: dict[str, Any] = {
+    "kind": "segmentation",
+    "classes": ["background", "necrotic", "edema", "enhancing"],
+    "regions": {"WT": ["necrotic", "edema", "enhancing"], "TC": ["necrotic", "enhancing"], "ET": ["enhancing"]},
+}  # the default segmentation task, stated (a bare {"kind": "segmentation"} would score per class)
+FEDUNETMM_SPEC_ARGS: dict[str, Any] = {
+    **SPEC_ARGS,
+    "task": {**SEG_TASK, "inputs": {"t1": ["t1"], "t1ce": ["t1ce"], "t2": ["t2"], "flair": ["flair"]}},
+    "model": {"kind": "fedunetmm", "layers": [2, 2, 2, 2], "block_inplanes": [8, 16, 32, 64], "heads": 2,
+              "positional": "last", "dropout": 0.0, "deep_supervision": True, "kv_grid": 8},
+    "omnifm": {"spectral_dim": 32, "num_suffix_tokens": 4},
+}
+# the single-sequence baseline: the default segmentation job's UNet (jobs/omnifm_seg) on one image per case
+UNET_SPEC_ARGS: dict[str, Any] = {**SPEC_ARGS, "task": dict(SEG_TASK), "model": dict(MODEL)}
+FEDUNETMM_ALGORITHMS = ("omnifm", "fedavg", "local", "central")
+FEDUNETMM_TRAIN: dict[str, Any] = {"local_epochs": 2, "batch_size": 16, "learning_rate": 3e-3}  # the FedUNetMM job's
+FEDUNETMM_LR_GRID = (3e-3, 1e-2, 3e-2)  # the job's 3e-3 and two steps up (the UNet chose 3e-2..3e-1 in `full`)
+# 3 sites (the job's subsets) x 12 cases of the job's 64x64x16: 5 train / 3 validation / 4 test
+FEDUNETMM_DATA = DataConfig(sites=3, cases=12, shape=(64, 64, 16), val_fraction=0.25, test_fraction=0.34, min_cases=4)
+
 # The data-scarce regime: 4 training cases per site, 3 validation, 7 test (benchmarks/README.md, "Headroom
 # pilot": Central - Local +0.063 test Dice over 2 seeds here; 48x48 gave +0.056 at ~3x the cost, 2 training
 # cases +0.049, more epochs or lr 3e-2 ~0). Validation and test are larger than training so that model
@@ -156,6 +189,12 @@ class Preset:
         participations: client participation ratios of the main group's federated algorithms
             (the non-federated ones and ``local`` run at 1 only).
         tuning_task: the task entry of the tuning runs (default: the first of ``task_variants``).
+        setting_spec_args: ``((setting, {run-spec args}), ...)``: run-spec arguments that replace
+            ``spec_args``' in that setting (e.g. another network for a baseline setting).
+        tuning_settings: tune in each of these settings (each with its algorithms), choosing a learning
+            rate per algorithm and setting; empty: ``tuning_setting`` only, one rate per algorithm.
+        seed_major: order the main runs seed by seed across the settings (a cut-short grid then still
+            has paired seeds in every setting); default setting by setting.
     """
 
     name: str
@@ -180,6 +219,9 @@ class Preset:
     task_variants: tuple[dict[str, Any], ...] = ()
     participations: tuple[float, ...] = (1.0,)
     tuning_task: dict[str, Any] | None = None
+    setting_spec_args: tuple[tuple[str, dict[str, Any]], ...] = ()
+    tuning_settings: tuple[str, ...] = ()
+    seed_major: bool = False
 
     def algorithms_for(self, setting: str) -> tuple[str, ...]:
         """The main-group algorithms run in ``setting``."""
@@ -190,6 +232,8 @@ class Preset:
         for setting, algorithms in self.setting_algorithms:
             check_setting(setting)
             check_names(algorithms)
+        for setting in (*dict(self.setting_spec_args), *self.tuning_settings):
+            check_setting(setting)
         if set(self.tuning_seeds) & set(self.seeds):
             raise ValueError(f"tuning seeds {sorted(self.tuning_seeds)} overlap the reporting seeds {sorted(self.seeds)}")
         if self.lr_grid and not self.tuning_seeds:
@@ -280,6 +324,23 @@ PRESETS: dict[str, Preset] = {
         tuning_setting="modality-clients",
         last_k=2,
     ),
+    "fedunetmm-quick": Preset(
+        name="fedunetmm-quick",
+        algorithms=FEDUNETMM_ALGORITHMS,
+        settings=("sequence-subsets", "sequence-subsets-flair"),
+        seeds=(0, 1, 2),
+        rounds=6,
+        data=FEDUNETMM_DATA,
+        train=dict(FEDUNETMM_TRAIN),
+        spec_args=dict(FEDUNETMM_SPEC_ARGS),
+        lr_grid=FEDUNETMM_LR_GRID,
+        tuning_seeds=(100,),
+        tuning_setting="sequence-subsets",
+        last_k=2,
+        setting_spec_args=(("sequence-subsets-flair", dict(UNET_SPEC_ARGS)),),
+        tuning_settings=("sequence-subsets", "sequence-subsets-flair"),
+        seed_major=True,
+    ),
 }
 
 
@@ -329,6 +390,7 @@ def customize(
     overrides = {**(spec_overrides or {}), **(bank_overrides or {}), **(train_overrides or {})}
     if overrides:
         changes["spec_args"] = {**preset.spec_args, **(spec_overrides or {})}
+        changes["setting_spec_args"] = tuple((s, {**a, **(spec_overrides or {})}) for s, a in preset.setting_spec_args)
         changes["bank_args"] = {**preset.bank_args, **(bank_overrides or {})}
         changes["train"] = {**preset.train, **(train_overrides or {})}
         changes["label_suffix"] = " " + " ".join(f"{k}={v}" for k, v in sorted(overrides.items()))
@@ -337,6 +399,7 @@ def customize(
         changes["setting_algorithms"] = ()
     if settings:
         changes["settings"] = tuple(check_setting(s) for s in settings)
+        changes["tuning_settings"] = tuple(s for s in preset.tuning_settings if s in changes["settings"])
     if seeds:
         changes["seeds"] = tuple(int(s) for s in seeds)
         changes["sensitivity_seeds"] = tuple(s for s in preset.sensitivity_seeds if s in changes["seeds"]) or changes["seeds"][:1]
@@ -368,9 +431,15 @@ def _run(preset: Preset, algorithm: str, setting: str, seed: int, group: str, lr
     train = dict(preset.train, **({"learning_rate": lr} if lr is not None else {}))
     return RunConfig(
         algorithm, setting, seed, preset.rounds, preset.data, train,
-        {**preset.spec_args, **spec}, dict(preset.bank_args), group, (label or algorithm) + preset.label_suffix,
-        participation,
+        {**spec_args_for(preset, setting), **spec}, dict(preset.bank_args), group,
+        (label or algorithm) + preset.label_suffix, participation,
     )
+
+
+def spec_args_for(preset: Preset, setting: str) -> dict[str, Any]:
+    """The run-spec arguments of ``setting``'s runs: ``spec_args``, replaced by ``setting_spec_args``' where given
+    (command-line ``--spec-arg`` overrides apply to both)."""
+    return dict(dict(preset.setting_spec_args).get(setting, preset.spec_args))
 
 
 def _tuning_task(preset: Preset) -> dict[str, Any]:
@@ -379,7 +448,14 @@ def _tuning_task(preset: Preset) -> dict[str, Any]:
 
 
 def tuning_grid(preset: Preset) -> list[RunConfig]:
-    """The tuning runs: every algorithm x learning rate x tuning seed, in the tuning setting and task, all sites."""
+    """The tuning runs: every algorithm x learning rate x tuning seed, in the tuning setting (or each of the
+    ``tuning_settings``) and task, all sites."""
+    if preset.tuning_settings:  # one learning rate per algorithm and setting (omnifm.bench.tune)
+        return [
+            _run(preset, a, s, seed, "tuning", lr, f"{a} lr={lr:g}", **_tuning_task(preset))
+            for s in preset.tuning_settings for seed in preset.tuning_seeds for a in preset.algorithms_for(s)
+            for lr in preset.lr_grid
+        ]
     return [
         _run(preset, a, preset.tuning_setting, seed, "tuning", lr, f"{a} lr={lr:g}", **_tuning_task(preset))
         for seed in preset.tuning_seeds for a in preset.algorithms for lr in preset.lr_grid
@@ -399,16 +475,16 @@ def build_grid(preset: Preset, learning_rates: Mapping[str, float] | None = None
 
     Args:
         preset: the grid.
-        learning_rates: per algorithm, the tuned learning rate (:func:`omnifm.bench.tune.select_learning_rates`);
-            missing algorithms use ``preset.train["learning_rate"]``; ablations and sensitivity use
-            :data:`REFERENCE`'s.
+        learning_rates: per algorithm (or per ``algorithm@setting``, :func:`omnifm.bench.tune.tuning_key`), the
+            tuned learning rate (:func:`omnifm.bench.tune.select_learning_rates`); missing algorithms use
+            ``preset.train["learning_rate"]``; ablations and sensitivity use :data:`REFERENCE`'s.
     """
     rates = dict(learning_rates or {})
     reference_lr = rates.get(REFERENCE)
 
     def run(algorithm: str, setting: str, seed: int, group: str, label: str = "", participation: float = 1.0,
             **spec: Any) -> RunConfig:
-        lr = rates.get(algorithm) if group == "main" else reference_lr
+        lr = rates.get(tuning_key(algorithm, setting), rates.get(algorithm)) if group == "main" else reference_lr
         return _run(preset, algorithm, setting, seed, group, lr, label, participation, **spec)
 
     if preset.task_variants:
@@ -419,6 +495,8 @@ def build_grid(preset: Preset, learning_rates: Mapping[str, float] | None = None
         ] if "main" in preset.groups else []
     seeds_of = dict(preset.setting_seeds)
     main = [(s, seed) for s in preset.settings for seed in seeds_of.get(s, preset.seeds)] if "main" in preset.groups else []
+    if preset.seed_major:
+        main.sort(key=lambda key: key[1])  # stable: the settings' order within a seed
     first = [key for key in main if key[0] == "cross-modality"]
     runs = [run(a, s, seed, "main") for s, seed in first for a in preset.algorithms_for(s)]
     if "ablation" in preset.groups:

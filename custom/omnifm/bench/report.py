@@ -39,11 +39,12 @@ from omnifm.bench.metrics import (
     headline_label,
     headline_parts,
     metric_label,
+    metric_names,
     section,
     shown_metrics,
 )
 from omnifm.bench.record import read_runs, write_csv
-from omnifm.bench.settings import SETTINGS
+from omnifm.bench.settings import BASELINE_SETTINGS, SETTINGS
 from omnifm.bench.stats import holm, paired_summary
 from omnifm.bench.tune import last_k_score, tuning_markdown
 
@@ -175,14 +176,14 @@ def main_table(summary: dict, setting: str, last_k: int = LAST_K) -> str:
     return "\n".join(lines)
 
 
-def _cells(runs: list[dict[str, Any]], group: str, setting: str) -> dict[str, dict[int, dict[str, float]]]:
-    """``{label: {seed: {site: test headline}}}`` of one group and section."""
+def _cells(runs: list[dict[str, Any]], group: str, setting: str, key: str | None = None) -> dict[str, dict[int, dict[str, float]]]:
+    """``{label: {seed: {site: test headline (or metric key)}}}`` of one group and section."""
     out: dict[str, dict[int, dict[str, float]]] = defaultdict(dict)
     for run in runs:
         cfg = run["config"]
         if cfg["group"] == group and section(cfg) == setting:
-            head = headline(run)
-            out[cfg["label"]][cfg["seed"]] = {s: float(m[head]) for s, m in _test_sites(run).items()}
+            metric = key or headline(run)
+            out[cfg["label"]][cfg["seed"]] = {s: float(m[metric]) for s, m in _test_sites(run).items()}
     return out
 
 
@@ -265,6 +266,58 @@ def comparison_table(runs: list[dict[str, Any]], setting: str, group: str = "mai
             f"| {c['n']} | {_ci(c)} | {_p(c['p_wilcoxon'])} | {_p(c['p_holm'])} |"
         )
     return "\n".join(lines)
+
+
+def baseline_comparisons(runs: list[dict[str, Any]], setting: str, baseline: str, key: str | None = None) -> list[dict[str, Any]]:
+    """Paired test differences of each main label between two sections on the same cases
+    (:data:`omnifm.bench.settings.BASELINE_SETTINGS`): ``label in setting - label in baseline``, same seeds
+    and sites, seed and cell units, Holm across the labels."""
+    mine, theirs = _cells(runs, "main", setting, key), _cells(runs, "main", baseline, key)
+    out = []
+    for label in sorted(set(mine) & set(theirs)):
+        seeds = sorted(set(mine[label]) & set(theirs[label]))
+        by_seed = [_nanmean(list(mine[label][s].values())) - _nanmean(list(theirs[label][s].values())) for s in seeds]
+        by_cell = [mine[label][s][site] - theirs[label][s][site] for s in seeds for site in mine[label][s]
+                   if site in theirs[label][s]]
+        out.append({"label": label, "seed": paired_summary(by_seed), "cell": paired_summary(by_cell)})
+    for unit in ("seed", "cell"):
+        for row, adjusted in zip(out, holm([row[unit]["p_wilcoxon"] for row in out])):
+            row[unit]["p_holm"] = adjusted
+    return out
+
+
+def baseline_table(runs: list[dict[str, Any]], setting: str, baseline: str) -> str:
+    """Markdown of :func:`baseline_comparisons`: the headline as :func:`comparison_table` shows it, then each of
+    its parts (WT / TC / ET) in the seed × site unit (Δ, 95 % CI, Holm p across the labels)."""
+    rows = baseline_comparisons(runs, setting, baseline)
+    if not rows:
+        return ""
+    run = next(r for r in runs if section(r["config"]) == setting)
+    metrics, name = metric_names(run), _headline_name(runs, setting)
+    parts = [k for k in metrics[1:] if k.startswith(f"{metrics[0]}_")]
+    by_part = {k: {r["label"]: r["cell"] for r in baseline_comparisons(runs, setting, baseline, k)} for k in parts}
+    lines = _table_head([
+        "algorithm", "seeds", f"Δ test {name} [95 % CI] (seed unit)", "p Wilcoxon", "p Holm", "cells",
+        "Δ [95 % CI] (seed × site unit)", "p Wilcoxon", "p Holm",
+        *(f"Δ {metric_label(k, metrics[0])} [95 % CI] (cells), p Holm" for k in parts),
+    ])
+    for row in rows:
+        s, c = row["seed"], row["cell"]
+        lines.append(_row([
+            row["label"], str(s["n"]), _ci(s), _p(s["p_wilcoxon"]), _p(s["p_holm"]), str(c["n"]), _ci(c),
+            _p(c["p_wilcoxon"]), _p(c["p_holm"]),
+            *(f"{_ci(by_part[k][row['label']])}, {_p(by_part[k][row['label']]['p_holm'])}" for k in parts),
+        ]))
+    return "\n".join(lines)
+
+
+def _baseline_sections(sections: list[str]) -> list[tuple[str, str]]:
+    """``(section, baseline section)`` of every :data:`BASELINE_SETTINGS` pair the report has."""
+    def base(name: str) -> str:
+        return name.split(" [")[0]
+
+    return [(a, b) for setting, baseline in BASELINE_SETTINGS.items()
+            for a in sections if base(a) == setting for b in sections if base(b) == baseline]
 
 
 def headroom(summary: dict, setting: str) -> dict[str, float]:
@@ -402,10 +455,14 @@ def markdown(runs: list[dict[str, Any]], last_k: int = LAST_K) -> str:
         table = comparison_table(reported, setting)
         if table:
             parts += [f"Paired differences vs {REFERENCE} (test {name}):", "", table, ""]
+    for setting, baseline in _baseline_sections(sections):
+        name = _headline_name(reported, setting)
+        parts += [f"### {setting} vs {baseline}: each method on the same sites, cases, splits and seeds (test {name}, "
+                  f"{setting.split(' [')[0]} − {baseline})", "", baseline_table(reported, setting, baseline), ""]
     for group, title in (("ablation", "Ablations (cross-modality)"), ("sensitivity", "Sensitivity: lambda and top-k (cross-modality)")):
         if any(k[0] == group for k in summary):
             parts += [f"### {title}", "", ablation_table(reported, group), "", comparison_table(reported, "cross-modality", group), ""]
-    primary = _primary(sections) or sections[:1]  # a grid without the primary setting (fusion-pairs): its first
+    primary = _primary(sections) or sections  # a grid without the primary setting (fusion-pairs): each of its sections
     for setting in primary:
         diagnostics = diagnostics_table(reported, setting)
         if diagnostics:

@@ -25,6 +25,14 @@ benchmark site sees exactly the arrays a simulated FLARE client would see. The t
   SPECT) with native T1 MRI. Only a task with input slots (``image_fusion``) can read it.
 - ``modality-clients``: the paper's Task 2 (modality-specific clients, ``jobs/omnifm_vqa``): site
   ``k`` images :data:`MODALITY_CLIENTS` ``[k mod 6]`` (T1CE, T2, FLAIR, CT, PET, SPECT).
+- ``sequence-subsets``: the FedUNetMM federation of ``jobs/omnifm_seg_fedunetmm``: site ``k`` holds
+  paired cases (one anatomy rendered in each MR sequence) of :data:`SEQUENCE_SUBSETS` ``[k mod 3]``
+  (all four; T1CE + T2 + FLAIR; T1 + FLAIR). Only a task with input slots (FedUNetMM's) can read it.
+- ``sequence-subsets-flair``: the single-sequence baseline of ``sequence-subsets``: **the same
+  cases** (the same paired phantom files, labels and split) of which each site reads only its
+  :data:`SEQUENCE_BASELINE` image (FLAIR, the one sequence every subset has), one image per case,
+  for a single-image model (the UNet). :data:`BASELINE_SETTINGS` pairs the two; the report compares
+  the same method across them on the same seeds and sites.
 """
 
 from __future__ import annotations
@@ -48,7 +56,13 @@ from omnifm.validation import check_int, check_range
 HARD_MODALITY = "t1"
 FUSION_SOURCES = ("ct", "pet", "spect")  # fusion-pairs: site k's source A (source B: FUSION_MRI), as in jobs/omnifm_fusion
 FUSION_MRI = "t1"
-PAIRED_SETTINGS = ("fusion-pairs",)
+# sequence-subsets: site k's MR sequences, as jobs/omnifm_seg_fedunetmm's phantom_modalities (the first fixes the grid)
+SEQUENCE_SUBSETS = (("t1", "t1ce", "t2", "flair"), ("t1ce", "t2", "flair"), ("t1", "flair"))
+SEQUENCE_BASELINE = "flair"  # in every subset: the single-sequence baseline reads it at every site
+SEQUENCE_DATALIST = "datalist_flair.json"
+PAIRED_SETTINGS = ("fusion-pairs", "sequence-subsets")
+# a setting -> its baseline setting on the same cases (the report's paired table across the two)
+BASELINE_SETTINGS = {"sequence-subsets": "sequence-subsets-flair"}
 MODALITY_CLIENTS = ("t1ce", "t2", "flair", "ct", "pet", "spect")  # modality-clients: site k's, as in jobs/omnifm_vqa
 _SAME_MODALITY = {"same-modality": "t1ce", "same-modality-t2": "t2"}
 DIRICHLET_DATALIST = "datalist_dirichlet.json"
@@ -130,7 +144,8 @@ def load_federation(
     workspace = Path(root) / check_setting(setting) / f"seed-{check_int('seed', seed, 0)}"
     if setting in PAIRED_SETTINGS and task.input_slots is None:
         raise ValueError(f"the {setting} setting holds paired cases (two modalities per case) but the {task.name} task "
-                         "reads one image per case; use a task with input slots (image_fusion)")
+                         "reads one image per case; use a task with input slots (image_fusion; segmentation with inputs for "
+                         "FedUNetMM)")
     configs = _site_configs(setting, data, seed, workspace)
     loaded = {site: load_site_data(config, workspace, site, task) for site, config in configs.items()}
     return loaded, {site: _summary(configs[site], loaded[site]) for site in loaded}
@@ -153,6 +168,11 @@ def _site_configs(setting: str, data: DataConfig, seed: int, workspace: Path) ->
     if setting == "fusion-pairs":
         return {site: dataclasses.replace(config, modalities=(FUSION_SOURCES[i % len(FUSION_SOURCES)], FUSION_MRI))
                 for i, (site, config) in enumerate(configs.items())}
+    if setting == "sequence-subsets":
+        return {site: dataclasses.replace(config, modalities=sequence_subset(i)) for i, (site, config) in enumerate(configs.items())}
+    if setting == "sequence-subsets-flair":
+        return {site: _baseline_site(site, sequence_subset(i), data, seed, _paired_workspace(workspace))
+                for i, site in enumerate(configs)}
     if setting == "dirichlet":
         plan = dirichlet_plan(data.sites, data.cases, data.alpha, seed, data.min_cases)
         return {
@@ -160,6 +180,39 @@ def _site_configs(setting: str, data: DataConfig, seed: int, workspace: Path) ->
             for (site, config), (size, fraction) in zip(configs.items(), plan)
         }
     return configs
+
+
+def sequence_subset(index: int) -> tuple[str, ...]:
+    """Site ``index``'s (0-based) sequences in ``sequence-subsets``: :data:`SEQUENCE_SUBSETS` ``[index mod 3]``."""
+    return SEQUENCE_SUBSETS[check_int("index", index, 0) % len(SEQUENCE_SUBSETS)]
+
+
+def _paired_workspace(workspace: Path) -> Path:
+    """The ``sequence-subsets`` workspace of the same seed (``<root>/sequence-subsets/seed-<n>``)."""
+    return workspace.parent.parent / "sequence-subsets" / workspace.name
+
+
+def _baseline_site(site: str, subset: tuple[str, ...], data: DataConfig, seed: int, workspace: Path) -> SiteConfig:
+    """The site's ``sequence-subsets`` phantom (the very files that setting loads), read one
+    :data:`SEQUENCE_BASELINE` image per case through a datalist of its own."""
+    from omnifm.data.phantom.paired import write_paired_phantom_site
+
+    if SEQUENCE_BASELINE not in subset:
+        raise ValueError(f"{site} holds {list(subset)}, not the baseline sequence {SEQUENCE_BASELINE!r}")
+    folder = workspace / "omnifm_phantom" / f"{site}-paired"  # where load_site_data writes the paired site
+    entries = write_paired_phantom_site(folder, subset, data.cases, seed, tuple(data.shape), site_index(site))
+    cases = [{"id": e["id"], "image": str(Path(e["images"][SEQUENCE_BASELINE]).relative_to(folder.resolve())),
+              "label": str(Path(e["label"]).relative_to(folder.resolve())), "modality": SEQUENCE_BASELINE} for e in entries]
+    _write_if_changed(folder / SEQUENCE_DATALIST, {"cases": cases})
+    raw = {
+        "format": "nifti",
+        "data_root": str(folder),
+        "datalist": SEQUENCE_DATALIST,
+        "modalities": [SEQUENCE_BASELINE],
+        "label_map": BRATS_LABEL_MAP,
+        "split": {"val_fraction": data.val_fraction, "test_fraction": data.test_fraction, "seed": seed},
+    }
+    return parse_site_config(raw, folder)
 
 
 def dirichlet_plan(sites: int, cases: int, alpha: float, seed: int, min_cases: int = 4) -> list[tuple[int, float]]:

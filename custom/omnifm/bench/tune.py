@@ -2,7 +2,10 @@
 
 A tuning run's score is its validation headline metric (the task's: segmentation Dice,
 classification accuracy; mean over sites, NaN sites left out) averaged over the last ``last_k`` rounds; a learning rate's score is the mean over the tuning seeds; the
-algorithm keeps the learning rate with the highest score (ties: the smaller learning rate).
+algorithm keeps the learning rate with the highest score (ties: the smaller learning rate). When the
+tuning runs span several settings (a preset whose settings run different networks, e.g.
+``fedunetmm-quick``), the choice is per algorithm *and setting*, keyed ``algorithm@setting``
+(:func:`tuning_key`).
 
 Examples::
 
@@ -36,13 +39,22 @@ def last_k_score(run: dict[str, Any], last_k: int, key: str | None = None) -> fl
     return float(np.mean(values)) if values else math.nan
 
 
+def tuning_key(algorithm: str, setting: str) -> str:
+    """The key of a learning rate tuned per setting: ``omnifm@sequence-subsets``."""
+    return f"{algorithm}@{setting}"
+
+
 def tuning_scores(runs: Sequence[dict[str, Any]], last_k: int) -> dict[str, dict[float, float]]:
-    """``{algorithm: {learning_rate: score}}`` over the ``tuning`` group's runs (mean over seeds)."""
+    """``{algorithm: {learning_rate: score}}`` over the ``tuning`` group's runs (mean over seeds); the keys are
+    :func:`tuning_key` ``algorithm@setting`` when the tuning runs span several settings."""
     scores: dict[str, dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
+    tuning = [run["config"] for run in runs if run["config"].get("group") == "tuning"]
+    per_setting = len({cfg.get("setting") for cfg in tuning}) > 1
     for run in runs:
         cfg = run["config"]
         if cfg.get("group") == "tuning":
-            scores[cfg["algorithm"]][float(cfg["train"]["learning_rate"])].append(last_k_score(run, last_k))
+            key = tuning_key(cfg["algorithm"], cfg["setting"]) if per_setting else cfg["algorithm"]
+            scores[key][float(cfg["train"]["learning_rate"])].append(last_k_score(run, last_k))
     return {
         algorithm: {lr: _nanmean(values) for lr, values in sorted(by_lr.items())}
         for algorithm, by_lr in sorted(scores.items())

@@ -81,7 +81,7 @@ def test_settings_give_the_promised_modalities(federations):
     assert modalities == {
         "cross-modality": ["t1ce", "ct", "t2"], "cross-modality+t1": ["t1ce", "ct", "t2", "t1"],
         "same-modality": ["t1ce"] * 3, "dirichlet": ["t1ce", "ct", "t2"], "same-modality-t2": ["t2"] * 3,
-        "modality-clients": ["t1ce", "t2", "flair"],
+        "modality-clients": ["t1ce", "t2", "flair"], "sequence-subsets-flair": ["flair"] * 3,
     }
 
 
