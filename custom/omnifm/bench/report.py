@@ -514,6 +514,45 @@ def plot_curves(runs: list[dict[str, Any]], out_dir: str | Path) -> list[Path]:
     return paths
 
 
+def plot_baseline_bars(runs: list[dict[str, Any]], out_dir: str | Path) -> list[Path]:
+    """``<headline>_<setting>_vs_<baseline>.png`` per :data:`BASELINE_SETTINGS` pair in the runs: one panel per
+    shown metric (segmentation: Dice, WT, TC, ET), test score per main method, a bar per setting
+    (mean over seeds of the site mean, whisker = ± std over seeds). Without matplotlib: ``[]``."""
+    try:
+        import matplotlib
+    except ImportError:
+        return []
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    summary = summarize(runs)
+    paths = []
+    for setting, baseline in _baseline_sections(_settings(summary)):
+        labels = sorted({k[1] for k in summary if k[0] == "main" and k[2] == setting}
+                        & {k[1] for k in summary if k[0] == "main" and k[2] == baseline})
+        if not labels:
+            continue
+        metrics = summary[("main", labels[0], setting)]["metrics"]
+        fig, axes = plt.subplots(1, len(metrics), figsize=(3.2 * len(metrics), 3.6), sharey=True)
+        x = np.arange(len(labels))
+        for ax, key in zip(np.atleast_1d(axes), metrics):
+            for j, name in enumerate((setting, baseline)):
+                pairs = [summary[("main", label, name)][f"test_{key}"] for label in labels]
+                ax.bar(x + (j - 0.5) * 0.4, [m for m, _ in pairs], 0.4, yerr=[0 if math.isnan(e) else e for _, e in pairs],
+                       capsize=2, label=name)
+            ax.set_xticks(x, labels, rotation=30, fontsize=8)
+            ax.set_title(f"test {metric_label(key, metrics[0])}", fontsize=9)
+            ax.grid(axis="y", alpha=0.3)
+        np.atleast_1d(axes)[0].legend(fontsize=7)
+        fig.tight_layout()
+        stem = re.sub(r"[^A-Za-z0-9_.=+-]+", "_", f"{setting.split(' [')[0]}_vs_{baseline}").strip("_")
+        path = Path(out_dir) / f"{metrics[0]}_{stem}.png"
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
 def _panel_labels(metrics: list[str], key: str) -> tuple[str, str]:
     """A panel's title and y label: ``mean of WT/TC/ET`` / ``validation Dice (mean of WT/TC/ET), mean over sites``."""
     head, name, _ = _names(metrics)
@@ -556,7 +595,9 @@ def write_report(results_dir: str | Path, last_k: int = LAST_K) -> Path:
     text = markdown(runs, last_k)
     path = results_dir / "summary.md"
     path.write_text(text)  # tables first: a failing plot must not lose them
-    plots = plot_curves([r for r in runs if r["config"]["group"] != "tuning"], results_dir)
+    reported = [r for r in runs if r["config"]["group"] != "tuning"]
+    plots = plot_curves(reported, results_dir)
+    plots += plot_baseline_bars(reported, results_dir) if plots else []
     if plots:
         path.write_text(text + "\n" + "\n".join(f"![{p.stem}]({p.name})" for p in plots) + "\n")
     return path

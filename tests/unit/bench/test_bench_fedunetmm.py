@@ -185,3 +185,34 @@ def test_the_report_pairs_each_method_across_the_arms():
     text = markdown(runs, last_k=1)
     assert f"### {paired} vs {FLAIR}" in text and "Δ ET [95 % CI] (cells), p Holm" in text
     assert text.count("### Diagnostics") == 0 and f"### {FLAIR}: test Dice" in text
+
+
+def test_the_report_writes_the_arms_bar_plot(tmp_path):
+    pytest.importorskip("matplotlib")
+    from omnifm.bench.record import write_json
+    from omnifm.bench.report import write_report
+
+    for seed in range(2):
+        for setting in (PAIRED, FLAIR):
+            record = _record("fedavg", setting, seed, [0.3 + 0.1 * (setting == PAIRED)] * 3)
+            write_json(tmp_path / "runs" / f"{record['run_id']}.json", record)
+    summary = write_report(tmp_path, last_k=1).read_text()
+    assert (tmp_path / "dice_sequence-subsets_vs_sequence-subsets-flair.png").is_file()
+    assert "dice_sequence-subsets_vs_sequence-subsets-flair.png" in summary
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("algorithm", FEDUNETMM_ALGORITHMS)
+def test_every_run_of_the_preset_runs_on_a_tiny_federation(algorithm, tmp_path):
+    """One round of each algorithm in each arm, on 32 x 32 x 8 cases: a record with test scores per site."""
+    import dataclasses
+
+    from omnifm.bench.runner import run_one
+
+    preset = customize(get_preset("fedunetmm-quick"), rounds=1,
+                       data_overrides={"cases": 4, "shape": [32, 32, 8], "val_fraction": 0.25, "test_fraction": 0.25})
+    for config in [r for r in build_grid(preset) if r.seed == 0 and r.algorithm == algorithm]:
+        config = dataclasses.replace(config, train={**config.train, "batch_size": 8})
+        record = run_one(config, tmp_path)
+        assert set(record["test"]) == {"site-1", "site-2", "site-3"}
+        assert all(0.0 <= m["dice"] <= 1.0 and {"dice_WT", "dice_TC", "dice_ET"} <= set(m) for m in record["test"].values())
