@@ -5,6 +5,7 @@ Examples::
     omnifm-bench --preset quick                                  # a few minutes on 2 CPU cores
     omnifm-bench --preset full --workers 2                       # the documented grid (LR tuning, then reporting)
     omnifm-bench --preset cls-quick --out my-cls                 # classification: class skew x participation
+    omnifm-bench --preset fedunetmm-quick --workers 2            # FedUNetMM vs the FLAIR-only UNet, same cases
     omnifm-bench --preset quick --participation 0.5              # half the sites train each round
     omnifm-bench --preset full --algorithms omnifm fedper --seeds 0 1 2 --rounds 10 --out my-results
     omnifm-bench report my-results                               # tables + plots again from the JSONs
