@@ -54,6 +54,13 @@ class Task(ABC):
         """Class names a site's label volumes are mapped to (``label_map``; index 0 = background)."""
 
     @property
+    def per_case_classes(self) -> tuple[str, ...] | None:
+        """Class names a datalist entry's ``"class"`` field must name (or index), checked by the integrity
+        gate; the loaded case then carries ``"class"`` (its index) and needs no label volume. None (the
+        default): the task reads no per-case class."""
+        return None
+
+    @property
     @abstractmethod
     def value_classes(self) -> int:
         """Classes ``C`` of the knowledge bank's class-conditional values (0: keys-only bank)."""

@@ -10,7 +10,9 @@ on all classes.
 
 With ``mirror`` every training slice is also served flipped left-right, front-back and both, its
 class mirrored with it (:data:`MIRRORED`): the same tumour appears in every quadrant, so a site
-cannot learn its cases' appearance in place of where the tumour is. The skew is applied to the
+cannot learn its cases' appearance in place of where the tumour is. With per-case classes
+(``remap_mirrored=False``, :mod:`omnifm.tasks.classification.case_labels`) the flipped slices keep
+the case's class: a flip moves a tumour, it does not change a diagnosis. The skew is applied to the
 mirrored samples: applied to the slices before mirroring it would be undone (every kept tumour
 slice serves all four quadrant classes), and a site whose few cases lack its favoured quadrant
 would be left with nothing.
@@ -64,6 +66,8 @@ class LabelledSliceDataset(Dataset):
         mirror: serve each kept slice in its four mirror images (see the module docstring).
         skew: per class, the fraction of the *served* samples of that class kept (the label skew,
             :func:`skew_fractions`); None: all.
+        remap_mirrored: a mirrored slice's class is mirrored too (:data:`MIRRORED`, the location
+            classes); False: it keeps its class (per-case classes).
 
     Items are ``{"image": float32 (C, H, W), "label": int64 scalar}``.
     """
@@ -76,6 +80,7 @@ class LabelledSliceDataset(Dataset):
         seed: int = 0,
         mirror: bool = False,
         skew: np.ndarray | None = None,
+        remap_mirrored: bool = True,
     ) -> None:
         if len(cases) == 0:
             raise ValueError("cases must not be empty, got 0 cases")
@@ -88,6 +93,7 @@ class LabelledSliceDataset(Dataset):
             index += [(members[i][0], int(members[i][1]), c) for i in keep]
         flips = ((), (0,), (1,), (0, 1)) if mirror else ((),)
         self._flips = flips
+        self._remap = bool(remap_mirrored)
         self.index = sorted((v, z, c, f) for v, z, c in index for f in range(len(flips)))
         if skew is not None:
             self.index = self._skewed(np.asarray(skew, dtype=float), np.random.default_rng([int(seed), 1]))
@@ -107,6 +113,8 @@ class LabelledSliceDataset(Dataset):
         return np.bincount([self._label(c, f) for _, _, c, f in self.index], minlength=num_classes).tolist()
 
     def _label(self, c: int, flip: int) -> int:
+        if not self._remap:
+            return c
         for axis in self._flips[flip]:
             c = MIRRORED[axis][c]
         return c
