@@ -22,6 +22,14 @@ Per case, :func:`verify_cases` checks, in order:
    ``CaseError``);
 7. the image is not the same file as an earlier case's image.
 
+**Per-case classes** (``case_classes``, a classification task with ``labels: "case"``): each
+entry's ``"class"`` must name one of ``case_classes`` or be its integer index
+(:func:`omnifm.data.case_class.class_index`); a missing, blank, unknown, non-string/non-integer or
+out-of-range value makes the case bad, with the reason and without the value. A label volume is then
+optional (checked if the entry has one and the config a ``label_map``; ignored without a
+``label_map``); a good case's loaded dict carries ``"class"`` (the index). A site whose good cases
+cover only one class is usable, and :attr:`IntegrityReport.notes` says so.
+
 A **paired** case (``"images": {modality: path, ...}`` instead of ``"image"``, the same anatomy in
 several co-registered modalities sharing one label) is checked modality by modality, each as a case
 of its own with the shared label. A modality that fails, or that the site's ``modalities`` list but
@@ -48,10 +56,11 @@ from typing import Any
 
 import numpy as np
 
+from omnifm.data.case_class import MISSING, class_index, class_notes
 from omnifm.data.modalities import MODALITIES
-from omnifm.data.site_config import README, SiteConfig, SiteConfigError, read_json
+from omnifm.data.site_config import README, SITE_CONFIG_NAME, SiteConfig, SiteConfigError, read_json
 
-__all__ = ["MIN_GOOD_CASES", "DatalistError", "IntegrityReport", "Loader", "resolve_cases", "verify_cases"]
+__all__ = ["MIN_GOOD_CASES", "DatalistError", "IntegrityReport", "Loader", "check_label_map", "resolve_cases", "verify_cases"]
 
 logger = logging.getLogger(__name__)
 
@@ -82,6 +91,8 @@ class IntegrityReport:
             a paired case's is ``{"image": (M, H, W, D), "present": uint8 (M,), "label"}`` over
             the config's ``M`` modalities, the channels of masked modalities all zero.
         masked: ``(index, modality, reason)`` of each modality masked in a good paired case.
+        case_class: case mode: the class index of each good case, by case index.
+        notes: Remarks that do not make the site unusable (e.g. its good cases cover one class only).
     """
 
     n_cases: int
@@ -90,6 +101,8 @@ class IntegrityReport:
     site_problems: list[str] = field(default_factory=list)
     loaded: dict[int, dict[str, np.ndarray]] = field(default_factory=dict, repr=False)
     masked: list[tuple[int, str, str]] = field(default_factory=list)
+    case_class: dict[int, int] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
 
     @property
     def usable(self) -> bool:
@@ -106,11 +119,12 @@ class IntegrityReport:
         )
 
     def lines(self) -> list[str]:
-        """Printable lines: one per bad case (``case 3: <reason>``), one per site problem, the summary."""
+        """Printable lines: one per bad case (``case 3: <reason>``), one per site problem and note, the summary."""
         cases = [f"case {index}: {reason}" for index, reason in self.bad]
         cases += [f"case {index}: {modality} masked ({reason}); kept with its other modalities"
                   for index, modality, reason in self.masked]
-        return [*cases, *(f"site: {problem}" for problem in self.site_problems), self.summary()]
+        notes = [f"site: note: {note}" for note in self.notes]
+        return [*cases, *(f"site: {problem}" for problem in self.site_problems), *notes, self.summary()]
 
 
 # --------------------------------------------------------------------------- datalist
@@ -193,6 +207,7 @@ def verify_cases(
     require_label: bool = True,
     keep_loaded: bool = False,
     normalize: bool = True,
+    case_classes: Sequence[str] | None = None,
 ) -> IntegrityReport:
     """Load and check every case (see the module docstring for the checks).
 
@@ -209,29 +224,55 @@ def verify_cases(
         normalize: Normalise the kept images with
             :func:`omnifm.data.normalize.normalize_intensity` for the case's modality, as
             ``load_case(..., normalize=True)`` would.
+        case_classes: Case mode: the task's class names each entry's ``"class"`` must name or
+            index; labels are then optional (``require_label`` is ignored). None: no class check.
 
     Returns:
         The :class:`IntegrityReport`.
 
     Raises:
-        SiteConfigError: the config's label map uses a class that is not in ``classes``.
+        SiteConfigError: the config's label map uses a class that is not in ``classes``, or is
+            missing while labels are required.
     """
+    require_label = require_label and case_classes is None
+    check_label_map(config, require_label)
     mapping = config.label_values(classes)
     loader = loader if loader is not None else _default_loader()
     report = IntegrityReport(n_cases=len(cases))
     first_index: dict[str, int] = {}
     for index, case in enumerate(cases):
+        case_class, class_problem = (None, None) if case_classes is None else class_index(case.get("class", MISSING), case_classes)
+        case = case if config.label_map else _unlabelled(case)
         if "images" in case:
             problems, loaded, masked = _check_paired(case, config, mapping, loader, require_label)
         else:
             (problems, loaded), masked = _check_case(case, config, mapping, loader, require_label), []
-        problems += _duplicate_problem(index, case, first_index)
+        problems += _duplicate_problem(index, case, first_index) + ([class_problem] if class_problem else [])
         report.masked += [] if problems else [(index, modality, reason) for modality, reason in masked]
-        _record(report, index, problems, _kept(loaded, case, config, normalize) if keep_loaded and not problems else None)
+        kept = _kept(loaded, case, config, normalize) if keep_loaded and not problems else None
+        _record(report, index, problems, kept if kept is None or case_class is None else {**kept, "class": case_class})
+        if case_class is not None and not problems:
+            report.case_class[index] = case_class
         if (index + 1) % _PROGRESS_EVERY == 0 or index + 1 == len(cases):
             logger.info("integrity check: %d/%d cases checked, %d bad", index + 1, len(cases), len(report.bad))
     report.site_problems = _site_problems(cases, config, report)
+    report.notes = class_notes(report.case_class, case_classes) if case_classes is not None and report.good else []
+    for note in report.notes:
+        logger.warning("integrity check: %s", note)
     return report
+
+
+def check_label_map(config: SiteConfig, require_label: bool) -> None:
+    """Raise :class:`SiteConfigError` if labels are required and the config has no ``label_map``."""
+    if require_label and not config.label_map:
+        raise SiteConfigError(
+            f'{SITE_CONFIG_NAME}: "label_map" is missing, but this job\'s task reads label volumes — map the raw label '
+            'values to class names, e.g. {"0": "background", "1": "tumour"} (see ' + README + ")")
+
+
+def _unlabelled(case: dict[str, Any]) -> dict[str, Any]:
+    """A case of a site without a ``label_map`` (case mode): its label volume, if any, is not read."""
+    return {key: value for key, value in case.items() if key != "label"}
 
 
 def _record(report: IntegrityReport, index: int, problems: list[str], kept: dict | None) -> None:
@@ -331,14 +372,14 @@ def _shown(modality: Any) -> str:
 def _stacked(loaded: dict[str, dict[str, np.ndarray]], modalities: Sequence[str]) -> dict[str, np.ndarray]:
     """``{"image": (M, H, W, D), "present": (M,), "label"}`` over ``modalities``; absent channels zero."""
     first = next(iter(loaded.values()))
-    label = np.asarray(first["label"])
-    image = np.zeros((len(modalities), *label.shape[1:]), dtype=np.float32)
+    image = np.zeros((len(modalities), *np.shape(first["image"])[1:]), dtype=np.float32)
     present = np.zeros(len(modalities), dtype=np.uint8)
     for j, modality in enumerate(modalities):
         if modality in loaded:
             image[j] = np.asarray(loaded[modality]["image"], dtype=np.float32)[0]
             present[j] = 1
-    return {"image": image, "present": present, "label": label}
+    label = {} if first.get("label") is None else {"label": np.asarray(first["label"])}  # case mode: may be absent
+    return {"image": image, "present": present, **label}
 
 
 def _modality_problems(case: dict[str, Any], config: SiteConfig) -> list[str]:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from omnifm.data.integrity import case_modalities, normalized_case, resolve_cases, verify_cases
+from omnifm.data.integrity import IntegrityReport, case_modalities, normalized_case, resolve_cases, verify_cases
 from omnifm.data.loading import split_cases
 from omnifm.data.phantom import BRATS_LABELS, modality_for_site, write_phantom_site
 from omnifm.data.slots import assign_slots, to_slots
@@ -85,8 +85,9 @@ def find_site_config(local_dir: str | Path, simulate: bool, fallback: SiteConfig
     )
 
 
-def _phantom_root(config: SiteConfig, workspace_root: Path, site_name: str) -> SiteConfig:
-    """Write (or reuse) the phantom and point the config at its datalist."""
+def _phantom_root(config: SiteConfig, workspace_root: Path, site_name: str, task: Task) -> SiteConfig:
+    """Write (or reuse) the phantom and point the config at its datalist (a case-mode task: the one with
+    per-case classes, :mod:`omnifm.data.phantom.case_classes`)."""
     paired = len(config.modalities) > 1  # a default folder of its own: a single-modality phantom may live there
     root = config.data_root or workspace_root / "omnifm_phantom" / (f"{site_name}-paired" if paired else site_name)
     spec, index = config.phantom, site_index(site_name)
@@ -96,7 +97,24 @@ def _phantom_root(config: SiteConfig, workspace_root: Path, site_name: str) -> S
         write_paired_phantom_site(root, config.modalities, spec.cases, spec.seed, spec.shape, site_index=index)
     else:
         write_phantom_site(root, config.modalities[0], spec.cases, spec.seed, spec.shape, site_index=index)
-    return dataclasses.replace(config, data_root=Path(root))
+    config = dataclasses.replace(config, data_root=Path(root))
+    return config if task.per_case_classes is None else _phantom_case_classes(config, task.per_case_classes)
+
+
+def _phantom_case_classes(config: SiteConfig, classes: tuple[str, ...]) -> SiteConfig:
+    """The phantom's datalist with a class per case (the hemisphere rule), for a case-mode task.
+
+    Raises:
+        SiteConfigError: the task's classes are not the rule's.
+    """
+    from omnifm.data.phantom.case_classes import HEMISPHERE_CLASSES, write_hemisphere_datalist
+
+    if tuple(classes) != HEMISPHERE_CLASSES:
+        raise SiteConfigError(
+            f"the built-in phantom labels each case by the hemisphere of its tumour, classes {list(HEMISPHERE_CLASSES)}; "
+            f"this job's task has classes {list(classes)} — set the task's \"classes\" to {list(HEMISPHERE_CLASSES)} "
+            "(and \"mirror\": false, a left-right flip changes the side) or give the site real data")
+    return dataclasses.replace(config, datalist=write_hemisphere_datalist(config.data_root))
 
 
 _CACHE: dict[tuple, SiteData] = {}
@@ -113,9 +131,11 @@ def load_site_data(config: SiteConfig, workspace_root: str | Path, site_name: st
             message lists the bad cases by index and reason only.
     """
     synthetic = config.format == "phantom"
+    if task.per_case_classes is not None:
+        config.check_case_classes(task.per_case_classes)
     if synthetic:
-        config = _phantom_root(config, Path(workspace_root), site_name)
-    key = (config, site_name, task.label_classes, task.input_slots, _mtime(config.datalist_path))
+        config = _phantom_root(config, Path(workspace_root), site_name, task)
+    key = (config, site_name, task.label_classes, task.input_slots, task.per_case_classes, _mtime(config.datalist_path))
     if key not in _CACHE:
         _CACHE[key] = _phantom_cached(config, site_name, task) if synthetic else _verified_site_data(config, task, synthetic)
     return _CACHE[key]
@@ -126,6 +146,7 @@ def _phantom_cached(config: SiteConfig, site_name: str, task: Task) -> SiteData:
     from omnifm.data import cache
 
     classes = [*task.label_classes, repr(task.input_slots)]
+    classes += [] if task.per_case_classes is None else ["case classes", *task.per_case_classes]
     key = cache.cache_key(config, site_name, classes, resolve_cases(config), config.datalist_path)
     fields, _ = cache.cached(config.data_root, key,
                              lambda: dataclasses.asdict(_verified_site_data(config, task, synthetic=True)))
@@ -138,14 +159,15 @@ def _mtime(path: Path | None) -> float:
 
 def _verified_site_data(config: SiteConfig, task: Task, synthetic: bool) -> SiteData:
     cases = resolve_cases(config)
-    report = verify_cases(cases, config, list(task.label_classes), keep_loaded=True, normalize=False)
+    report = verify_cases(cases, config, list(task.label_classes), keep_loaded=True, normalize=False,
+                          case_classes=task.per_case_classes)
     if not report.usable:
         raise SiteConfigError("no usable cases at this site:\n" + "\n".join(report.lines()))
     slots = None if task.input_slots is None else assign_slots(config.modalities, task.input_slots)
     volumes = [_for_task(report.loaded[i], cases[i], config, slots, len(task.input_slots or ())) for i in report.good]
     train_idx, val_idx, test_idx = split_cases(len(volumes), config.val_fraction, config.split_seed, config.test_fraction)
     kind = "SYNTHETIC phantom" if synthetic else "site data"
-    counts = f"{len(train_idx)} train / {len(val_idx)} val / {len(test_idx)} test cases"
+    counts = f"{len(train_idx)} train / {len(val_idx)} val / {len(test_idx)} test cases" + _class_line(report, task)
     return SiteData(
         train=[volumes[i] for i in train_idx],
         val=[volumes[i] for i in val_idx],
@@ -155,6 +177,16 @@ def _verified_site_data(config: SiteConfig, task: Task, synthetic: bool) -> Site
         skipped=len(report.bad),
         problems=[line for line in report.lines() if line.startswith("case ")],
     )
+
+
+def _class_line(report: IntegrityReport, task: Task) -> str:
+    """Case mode: ``"; cases per class: benign 10, malignant 4"`` and the gate's notes (e.g. one class only)."""
+    if task.per_case_classes is None:
+        return ""
+    from omnifm.data.case_class import class_counts
+
+    notes = "".join(f"; NOTE: {note}" for note in report.notes)
+    return f"; cases per class: {class_counts(report.case_class, task.per_case_classes)}{notes}"
 
 
 def _for_task(loaded: dict[str, np.ndarray], case: dict, config: SiteConfig,

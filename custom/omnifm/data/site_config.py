@@ -14,6 +14,10 @@ Schema (keys starting with ``_`` are comments and ignored; any other unknown key
       "modalities": ["t1", "flair"],     # non-empty, from MODALITIES; phantom: the one it renders,
                                          # or several: every case rendered in each (paired cases)
       "label_map": {"0": "background", "1": "tumour"},  # raw label value -> class name; "0" -> "background"
+                                         # (optional for a site whose cases carry a per-case class
+                                         # and no label volume; a job that reads labels needs it)
+      "case_classes": ["benign", "malignant"],  # optional: the per-case class names the datalist's
+                                         # "class" fields use, in index order; must equal the job's
       "split": {"val_fraction": 0.2, "test_fraction": 0.0, "seed": 0},  # optional, these are the defaults
       "normalization": {"ct_window": [0, 80]},          # optional; CT HU window (default: brain window)
       "spacing": [1.0, 1.0, 1.0],        # target spacing in mm, or null to keep native (default)
@@ -67,7 +71,8 @@ FORMATS = ("nifti", "dicom", "phantom")
 DEFAULT_DATALIST = "datalist.json"
 BACKGROUND = "background"
 TOP_LEVEL_KEYS = (
-    "format", "data_root", "datalist", "modalities", "label_map", "split", "spacing", "phantom", "normalization"
+    "format", "data_root", "datalist", "modalities", "label_map", "split", "spacing", "phantom", "normalization",
+    "case_classes",
 )
 SPLIT_KEYS = ("val_fraction", "test_fraction", "seed")
 NORMALIZATION_KEYS = ("ct_window",)
@@ -126,7 +131,8 @@ class SiteConfig:
         format: ``"nifti"``, ``"dicom"`` or ``"phantom"``.
         modalities: The modalities this site contributes (phantom: the ones it renders; several
             give paired cases, each rendered in every modality).
-        label_map: ``(raw label value, class name)`` pairs sorted by raw value; raw 0 is background.
+        label_map: ``(raw label value, class name)`` pairs sorted by raw value; raw 0 is background;
+            empty when the config has none (a site with per-case classes and no label volumes).
         data_root: Absolute data folder (``None`` only for a phantom site without one).
         datalist: The datalist's file name inside ``data_root``.
         val_fraction: Fraction of the site's cases held out for validation, in ``(0, 1)``.
@@ -137,6 +143,9 @@ class SiteConfig:
         phantom: What to generate (phantom sites only).
         ct_window: The CT HU window ``(low, high)``, or ``None`` for the default brain window
             (:data:`omnifm.data.normalize.CT_BRAIN_WINDOW`).
+        case_classes: The per-case class names this site's datalist uses (``"class"`` fields), in
+            index order, or ``None`` when the config declares none; a case-mode job checks that
+            they equal its classes (:meth:`check_case_classes`).
     """
 
     format: str
@@ -150,6 +159,7 @@ class SiteConfig:
     phantom: PhantomSpec | None = None
     test_fraction: float = 0.0
     ct_window: tuple[float, float] | None = None
+    case_classes: tuple[str, ...] | None = None
 
     @property
     def datalist_path(self) -> Path | None:
@@ -181,12 +191,26 @@ class SiteConfig:
             )
         return {raw: index[name] for raw, name in self.label_map}
 
+    def check_case_classes(self, job_classes: Sequence[str]) -> None:
+        """Check the declared ``case_classes`` (if any) against a case-mode job's classes.
+
+        Raises:
+            SiteConfigError: they differ (names or order: an integer ``"class"`` indexes them).
+        """
+        if self.case_classes is not None and list(self.case_classes) != list(job_classes):
+            raise _error(
+                f'"case_classes" {list(self.case_classes)} differ from this job\'s classes {list(job_classes)} '
+                "(names and order must match: an integer \"class\" in the datalist is an index into them)",
+                "ask the study coordinator which classes the federation uses and correct the datalist and "
+                '"case_classes", or remove "case_classes"')
+
     def describe(self) -> str:
         """A one-line summary that is safe to log: no paths, no names."""
         spacing = "native" if self.spacing is None else "x".join(f"{s:g}" for s in self.spacing)
+        labels = f"{len(self.class_names())} classes" if self.label_map else "no label_map"
         return (
             f"format {self.format}, modalities {'+'.join(self.modalities)}, "
-            f"{len(self.class_names())} classes, spacing {spacing}, val_fraction {self.val_fraction:g}"
+            f"{labels}, spacing {spacing}, val_fraction {self.val_fraction:g}"
         )
 
 
@@ -258,6 +282,7 @@ def parse_site_config(data: Mapping[str, Any], base_dir: str | Path, *, check_pa
         phantom=_parse_phantom(data, fmt),
         test_fraction=test_fraction,
         ct_window=_parse_normalization(data),
+        case_classes=_parse_case_classes(data),
     )
 
 
@@ -326,6 +351,8 @@ def _parse_modalities(data: Mapping[str, Any], fmt: str) -> tuple[str, ...]:
 
 
 def _parse_label_map(data: Mapping[str, Any]) -> tuple[tuple[int, str], ...]:
+    if "label_map" not in data:
+        return ()  # allowed for per-case classes; a job that reads label volumes refuses it (integrity gate)
     value = data.get("label_map")
     if not isinstance(value, Mapping) or not value:
         fix = 'map raw label values to class names, e.g. {"0": "background", "1": "tumour"}'
@@ -345,6 +372,19 @@ def _label_entry(key: Any, name: Any) -> tuple[int, str]:
         problem = f'"label_map.{key}" must be a class name (non-empty string), got {name!r}'
         raise _error(problem, "use one of the federation's class names")
     return int(key), name
+
+
+def _parse_case_classes(data: Mapping[str, Any]) -> tuple[str, ...] | None:
+    if "case_classes" not in data:
+        return None
+    value = data["case_classes"]
+    ok = isinstance(value, list) and len(value) >= 2 and all(isinstance(c, str) and c.strip() for c in value)
+    if not ok:
+        problem = f'"case_classes" must be a list of at least two class names (strings), got {value!r}'
+        raise _error(problem, 'list the per-case classes in the job\'s order, e.g. ["benign", "malignant"], or remove it')
+    if len(set(value)) != len(value):
+        raise _error(f'"case_classes" lists a class twice: {value}', "list each class once")
+    return tuple(value)
 
 
 def _parse_split(data: Mapping[str, Any]) -> tuple[float, float, int]:
