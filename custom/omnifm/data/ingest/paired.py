@@ -31,6 +31,7 @@ from omnifm.data.ingest.loader import _load_tensors
 from omnifm.data.ingest.prepare import (
     PrepareSummary,
     SkippedCase,
+    _attach_classes,
     _check_output,
     _image_dtype,
     _label_dtype,
@@ -82,8 +83,10 @@ def prepare_paired(
     output_dir: str | Path,
     spacing: tuple[float, float, float] | None = None,
     progress: bool = True,
+    class_table: Any = None,
 ) -> PrepareSummary:
-    """Convert every paired case under ``input_dir`` (see the module docstring).
+    """Convert every paired case under ``input_dir`` (see the module docstring); with ``class_table``
+    each converted case gets its CSV class, as :func:`~omnifm.data.ingest.prepare_dataset` does.
 
     Returns:
         A :class:`~omnifm.data.ingest.PrepareSummary` (a modality left out of a converted case is a note).
@@ -103,6 +106,7 @@ def prepare_paired(
         outcome = _prepare_case(index, case, out, spacing, summary, entries)
         if progress:
             print(_progress_line(index, len(cases), case["id"], outcome), flush=True)
+    _attach_classes(cases, entries, class_table, input_dir, summary)
     _write_datalist(out, entries)
     summary.seconds = time.perf_counter() - start
     return summary

@@ -44,6 +44,8 @@ class PrepareSummary:
     bytes_read: int = 0
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
+    class_problems: list[str] = field(default_factory=list)
+    classed: int | None = None  # converted cases given a class from a CSV; None: no CSV was given
 
     @property
     def slices_per_second(self) -> float:
@@ -54,7 +56,8 @@ class PrepareSummary:
         return self.bytes_read / 1e6 / self.seconds if self.seconds > 0 else 0.0
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready summary (``skipped`` as ``{"index", "id", "reason"}`` dicts)."""
+        """JSON-ready summary (``skipped`` as ``{"index", "id", "reason"}`` dicts; with a classes CSV also
+        ``classed`` and ``class_problems``)."""
         return {
             "cases_found": self.cases_found,
             "converted": list(self.converted),
@@ -65,6 +68,7 @@ class PrepareSummary:
             "slices_per_second": round(self.slices_per_second, 1),
             "megabytes_per_second": round(self.megabytes_per_second, 2),
             "notes": list(self.notes),
+            **({} if self.classed is None else {"classed": self.classed, "class_problems": list(self.class_problems)}),
         }
 
     def table(self) -> str:
@@ -84,6 +88,7 @@ class PrepareSummary:
             lines += ["", "| # | case | skipped because |", "|---|---|---|"]
             lines += [f"| {s.index} | {s.case_id} | {s.reason} |" for s in self.skipped]
         lines += [f"note: {note}" for note in self.notes]
+        lines += [f"class: {problem}" for problem in self.class_problems]
         return "\n".join(lines)
 
 
@@ -163,6 +168,18 @@ def _make_output(out: Path, output_dir: str | Path) -> None:
         ) from None
 
 
+def _attach_classes(cases: list[dict[str, Any]], entries: list[dict[str, Any]], class_table: Any,
+                    input_dir: str | Path, summary: PrepareSummary) -> None:
+    """Give the converted cases their CSV classes (:mod:`omnifm.data.ingest.case_classes`); no table: nothing."""
+    if class_table is None:
+        return
+    from omnifm.data.ingest.case_classes import attach_classes
+
+    summary.class_problems = attach_classes(cases, entries, class_table, input_dir)
+    summary.classed = sum(1 for entry in entries if "class" in entry)
+    summary.notes.append(f"{summary.classed} of {len(entries)} converted case(s) have a class from the CSV")
+
+
 def _write_datalist(out: Path, entries: list[dict[str, Any]]) -> None:
     tmp = out / f".{DATALIST_NAME}.{os.getpid()}.tmp"
     tmp.write_text(json.dumps({"cases": entries}, indent=2) + "\n")
@@ -180,6 +197,7 @@ def prepare_dataset(
     spacing: tuple[float, float, float] | None = None,
     modality: str | None = None,
     progress: bool = True,
+    class_table: Any = None,
 ) -> PrepareSummary:
     """Convert every case under ``input_dir`` to anonymous, RAS-oriented NIfTI in ``output_dir``.
 
@@ -198,6 +216,8 @@ def prepare_dataset(
         spacing: Resample to this voxel spacing in mm, or ``None`` for the native grid.
         modality: Force this modality for every case (else DICOM's ``Modality``; NIfTI: ``"t1"``).
         progress: Print one line per case (index, id, outcome) to stdout.
+        class_table: Per-case classes (:func:`~omnifm.data.ingest.case_classes.read_class_csv`): each
+            converted case's entry gets ``"class"``; problems go to ``summary.class_problems``.
 
     Returns:
         A :class:`PrepareSummary`.
@@ -223,6 +243,7 @@ def prepare_dataset(
     assumed = sum(1 for c in cases if c["format"] == "nifti" and modality is None)
     if assumed:
         summary.notes.append(f"modality t1 assumed for {assumed} NIfTI case(s); pass a modality to set it")
+    _attach_classes(cases, entries, class_table, input_dir, summary)
     _write_datalist(out, entries)
     summary.seconds = time.perf_counter() - start
     return summary
