@@ -134,6 +134,22 @@ def test_class_skew_works_on_case_classes():
     assert counts == [round(f * n) for f, n in zip(skew, full)] and counts != full
 
 
+def test_the_fusion_classifier_takes_case_labels():
+    from omnifm.tasks.classification.task import CT_MRI_INPUTS
+
+    task = ClsTask(labels="case", classes=CLASSES, inputs=CT_MRI_INPUTS, mirror=False)
+    rng = np.random.default_rng(0)
+    cases = [{"image": rng.normal(size=(2, 16, 16, 3)).astype(np.float32), "present": np.array([1, i % 2], np.uint8),
+              "class": i % 2} for i in range(2)]
+    dataset = task.dataset(cases, 0.3, seed=0)
+    assert len(dataset) == 6 and dataset[0]["image"].shape == (4, 16, 16)  # two slots + their presence planes
+    assert [int(dataset[i]["label"]) for i in range(6)] == [0, 0, 0, 1, 1, 1]
+    model = task.build_network(task.check_model({"kind": "ct_mri_fusion", **TINY}), {})
+    model.eval()
+    logits = model(task.case_inputs(model, cases[0])).logits
+    assert task.reduce(model, logits, cases[0]).shape == (1, 2)
+
+
 # --------------------------------------------------------------------------- case-level scores
 
 

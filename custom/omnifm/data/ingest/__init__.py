@@ -63,6 +63,8 @@ The package, by concern (each name below is importable from ``omnifm.data.ingest
 - :mod:`~omnifm.data.ingest.prepare`: conversion of a whole input folder (:func:`prepare_dataset`);
 - :mod:`~omnifm.data.ingest.paired`: the same for paired cases, one image per modality and a shared
   label per case folder (:func:`~omnifm.data.ingest.paired.prepare_paired`).
+- :mod:`~omnifm.data.ingest.case_classes`: per-case classes from a CSV into the datalist's ``"class"``
+  (``omnifm-prepare-data --classes``; :func:`~omnifm.data.ingest.case_classes.read_class_csv`).
 """
 
 from __future__ import annotations
