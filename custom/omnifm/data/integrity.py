@@ -241,16 +241,16 @@ def verify_cases(
     report = IntegrityReport(n_cases=len(cases))
     first_index: dict[str, int] = {}
     for index, case in enumerate(cases):
-        case_class, class_problem = (None, None) if case_classes is None else class_index(case.get("class", MISSING), case_classes)
+        case_class, class_problem = _case_class(case, case_classes)
         case = case if config.label_map else _unlabelled(case)
         if "images" in case:
             problems, loaded, masked = _check_paired(case, config, mapping, loader, require_label)
         else:
             (problems, loaded), masked = _check_case(case, config, mapping, loader, require_label), []
-        problems += _duplicate_problem(index, case, first_index) + ([class_problem] if class_problem else [])
+        problems += _duplicate_problem(index, case, first_index) + class_problem
         report.masked += [] if problems else [(index, modality, reason) for modality, reason in masked]
         kept = _kept(loaded, case, config, normalize) if keep_loaded and not problems else None
-        _record(report, index, problems, kept if kept is None or case_class is None else {**kept, "class": case_class})
+        _record(report, index, problems, _with_class(kept, case_class))
         if case_class is not None and not problems:
             report.case_class[index] = case_class
         if (index + 1) % _PROGRESS_EVERY == 0 or index + 1 == len(cases):
@@ -268,6 +268,18 @@ def check_label_map(config: SiteConfig, require_label: bool) -> None:
         raise SiteConfigError(
             f'{SITE_CONFIG_NAME}: "label_map" is missing, but this job\'s task reads label volumes — map the raw label '
             'values to class names, e.g. {"0": "background", "1": "tumour"} (see ' + README + ")")
+
+
+def _case_class(case: dict[str, Any], case_classes: Sequence[str] | None) -> tuple[int | None, list[str]]:
+    """Case mode: ``(class index or None, [reason])`` of the entry's ``"class"``; else ``(None, [])``."""
+    if case_classes is None:
+        return None, []
+    index, problem = class_index(case.get("class", MISSING), case_classes)
+    return index, [] if problem is None else [problem]
+
+
+def _with_class(kept: dict[str, Any] | None, case_class: int | None) -> dict[str, Any] | None:
+    return kept if kept is None or case_class is None else {**kept, "class": case_class}
 
 
 def _unlabelled(case: dict[str, Any]) -> dict[str, Any]:
@@ -355,6 +367,7 @@ def _check_paired(
         single = {"id": case["id"], "image": images[modality], "label": case.get("label"), "modality": modality}
         problems, one = _check_case(single, config, mapping, loader, require_label)
         problems += [] if one is None or np.asarray(one["image"]).shape[0] == 1 else ["a paired image must have one channel"]
+        problems += [] if problems else _grid_problem(one, loaded)
         if problems:
             masked.append((_shown(modality), "; ".join(problems)))
         else:
@@ -363,6 +376,16 @@ def _check_paired(
         return ["no usable modality (" + "; ".join(f"{m}: {r}" for m, r in masked) + ")"], None, []
     masked += [(m, "not in this case") for m in config.modalities if m not in images]
     return [], _stacked(loaded, config.modalities), masked
+
+
+def _grid_problem(one: dict[str, Any], loaded: dict[str, dict[str, Any]]) -> list[str]:
+    """A paired image on another grid than the case's first good modality (only possible without a
+    label, which each image is otherwise checked against)."""
+    if not loaded:
+        return []
+    first = np.shape(next(iter(loaded.values()))["image"])[1:]
+    shape = np.shape(one["image"])[1:]
+    return [] if shape == first else [f"image shape {shape} differs from the case's other modalities' {first} (one grid needed)"]
 
 
 def _shown(modality: Any) -> str:

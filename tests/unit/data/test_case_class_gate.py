@@ -119,6 +119,28 @@ def test_a_case_mode_site_without_label_map_does_not_read_its_label_volumes(tmp_
     assert report.good == [0, 1] and read == [False, False]
 
 
+def test_paired_case_mode_without_label_map_keeps_the_class_and_masks_an_image_on_another_grid(tmp_path: Path):
+    def loader(case, **kwargs):
+        shape = (1, 4, 4, 4) if "small" in case["image"] else (1, *SHAPE)
+        return {"image": np.ones(shape, np.float32)}
+
+    cases = []
+    for i, ct in enumerate(("ct.nii.gz", "ct_small.nii.gz")):
+        folder = tmp_path / f"case{i}"
+        folder.mkdir()
+        for name in ("t1.nii.gz", ct, "seg.nii.gz"):
+            (folder / name).touch()
+        cases.append({"id": f"case{i}", "images": {"t1": str(folder / "t1.nii.gz"), "ct": str(folder / ct)},
+                      "label": str(folder / "seg.nii.gz"), "class": "malignant"})
+    config = parse_site_config({"format": "nifti", "data_root": str(tmp_path), "modalities": ["t1", "ct"]}, tmp_path,
+                               check_paths=False)
+    report = verify_cases(cases, config, ["background"], loader, keep_loaded=True, case_classes=CLASSES)
+    assert report.good == [0, 1] and [report.loaded[i]["present"].tolist() for i in (0, 1)] == [[1, 1], [1, 0]]
+    assert report.masked == [(1, "ct", "image shape (4, 4, 4) differs from the case's other modalities' (6, 5, 4) "
+                                       "(one grid needed)")]
+    assert report.loaded[1]["class"] == 1 and "label" not in report.loaded[1]
+
+
 # --------------------------------------------------------------------------- omnifm_site.json
 
 
