@@ -184,9 +184,12 @@ def _resolve_paired(index: int, entry: dict[str, Any], folder: Path) -> dict[str
         raise _datalist_error(f'"cases[{index}]" has "images" and also "image"/"modality"', "keep one form per case")
     if not isinstance(images, dict) or not images or not all(_is_path(p) for p in images.values()):
         raise _datalist_error(f'"cases[{index}].images" must be an object {{modality: path, ...}}', _REWRITE)
-    if not _is_path(entry.get("label")):
-        raise _datalist_error(f'"cases[{index}].label" must be a path string (a paired case shares one label)', _REWRITE)
-    case = {"id": f"case_{index:03d}", **entry, "label": str(folder / entry["label"])}
+    if entry.get("label") is not None and not _is_path(entry["label"]):
+        raise _datalist_error(f'"cases[{index}].label" must be a path string (a paired case shares one label) or absent',
+                              _REWRITE)
+    case = {"id": f"case_{index:03d}", **entry}
+    if entry.get("label") is not None:
+        case["label"] = str(folder / entry["label"])
     case["images"] = {str(m): str(folder / p) for m, p in images.items()}
     return case
 

@@ -141,6 +141,23 @@ def test_paired_case_mode_without_label_map_keeps_the_class_and_masks_an_image_o
     assert report.loaded[1]["class"] == 1 and "label" not in report.loaded[1]
 
 
+def test_a_paired_entry_without_label_is_good_in_case_mode_only(tmp_path: Path):
+    from omnifm.data.integrity import resolve_cases
+
+    for name in ("t1_0.nii.gz", "ct_0.nii.gz", "t1_1.nii.gz", "ct_1.nii.gz"):
+        (tmp_path / name).touch()
+    entries = [{"images": {"t1": f"t1_{i}.nii.gz", "ct": f"ct_{i}.nii.gz"}, "class": i} for i in range(2)]
+    (tmp_path / "datalist.json").write_text(json.dumps({"cases": entries}))
+    data = {"format": "nifti", "data_root": str(tmp_path), "modalities": ["t1", "ct"]}
+    case_mode = parse_site_config(data, tmp_path)
+    cases = resolve_cases(case_mode)
+    assert "label" not in cases[0]
+    assert verify_cases(cases, case_mode, ["background"], fake_loader, case_classes=CLASSES).good == [0, 1]
+    location = parse_site_config({**data, "label_map": {"0": "background"}}, tmp_path)
+    report = verify_cases(resolve_cases(location), location, ["background"], fake_loader)
+    assert dict(report.bad)[0] == "no usable modality (t1: no label in the datalist; ct: no label in the datalist)"
+
+
 # --------------------------------------------------------------------------- omnifm_site.json
 
 
