@@ -151,3 +151,21 @@ def test_the_prepared_site_passes_the_gate_in_case_mode(export: Path, tmp_path: 
     report = verify_data.verify_site(site)
     assert report.good == [0, 1, 2] and [i for i, _ in report.bad] == [3] and report.usable
     assert report.bad[0][1].startswith('no "class" in the datalist')
+
+
+def test_a_one_class_site_loads_for_the_classifier_and_its_log_line_says_so(export: Path, tmp_path: Path):
+    """The FL client's path (load_site_data): classes reach the cases; one class only is a note, not a stop."""
+    from omnifm.data.site import load_site_data
+    from omnifm.data.site_config import load_site_config
+    from omnifm.tasks.classification import ClsTask
+
+    rows = "".join(f"{name},benign\n" for name in NAMES)
+    assert _run(export, tmp_path, _csv(tmp_path, "case,class\n" + rows))[0] == 0
+    site = tmp_path / "omnifm_site.json"
+    site.write_text(json.dumps({"format": "nifti", "data_root": str(tmp_path / "out"), "modalities": ["t1"]}))
+    task = ClsTask(labels="case", classes=("benign", "malignant"))
+    data = load_site_data(load_site_config(site), tmp_path / "ws", "site-1", task)
+    assert [case["class"] for case in data.train + data.val] == [0, 0, 0, 0]
+    assert "cases per class: benign 4, malignant 0; NOTE: the usable cases cover only one class ('benign', 4 cases)" \
+        in data.description
+    assert not [secret for secret in ("DOE", "ROE", str(tmp_path)) if secret in data.description]
