@@ -210,23 +210,45 @@ def wait_for(
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
-def session(fed: Federation, timeout: float = 30.0):
-    """A FLARE API session as the project admin (used for status queries only)."""
-    from nvflare.fuel.flare_api.flare_api import new_secure_session
+# A FLARE API query in a fresh interpreter. In the pytest process a session can inherit FLARE state
+# that earlier in-process tests left behind: after tests/fl/test_he_aggregation.py ran in the same
+# process (which happens under pytest-xdist, where a worker runs several files), the server
+# rejected every admin message as unauthenticated ("missing client name") and no site ever
+# showed as registered.
+_QUERY = """
+import json, sys
+from nvflare.fuel.flare_api.flare_api import new_secure_session
+user, kit, timeout, what, *args = sys.argv[1:]
+sess = new_secure_session(user, kit, timeout=float(timeout))
+try:
+    if what == "clients":
+        out = sorted(c.name for c in sess.get_system_info().client_info)
+    elif what == "job_status":
+        out = str(sess.get_job_meta(args[0]).get("status"))
+    else:
+        out = sess.check_status("client")
+    print(json.dumps(out, default=str))
+finally:
+    sess.close()
+"""
 
-    return new_secure_session(ADMIN, str(fed.admin), timeout=timeout)
+
+def query(fed: Federation, what: str, *args: str, timeout: float = 30.0):
+    """As the project admin, through a FLARE API session in a new process: ``clients`` (the names the
+    server lists), ``job_status <id>`` or ``client_status``. Raises RuntimeError if the session fails."""
+    cmd = [sys.executable, "-c", _QUERY, ADMIN, str(fed.admin), str(timeout), what, *args]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout + 60, env=kit_env())
+    if done.returncode != 0:
+        raise RuntimeError(f"FLARE API query {what!r} failed ({done.returncode}): {done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def connected_clients(fed: Federation) -> set[str]:
     """Clients the server currently lists (``get_system_info``); empty if the server is not up yet."""
     try:
-        sess = session(fed, timeout=10.0)
-    except Exception:  # noqa: BLE001 - the server may not be listening yet: keep polling
+        return set(query(fed, "clients", timeout=10.0))
+    except (RuntimeError, subprocess.TimeoutExpired, ValueError, IndexError):  # not listening yet: keep polling
         return set()
-    try:
-        return {c.name for c in sess.get_system_info().client_info}
-    finally:
-        sess.close()
 
 
 def admin(fed: Federation, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
@@ -277,12 +299,7 @@ def download(fed: Federation, job_id: str, out: Path) -> Path:
 
 def job_status(fed: Federation, job_id: str) -> str:
     """The job's status in the server's job store (e.g. ``FINISHED:COMPLETED``, ``ABANDONED``)."""
-    sess = session(fed)
-    try:
-        return str(sess.get_job_meta(job_id).get("status"))
-    finally:
-        sess.close()
-
+    return str(query(fed, "job_status", job_id))
 
 
 def job_log(kit: Path, job_id: str) -> str:

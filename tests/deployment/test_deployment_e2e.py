@@ -139,11 +139,7 @@ def test_kit_from_another_provisioning_is_refused(plain: Running, tmp_path: Path
         H.wait_for(lambda: "CERTIFICATE_VERIFY_FAILED" in proc.text(), 90, "the rogue site's TLS failure", [proc])
         time.sleep(5)  # a few more connection attempts
         assert "site-3" not in H.connected_clients(plain.fed)
-        sess = H.session(plain.fed)
-        try:
-            status = sess.check_status("client")
-        finally:
-            sess.close()
+        status = H.query(plain.fed, "client_status")
         assert "site-3" not in json.dumps(status), status
         assert "SSL site-3" not in plain.procs["server"].text(), "the server accepted a connection from the rogue kit"
     finally:

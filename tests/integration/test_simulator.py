@@ -44,7 +44,8 @@ def simulator_env(threads: int) -> dict[str, str]:
 
     Each process's PyTorch gets its share of the cores (``OMP_NUM_THREADS``): N clients with one
     thread pool per core each oversubscribe the CPU, which cost 18 % of a 2-site run's wall time
-    on 2 cores (63 s -> 51 s under load). ``threads=1`` keeps PyTorch's default.
+    on 2 cores (63 s -> 51 s under load). ``threads=1`` keeps PyTorch's default. A parallel test
+    process has set its own share already (tests/conftest.py), which its simulator keeps.
     """
     env = dict(os.environ)
     if threads > 1 and "OMP_NUM_THREADS" not in env:
