@@ -16,6 +16,13 @@ Writes ``<out>/privacy_curve.json`` (all records), ``<out>/privacy_curve.md`` (t
 ``<out>/privacy_curve.png`` (the curve). Example (what benchmarks/results/privacy/ holds)::
 
     python benchmarks/privacy_curve.py --seeds 0 1 2 --rounds 5 --out benchmarks/results/privacy
+
+``--data ranking`` runs the curve on the benchmark's ranking setting instead (the ``full``
+preset's data: 5 cross-modality sites x 14 cases, 4 of them training cases per site, and its
+training: batch 8, 2 local epochs), with ``--lr`` the learning rate the ``full`` preset chose
+without DP (benchmarks/results/full_cross_modality/learning_rates.json)::
+
+    python benchmarks/privacy_curve.py --data ranking --lr 0.1 --rounds 12 --out benchmarks/results/privacy_ranking
 """
 
 from __future__ import annotations
@@ -34,7 +41,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from omnifm.bench.presets import BANK_ARGS, SPEC_ARGS
+from omnifm.bench.presets import BANK_ARGS, SCARCE, SPEC_ARGS
+from omnifm.bench.presets import TRAIN as RANKING_TRAIN
 from omnifm.bench.runner import RunConfig, run_one
 from omnifm.bench.settings import DataConfig, load_federation
 from omnifm.engine import SiteTrainer, TrainConfig
@@ -47,6 +55,8 @@ EPSILONS = (1.0, 3.0, 8.0, math.inf)
 # 2-core machine shared with other jobs. DP needs cases: the more a site has, the less noise per case.
 DATA = DataConfig(sites=3, cases=16, shape=(32, 32, 16), val_fraction=0.25, test_fraction=0.25)
 TRAIN: dict[str, Any] = {"local_epochs": 2, "batch_size": 16, "learning_rate": 1e-2}
+# --data: the curve's own DP-feasible federation, or the benchmark's ranking setting (the full preset's)
+DATASETS: dict[str, tuple[DataConfig, dict[str, Any]]] = {"dp-small": (DATA, dict(TRAIN)), "ranking": (SCARCE, dict(RANKING_TRAIN))}
 DP: dict[str, Any] = {"max_grad_norm": 1.0, "delta": 1e-5, "cases_per_step": 4, "slices_per_case": 4, "accountant": "rdp"}
 
 
@@ -196,6 +206,18 @@ def merge(paths: list[Path], out: Path, command: str) -> int:
     return 0
 
 
+def _select_data(name: str, lr: float | None) -> None:
+    """Point the module's DATA and TRAIN (read by the runs and the table) at ``--data``'s, ``--lr`` on top."""
+    global DATA
+    DATA, train = DATASETS[name]
+    TRAIN.clear()
+    TRAIN.update(train)
+    if lr is not None:
+        if not lr > 0:
+            raise SystemExit(f"--lr must be > 0, got {lr}")
+        TRAIN["learning_rate"] = lr
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--algorithms", nargs="+", default=list(ALGORITHMS))
@@ -207,12 +229,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--local-epochs", type=int, default=None,
                         help=f"local epochs per round (default {TRAIN['local_epochs']}); DP-SGD takes one step per "
                              "Poisson sample of cases_per_step cases, so it needs more epochs for the same number of steps")
+    parser.add_argument("--data", choices=sorted(DATASETS), default="dp-small",
+                        help="dp-small: 3 sites x 8 training cases (default); ranking: the full preset's 5 sites x 4 training cases")
+    parser.add_argument("--lr", type=float, default=None, help=f"learning rate (default {TRAIN['learning_rate']}; "
+                                                               "the data's training settings otherwise)")
     parser.add_argument("--merge", nargs="+", type=Path, default=None,
                         help="only combine the privacy_curve.json files of earlier (e.g. parallel) runs into --out")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/privacy"))
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "omnifm_privacy_cache")
     args = parser.parse_args(argv)
     command = "python benchmarks/privacy_curve.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    _select_data(args.data, args.lr)
     if args.local_epochs is not None:
         if args.local_epochs < 1:
             parser.error(f"--local-epochs must be >= 1, got {args.local_epochs}")
