@@ -11,6 +11,7 @@ import pytest
 from omnifm.bench.metrics import section
 from omnifm.bench.presets import (
     FEDUNETMM_ALGORITHMS,
+    FEDUNETMM_ARM_ALGORITHMS,
     FEDUNETMM_SPEC_ARGS,
     UNET_SPEC_ARGS,
     build_grid,
@@ -80,13 +81,17 @@ def test_both_arms_run_the_same_methods_budget_seeds_and_data_with_their_own_net
     preset = get_preset("fedunetmm-quick")
     rates = {tuning_key(a, s): 0.01 if s == PAIRED else 0.03 for a in FEDUNETMM_ALGORITHMS for s in preset.settings}
     grid = build_grid(preset, rates)
-    assert len({r.run_id for r in grid}) == len(grid) == 2 * len(FEDUNETMM_ALGORITHMS) * len(preset.seeds)
+    arms = {PAIRED: FEDUNETMM_ARM_ALGORITHMS, FLAIR: FEDUNETMM_ALGORITHMS}
+    assert len({r.run_id for r in grid}) == len(grid) == sum(map(len, arms.values())) * len(preset.seeds)
     assert len({(r.rounds, r.train["local_epochs"], r.train["batch_size"], r.data) for r in grid}) == 1
     assert {"fedavg", "omnifm", "local", "central"} == set(FEDUNETMM_ALGORITHMS)
+    assert {"fedavg", "omnifm"} == set(FEDUNETMM_ARM_ALGORITHMS), "the issue's two federations in both arms"
     for setting in preset.settings:
         mine = [r for r in grid if r.setting == setting]
-        assert {(r.algorithm, r.seed) for r in mine} == {(a, s) for a in FEDUNETMM_ALGORITHMS for s in preset.seeds}
+        assert {(r.algorithm, r.seed) for r in mine} == {(a, s) for a in arms[setting] for s in preset.seeds}
         assert all(r.train["learning_rate"] == (0.01 if setting == PAIRED else 0.03) for r in mine)
+    every = build_grid(customize(preset, algorithms=FEDUNETMM_ALGORITHMS))
+    assert {(r.setting, r.algorithm) for r in every} == {(s, a) for s in preset.settings for a in FEDUNETMM_ALGORITHMS}
     kinds = {r.setting: r.spec()["model"].get("kind", "unet") for r in grid}
     assert kinds == {PAIRED: "fedunetmm", FLAIR: "unet"}
     assert {ARM[section(r.to_dict())] for r in grid} == {"fedunetmm", "unet"}, "one report section per arm"
@@ -97,9 +102,9 @@ def test_both_arms_run_the_same_methods_budget_seeds_and_data_with_their_own_net
 def test_tuning_covers_both_arms_and_chooses_per_algorithm_and_setting():
     preset = get_preset("fedunetmm-quick")
     tuning = tuning_grid(preset)
-    assert {(r.setting, r.algorithm) for r in tuning} == {(s, a) for s in preset.settings for a in FEDUNETMM_ALGORITHMS}
+    assert {(r.setting, r.algorithm) for r in tuning} == {(r.setting, r.algorithm) for r in build_grid(preset)}
     assert {r.seed for r in tuning}.isdisjoint(preset.seeds)
-    assert len(tuning) == len(preset.settings) * len(FEDUNETMM_ALGORITHMS) * len(preset.lr_grid)
+    assert len(tuning) == len({(r.setting, r.algorithm) for r in tuning}) * len(preset.lr_grid)
 
     def run(algorithm, setting, lr, dice):
         return {"config": {"algorithm": algorithm, "setting": setting, "group": "tuning", "seed": 100,
