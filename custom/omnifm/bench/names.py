@@ -10,4 +10,4 @@ from __future__ import annotations
 SETTINGS = ("cross-modality", "cross-modality+t1", "same-modality", "dirichlet", "same-modality-t2", "fusion-pairs",
             "modality-clients", "sequence-subsets", "sequence-subsets-flair")
 GROUPS = ("main", "ablation", "sensitivity")
-PRESET_NAMES = ("cls-quick", "fedunetmm-quick", "full", "fusion-quick", "quick", "vqa-quick")
+PRESET_NAMES = ("cls-quick", "cls-skew", "fedunetmm-quick", "full", "fusion-quick", "quick", "vqa-quick")

@@ -20,7 +20,8 @@ cases and splits: the task ``{"name": "classification", "class_skew": alpha}`` f
 :data:`CLASS_SKEWS` (``task_variants``), every federated method also at 50 % client participation
 (``participations``; the references Local and Central only at 100 %), the classification job's
 ResNet-18 topology (:data:`CLS_SPEC_ARGS`). It tunes the learning rate the same way, in its
-``tuning_task`` at full participation.
+``tuning_task`` at full participation. ``cls-skew`` is the same at full participation only, for
+every alpha of :data:`CLASS_SKEWS_ALL` (Dirichlet 0.1, 0.5 and none) and 5 seeds.
 
 ``fusion-quick`` is the image-fusion benchmark (paper Table 7) on the ``fusion-pairs`` federation
 (CT-, PET- and SPECT-with-MRI sites, as ``jobs/omnifm_fusion``): the methods of Table 7 that run
@@ -103,7 +104,8 @@ REFERENCE = "omnifm"  # the method every paired comparison is against
 # the classification job's network (jobs/omnifm_cls: MONAI ResNet-18 topology, widths 8-16-32-64); classes set the outputs
 CLS_SPEC_ARGS: dict[str, Any] = {**SPEC_ARGS, "model": {k: v for k, v in DEFAULT_CLS_MODEL.items() if k != "out_channels"}}
 CLS_ALGORITHMS = ("omnifm", "omnifm-placebo", "fedper", "fedbn", "fedavg", "local", "central")
-CLASS_SKEWS = (0.5, 0.0)  # Dirichlet alpha of the label skew across sites (0: none); 0.1 leaves sites without a labelled slice (README)
+CLASS_SKEWS = (0.5, 0.0)  # cls-quick's Dirichlet alphas of the label skew across sites (0: none)
+CLASS_SKEWS_ALL = (0.1, 0.5, 0.0)  # cls-skew's: the Dirichlet(0.1) and (0.5), and none
 # the job's batch (jobs/omnifm_cls); a grid one step below LR_GRID: at 1e-1 OmniFM's tokens collapsed on the tuning seed
 CLS_TRAIN: dict[str, Any] = {"local_epochs": 2, "batch_size": 32, "learning_rate": 1e-2}
 CLS_LR_GRID = (1e-2, 3e-2, 1e-1)
@@ -298,6 +300,22 @@ PRESETS: dict[str, Preset] = {
         last_k=3,
         task_variants=tuple({"name": "classification", "class_skew": a} for a in CLASS_SKEWS),
         participations=(1.0, 0.5),
+        tuning_task={"name": "classification", "class_skew": 0.5},
+    ),
+    "cls-skew": Preset(  # cls-quick's task, network, training and tuning; every skew, 5 seeds, all sites per round
+        name="cls-skew",
+        algorithms=CLS_ALGORITHMS,
+        settings=("cross-modality",),
+        seeds=(0, 1, 2, 3, 4),
+        rounds=8,
+        data=SCARCE,
+        train=dict(CLS_TRAIN),
+        spec_args=dict(CLS_SPEC_ARGS),
+        lr_grid=CLS_LR_GRID,
+        tuning_seeds=(100,),
+        last_k=3,
+        task_variants=tuple({"name": "classification", "class_skew": a} for a in CLASS_SKEWS_ALL),
+        participations=(1.0,),
         tuning_task={"name": "classification", "class_skew": 0.5},
     ),
     "fusion-quick": Preset(

@@ -122,6 +122,18 @@ def test_full_preset_runs_the_hard_case_on_fewer_seeds_and_a_seed_override_runs_
     }
 
 
+def test_class_skew_preset_is_cls_quick_at_every_skew_with_five_seeds():
+    """cls-skew: the issue's Dirichlet(0.1) and (0.5) and no skew, 5 seeds, cls-quick's task, training and tuning."""
+    quick, skew = get_preset("cls-quick"), get_preset("cls-skew")
+    grid = build_grid(skew, {a: 0.03 for a in skew.algorithms})
+    assert {r.spec_args["task"]["class_skew"] for r in grid} == {0.1, 0.5, 0.0}
+    assert {r.seed for r in grid} == {0, 1, 2, 3, 4} and {r.participation for r in grid} == {1.0}
+    assert {r.algorithm for r in grid} == set(quick.algorithms)
+    same = ("settings", "rounds", "data", "train", "spec_args", "lr_grid", "tuning_seeds", "last_k", "tuning_task")
+    assert all(getattr(skew, f) == getattr(quick, f) for f in same)
+    assert [r.run_id for r in tuning_grid(skew)] == [r.run_id for r in tuning_grid(quick)], "the same tuning runs"
+
+
 def test_classification_preset_crosses_class_skew_and_participation():
     preset = get_preset("cls-quick")
     rates = {a: 0.03 for a in preset.algorithms}
