@@ -302,22 +302,6 @@ PRESETS: dict[str, Preset] = {
         participations=(1.0, 0.5),
         tuning_task={"name": "classification", "class_skew": 0.5},
     ),
-    "cls-skew": Preset(  # cls-quick's task, network, training and tuning; every skew, 5 seeds, all sites per round
-        name="cls-skew",
-        algorithms=CLS_ALGORITHMS,
-        settings=("cross-modality",),
-        seeds=(0, 1, 2, 3, 4),
-        rounds=8,
-        data=SCARCE,
-        train=dict(CLS_TRAIN),
-        spec_args=dict(CLS_SPEC_ARGS),
-        lr_grid=CLS_LR_GRID,
-        tuning_seeds=(100,),
-        last_k=3,
-        task_variants=tuple({"name": "classification", "class_skew": a} for a in CLASS_SKEWS_ALL),
-        participations=(1.0,),
-        tuning_task={"name": "classification", "class_skew": 0.5},
-    ),
     "fusion-quick": Preset(
         name="fusion-quick",
         algorithms=FUSION_ALGORITHMS,
@@ -366,6 +350,10 @@ PRESETS: dict[str, Preset] = {
     ),
 }
 
+
+# cls-quick's task, network, training and tuning at every skew, 5 seeds, all sites per round
+PRESETS["cls-skew"] = dataclasses.replace(PRESETS["cls-quick"], name="cls-skew", seeds=(0, 1, 2, 3, 4), participations=(1.0,),
+                                         task_variants=tuple({"name": "classification", "class_skew": a} for a in CLASS_SKEWS_ALL))
 
 if tuple(sorted(PRESETS)) != tuple(sorted(PRESET_NAMES)):  # the torch-free names the CLI's --help offers
     raise RuntimeError(f"omnifm.bench.names.PRESET_NAMES {PRESET_NAMES} != the presets {sorted(PRESETS)}")
