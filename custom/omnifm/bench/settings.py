@@ -204,15 +204,7 @@ def _baseline_site(site: str, subset: tuple[str, ...], data: DataConfig, seed: i
     cases = [{"id": e["id"], "image": str(Path(e["images"][SEQUENCE_BASELINE]).relative_to(folder.resolve())),
               "label": str(Path(e["label"]).relative_to(folder.resolve())), "modality": SEQUENCE_BASELINE} for e in entries]
     _write_if_changed(folder / SEQUENCE_DATALIST, {"cases": cases})
-    raw = {
-        "format": "nifti",
-        "data_root": str(folder),
-        "datalist": SEQUENCE_DATALIST,
-        "modalities": [SEQUENCE_BASELINE],
-        "label_map": BRATS_LABEL_MAP,
-        "split": {"val_fraction": data.val_fraction, "test_fraction": data.test_fraction, "seed": seed},
-    }
-    return parse_site_config(raw, folder)
+    return _nifti_site(folder, SEQUENCE_DATALIST, SEQUENCE_BASELINE, data, seed)
 
 
 def dirichlet_plan(sites: int, cases: int, alpha: float, seed: int, min_cases: int = 4) -> list[tuple[int, float]]:
@@ -283,15 +275,20 @@ def _dirichlet_site(
     chosen = pick_cases(flags, size, fraction, data.val_fraction, seed, data.test_fraction)
     datalist = {"cases": [_relative(entries[i], pool_dir) for i in chosen]}
     _write_if_changed(pool_dir / DIRICHLET_DATALIST, datalist)
+    return _nifti_site(pool_dir, DIRICHLET_DATALIST, modality, data, seed)
+
+
+def _nifti_site(root: Path, datalist: str, modality: str, data: DataConfig, seed: int) -> SiteConfig:
+    """The config of a NIfTI site whose ``datalist`` in ``root`` names its cases, split as ``data`` says."""
     raw = {
         "format": "nifti",
-        "data_root": str(pool_dir),
-        "datalist": DIRICHLET_DATALIST,
+        "data_root": str(root),
+        "datalist": datalist,
         "modalities": [modality],
         "label_map": BRATS_LABEL_MAP,
         "split": {"val_fraction": data.val_fraction, "test_fraction": data.test_fraction, "seed": seed},
     }
-    return parse_site_config(raw, pool_dir)
+    return parse_site_config(raw, root)
 
 
 def _relative(entry: dict[str, str], folder: Path) -> dict[str, str]:
