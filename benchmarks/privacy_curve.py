@@ -232,8 +232,8 @@ def main(argv: list[str] | None = None) -> int:
                              "Poisson sample of cases_per_step cases, so it needs more epochs for the same number of steps")
     parser.add_argument("--data", choices=sorted(DATASETS), default="dp-small",
                         help="dp-small: 3 sites x 8 training cases (default); ranking: the full preset's 5 sites x 4 training cases")
-    parser.add_argument("--lr", type=float, default=None, help=f"learning rate (default {TRAIN['learning_rate']}; "
-                                                               "the data's training settings otherwise)")
+    parser.add_argument("--lr", type=float, default=None,
+                        help="learning rate (default: the --data setting's training learning rate)")
     parser.add_argument("--merge", nargs="+", type=Path, default=None,
                         help="only combine the privacy_curve.json files of earlier (e.g. parallel) runs into --out")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/privacy"))
