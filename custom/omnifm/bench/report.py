@@ -223,18 +223,24 @@ def comparisons(
     with Holm-adjusted Wilcoxon p-values across the returned comparisons."""
     cells = _cells(runs, group, setting)
     ref = _cells(runs, "main", setting).get(reference, {})
-    out = []
-    for label in sorted(cells):
-        if label == reference and group == "main":
-            continue
-        seeds = sorted(set(cells[label]) & set(ref))
-        by_seed = [_nanmean(list(cells[label][s].values())) - _nanmean(list(ref[s].values())) for s in seeds]
-        by_cell = [cells[label][s][site] - ref[s][site] for s in seeds for site in cells[label][s] if site in ref[s]]
-        out.append({"label": label, "seed": paired_summary(by_seed), "cell": paired_summary(by_cell)})
+    return _with_holm([_paired(label, cells[label], ref) for label in sorted(cells)
+                       if not (label == reference and group == "main")])
+
+
+def _paired(label: str, mine: dict[int, dict[str, float]], ref: dict[int, dict[str, float]]) -> dict[str, Any]:
+    """``mine - ref`` on their common seeds: per seed (site means) and per seed x site cell."""
+    seeds = sorted(set(mine) & set(ref))
+    by_seed = [_nanmean(list(mine[s].values())) - _nanmean(list(ref[s].values())) for s in seeds]
+    by_cell = [mine[s][site] - ref[s][site] for s in seeds for site in mine[s] if site in ref[s]]
+    return {"label": label, "seed": paired_summary(by_seed), "cell": paired_summary(by_cell)}
+
+
+def _with_holm(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``rows`` with Holm-adjusted Wilcoxon p-values across them, per unit."""
     for unit in ("seed", "cell"):
-        for row, adjusted in zip(out, holm([row[unit]["p_wilcoxon"] for row in out])):
+        for row, adjusted in zip(rows, holm([row[unit]["p_wilcoxon"] for row in rows])):
             row[unit]["p_holm"] = adjusted
-    return out
+    return rows
 
 
 def _p(value: float) -> str:
@@ -273,17 +279,7 @@ def baseline_comparisons(runs: list[dict[str, Any]], setting: str, baseline: str
     (:data:`omnifm.bench.settings.BASELINE_SETTINGS`): ``label in setting - label in baseline``, same seeds
     and sites, seed and cell units, Holm across the labels."""
     mine, theirs = _cells(runs, "main", setting, key), _cells(runs, "main", baseline, key)
-    out = []
-    for label in sorted(set(mine) & set(theirs)):
-        seeds = sorted(set(mine[label]) & set(theirs[label]))
-        by_seed = [_nanmean(list(mine[label][s].values())) - _nanmean(list(theirs[label][s].values())) for s in seeds]
-        by_cell = [mine[label][s][site] - theirs[label][s][site] for s in seeds for site in mine[label][s]
-                   if site in theirs[label][s]]
-        out.append({"label": label, "seed": paired_summary(by_seed), "cell": paired_summary(by_cell)})
-    for unit in ("seed", "cell"):
-        for row, adjusted in zip(out, holm([row[unit]["p_wilcoxon"] for row in out])):
-            row[unit]["p_holm"] = adjusted
-    return out
+    return _with_holm([_paired(label, mine[label], theirs[label]) for label in sorted(set(mine) & set(theirs))])
 
 
 def baseline_table(runs: list[dict[str, Any]], setting: str, baseline: str) -> str:
