@@ -38,7 +38,6 @@ benchmark site sees exactly the arrays a simulated FLARE client would see. The t
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,6 +47,7 @@ import numpy as np
 from omnifm.bench.names import SETTINGS
 from omnifm.data.loading import split_cases
 from omnifm.data.phantom import read_phantom_manifest, write_phantom_site
+from omnifm.data.phantom.site_writer import write_json
 from omnifm.data.site import BRATS_LABEL_MAP, SiteData, load_site_data, simulator_config, site_index
 from omnifm.data.site_config import SiteConfig, parse_site_config
 from omnifm.tasks import Task
@@ -203,7 +203,7 @@ def _baseline_site(site: str, subset: tuple[str, ...], data: DataConfig, seed: i
     entries = write_paired_phantom_site(folder, subset, data.cases, seed, tuple(data.shape), site_index(site))
     cases = [{"id": e["id"], "image": str(Path(e["images"][SEQUENCE_BASELINE]).relative_to(folder.resolve())),
               "label": str(Path(e["label"]).relative_to(folder.resolve())), "modality": SEQUENCE_BASELINE} for e in entries]
-    _write_if_changed(folder / SEQUENCE_DATALIST, {"cases": cases})
+    write_json(folder / SEQUENCE_DATALIST, {"cases": cases}, keep_if_same=True)
     return _nifti_site(folder, SEQUENCE_DATALIST, SEQUENCE_BASELINE, data, seed)
 
 
@@ -274,7 +274,7 @@ def _dirichlet_site(
     flags = [bool(c["tumour_free"]) for c in read_phantom_manifest(pool_dir)["cases"]]
     chosen = pick_cases(flags, size, fraction, data.val_fraction, seed, data.test_fraction)
     datalist = {"cases": [_relative(entries[i], pool_dir) for i in chosen]}
-    _write_if_changed(pool_dir / DIRICHLET_DATALIST, datalist)
+    write_json(pool_dir / DIRICHLET_DATALIST, datalist, keep_if_same=True)
     return _nifti_site(pool_dir, DIRICHLET_DATALIST, modality, data, seed)
 
 
@@ -298,13 +298,6 @@ def _relative(entry: dict[str, str], folder: Path) -> dict[str, str]:
         "label": str(Path(entry["label"]).relative_to(folder)),
         "modality": entry["modality"],
     }
-
-
-def _write_if_changed(path: Path, payload: dict[str, Any]) -> None:
-    """Keep the file (and its mtime, part of the site-data cache key) when nothing changed."""
-    text = json.dumps(payload, indent=1)
-    if not path.is_file() or path.read_text() != text:
-        path.write_text(text)
 
 
 def _summary(config: SiteConfig, data: SiteData) -> dict[str, Any]:

@@ -15,7 +15,6 @@ keeps a class under mirroring, as a diagnosis would be kept).
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -51,14 +50,11 @@ def write_hemisphere_datalist(site_dir: str | Path) -> str:
     The file is rewritten only when its content changes (the site's data cache follows its
     modification time).
     """
+    from omnifm.data.phantom.site_writer import DATALIST_NAME, write_json
+
     root = Path(site_dir)
-    entries = json.loads((root / "datalist.json").read_text())["cases"]
-    payload = json.dumps({"cases": [_with_class(root, entry) for entry in entries]}, indent=2) + "\n"
-    path = root / HEMISPHERE_DATALIST
-    if not path.is_file() or path.read_text() != payload:
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(payload)
-        os.replace(tmp, path)
+    entries = json.loads((root / DATALIST_NAME).read_text())["cases"]
+    write_json(root / HEMISPHERE_DATALIST, {"cases": [_with_class(root, entry) for entry in entries]}, keep_if_same=True)
     return HEMISPHERE_DATALIST
 
 

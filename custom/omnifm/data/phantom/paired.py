@@ -35,7 +35,7 @@ from omnifm.data.phantom.site_writer import (
     GENERATOR_VERSION,
     MANIFEST_NAME,
     _case_rng,
-    _write_json,
+    write_json,
     read_phantom_manifest,
     site_request,
 )
@@ -125,7 +125,7 @@ def _generate(out: Path, request: dict[str, Any], entries: list[dict[str, Any]])
     (out / MANIFEST_NAME).unlink(missing_ok=True)
     acquisitions = paired_acquisitions(request["paired"], request["seed"], request["site_index"])
     cases = [_write_case(out, i, e, request, acquisitions) for i, e in enumerate(entries)]
-    _write_json(out / DATALIST_NAME, {"cases": entries})
+    write_json(out / DATALIST_NAME, {"cases": entries})
     manifest = {
         "generator": "omnifm.data.phantom.paired",
         "version": GENERATOR_VERSION,
@@ -135,7 +135,7 @@ def _generate(out: Path, request: dict[str, Any], entries: list[dict[str, Any]])
         "seconds": round(time.perf_counter() - start, 3),
         "cases": cases,
     }
-    _write_json(out / MANIFEST_NAME, manifest)
+    write_json(out / MANIFEST_NAME, manifest)
 
 
 def _write_case(out: Path, index: int, entry: dict[str, Any], request: dict[str, Any],

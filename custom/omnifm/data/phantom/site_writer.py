@@ -54,10 +54,14 @@ def _absolute(out: Path, entry: dict[str, str], modality: str) -> dict[str, str]
     return {"id": entry["id"], **paths, "modality": modality}
 
 
-def _write_json(path: Path, payload: dict[str, Any]) -> None:
-    """Write JSON via a temporary file and a rename."""
+def write_json(path: Path, payload: dict[str, Any], keep_if_same: bool = False) -> None:
+    """Write JSON via a temporary file and a rename; with ``keep_if_same`` a file that already holds
+    exactly this content is left alone (its modification time is part of the site-data cache key)."""
+    text = json.dumps(payload, indent=2) + "\n"
+    if keep_if_same and path.is_file() and path.read_text() == text:
+        return
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2) + "\n")
+    tmp.write_text(text)
     os.replace(tmp, path)
 
 
@@ -178,7 +182,7 @@ def _generate_site(out: Path, request: dict[str, Any], entries: list[dict[str, s
     _remove_stale(out, entries)
     acq = site_acquisition(request["modality"], request["seed"], request["site_index"])
     cases = [_write_case(out, e, request, acq) for e in entries]
-    _write_json(out / DATALIST_NAME, {"cases": [{**e, "modality": request["modality"]} for e in entries]})
+    write_json(out / DATALIST_NAME, {"cases": [{**e, "modality": request["modality"]} for e in entries]})
     manifest = {
         "generator": "omnifm.data.phantom",
         "version": GENERATOR_VERSION,
@@ -188,7 +192,7 @@ def _generate_site(out: Path, request: dict[str, Any], entries: list[dict[str, s
         "seconds": round(time.perf_counter() - start, 3),
         "cases": cases,
     }
-    _write_json(out / MANIFEST_NAME, manifest)
+    write_json(out / MANIFEST_NAME, manifest)
 
 
 def make_phantom_federation(
