@@ -10,6 +10,7 @@ patient's name or id): an unknown name or an out-of-range index is described, no
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -59,7 +60,7 @@ def class_notes(case_class: Mapping[int, int], classes: Sequence[str]) -> list[s
         >>> class_notes({0: 1, 3: 1}, ("benign", "malignant"))[0]
         "the usable cases cover only one class ('malignant', 2 cases): the site trains, but its model sees no other class"
     """
-    counts = {c: sum(1 for v in case_class.values() if v == c) for c in sorted(set(case_class.values()))}
+    counts = Counter(case_class.values())
     if len(counts) != 1:
         return []
     (only, n), = counts.items()
@@ -75,4 +76,5 @@ def class_counts(case_class: Mapping[int, int], classes: Sequence[str]) -> str:
         >>> class_counts({0: 0, 1: 1, 2: 1}, ("benign", "malignant"))
         'benign 1, malignant 2'
     """
-    return ", ".join(f"{name} {sum(1 for v in case_class.values() if v == c)}" for c, name in enumerate(classes))
+    counts = Counter(case_class.values())
+    return ", ".join(f"{name} {counts[c]}" for c, name in enumerate(classes))
